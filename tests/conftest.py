@@ -1,0 +1,21 @@
+"""Shared fixtures: paths to the real cases, small phantoms, and sane thread counts for 2 cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Two cores on CI: keep BLAS/torch from oversubscribing when tests run models.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """``../shared/data/real`` beside the clone; tests using it skip when it is absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real cases not available at {REAL_DATA}")
+    return REAL_DATA
