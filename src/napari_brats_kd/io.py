@@ -1,0 +1,691 @@
+"""NIfTI reading and writing, case loading and dataset discovery, with checks before allocation.
+
+Every file is vetted from its header and size *before* its voxels are read: a truncated download, a
+corrupt gzip stream, a header claiming more voxels than the file holds, or a volume larger than
+:data:`DEFAULT_MAX_BYTES` raises a typed :class:`~napari_brats_kd.errors.BratsKDError` instead of a
+``MemoryError``, a ``zlib.error`` or a silent half-read. Segmentations are written back in the voxel
+order, affine and header (sform *and* qform) of the scan they belong to, so they line up in any
+other viewer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from . import labels as lab
+from . import naming
+from . import orientation as orient
+from .errors import (
+    CaseError,
+    InvalidVolumeError,
+    LabelConventionError,
+    NiftiReadError,
+    ResourceError,
+)
+from .volume import Case, Volume
+
+PathLike = str | os.PathLike
+
+#: Largest volume (decoded bytes) read without complaint; override with the environment variable
+#: ``BRATS_KD_MAX_VOLUME_BYTES`` or the ``max_bytes`` argument. A BraTS case is 9 MB per modality.
+DEFAULT_MAX_BYTES: int = int(os.environ.get("BRATS_KD_MAX_VOLUME_BYTES", 4 * 1024**3))
+
+# Deflate cannot compress better than about 1032:1, so a .nii.gz whose header claims more decoded
+# bytes than this many times its compressed size is inconsistent with its own header.
+_MAX_DEFLATE_RATIO = 1032
+
+# Datatypes a scan or label map may use (NIfTI codes map to these numpy kinds).
+_NUMERIC_KINDS = "buif"
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Header checks
+# --------------------------------------------------------------------------------------------------
+
+
+def _max_bytes(max_bytes: int | None) -> int:
+    return DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _read_head(path: Path, gz: bool, n: int = 544) -> bytes:
+    """First ``n`` decoded bytes of the file (enough for a NIfTI-1 or NIfTI-2 header)."""
+    try:
+        if gz:
+            with gzip.open(path, "rb") as fh:
+                return fh.read(n)
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise NiftiReadError(
+            f"{path.name} is not a readable gzip stream ({exc}): the file is truncated or corrupt; "
+            "download or export it again."
+        ) from None
+
+
+def _parse_header(path: Path, head: bytes) -> nib.Nifti1Header:
+    """A NIfTI-1/2 header from raw bytes, or :class:`NiftiReadError` saying why not."""
+    if len(head) < 348:
+        raise NiftiReadError(
+            f"{path.name} is too short to be a NIfTI file ({len(head)} bytes of header; a NIfTI "
+            "header is 348 bytes): the file is truncated or not NIfTI."
+        )
+    size_le = struct.unpack("<i", head[:4])[0]
+    size_be = struct.unpack(">i", head[:4])[0]
+    if 540 in (size_le, size_be):
+        header_class: type[nib.Nifti1Header] = nib.Nifti2Header
+        magic = head[4:8]
+        if len(head) < 540:
+            raise NiftiReadError(f"{path.name}: truncated NIfTI-2 header ({len(head)} bytes).")
+    elif 348 in (size_le, size_be):
+        header_class = nib.Nifti1Header
+        magic = head[344:348]
+    else:
+        raise NiftiReadError(
+            f"{path.name} is not a NIfTI file (header size field {size_le}, expected 348 or 540). "
+            "Convert it to .nii.gz first (e.g. with dcm2niix for DICOM)."
+        )
+    if magic[:3] not in (b"n+1", b"n+2"):
+        raise NiftiReadError(
+            f"{path.name}: NIfTI magic {magic!r} is not a single-file NIfTI ('n+1'/'n+2'); "
+            "header/image pairs (.hdr/.img) are not supported: convert to .nii.gz."
+        )
+    try:
+        import io as _io
+
+        return header_class.from_fileobj(_io.BytesIO(head[: header_class.sizeof_hdr]), check=True)
+    except (nib.spatialimages.HeaderDataError, ValueError, struct.error, OverflowError) as exc:
+        raise NiftiReadError(f"{path.name} has an invalid NIfTI header: {exc}") from None
+
+
+def _gzip_isize(path: Path) -> int | None:
+    """Decoded size modulo 2**32 from the gzip trailer (of the last member)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 18:
+            return None
+        fh.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", fh.read(4))[0]
+
+
+def _gzip_decoded_size(path: Path, cap: int) -> int:
+    """Decode the stream without keeping it, stopping after ``cap`` bytes; raises if corrupt."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while total <= cap:
+                chunk = fh.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise NiftiReadError(
+            f"{path.name}: the gzip stream is truncated or corrupt ({exc}) after {total} decoded "
+            "bytes; download or export the file again."
+        ) from None
+    return total
+
+
+def _output_itemsize(header: nib.Nifti1Header, dtype: np.dtype) -> int:
+    slope, inter = header.get_slope_inter()
+    scaled = slope not in (None, 1.0) or inter not in (None, 0.0)
+    # Scaled integer data are returned as float64 by nibabel.
+    return max(dtype.itemsize, 8) if scaled else dtype.itemsize
+
+
+def check_nifti(path: PathLike, max_bytes: int | None = None) -> nib.Nifti1Header:
+    """Vet a NIfTI file from its header and size, without reading its voxels.
+
+    Parameters
+    ----------
+    path
+        A ``.nii`` or ``.nii.gz`` file.
+    max_bytes
+        Largest decoded volume accepted (default :data:`DEFAULT_MAX_BYTES`).
+
+    Returns
+    -------
+    nibabel.Nifti1Header
+        The parsed header (NIfTI-1 or NIfTI-2).
+
+    Raises
+    ------
+    NiftiReadError
+        Not a NIfTI file, unreadable or truncated gzip, inconsistent header (dims, datatype,
+        vox_offset) or a file smaller than its header says.
+    InvalidVolumeError
+        Zero-sized dimensions or more than 4 dimensions.
+    ResourceError
+        The decoded volume would exceed ``max_bytes``.
+    """
+    path = Path(path)
+    cap = _max_bytes(max_bytes)
+    if not path.is_file():
+        raise NiftiReadError(f"{path} does not exist or is not a file.")
+    if not naming.is_nifti_name(path):
+        raise NiftiReadError(
+            f"{path.name} is not a NIfTI file: expected a name ending in .nii or .nii.gz."
+        )
+    try:
+        gz = _is_gzip(path)
+        file_size = path.stat().st_size
+    except OSError as exc:
+        raise NiftiReadError(f"Cannot read {path}: {exc}") from None
+    if path.name.lower().endswith(".gz") and not gz:
+        raise NiftiReadError(
+            f"{path.name} ends in .gz but is not gzip-compressed: rename it to .nii or re-export."
+        )
+    header = _parse_header(path, _read_head(path, gz))
+    try:
+        shape = tuple(int(s) for s in header.get_data_shape())
+        dtype = np.dtype(header.get_data_dtype())
+        vox_offset = int(header["vox_offset"])
+    except (nib.spatialimages.HeaderDataError, ValueError, TypeError, KeyError) as exc:
+        raise NiftiReadError(f"{path.name} has an invalid NIfTI header: {exc}") from None
+    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
+        raise NiftiReadError(
+            f"{path.name} stores voxels as {dtype} (NIfTI datatype code {int(header['datatype'])})"
+            ": expected a numeric scalar type such as int16, uint8 or float32."
+        )
+    if any(s <= 0 for s in shape) or not shape:
+        raise InvalidVolumeError(f"{path.name} has an empty dimension: shape {shape}.")
+    if len(shape) > 4:
+        raise InvalidVolumeError(
+            f"{path.name} has {len(shape)} dimensions (shape {shape}): expected a 3D volume, or "
+            "a 4D multi-channel volume (MSD layout)."
+        )
+    header_size = int(header.sizeof_hdr)
+    if vox_offset < header_size:
+        raise NiftiReadError(
+            f"{path.name}: vox_offset {vox_offset} lies inside the {header_size}-byte header; "
+            "the header is corrupt."
+        )
+    data_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    needed = vox_offset + data_bytes
+    if not gz and file_size < needed:
+        raise NiftiReadError(
+            f"{path.name} is truncated or its header is wrong: shape {shape} of {dtype} at "
+            f"offset {vox_offset} needs {needed} bytes, the file has {file_size}."
+        )
+    if gz and needed > file_size * _MAX_DEFLATE_RATIO + 1024:
+        raise NiftiReadError(
+            f"{path.name}: header claims shape {shape} of {dtype} ({data_bytes} bytes) but the "
+            f"compressed file ({file_size} bytes) cannot hold that much; the file is truncated or "
+            "its header corrupt."
+        )
+    out_bytes = int(np.prod(shape, dtype=object)) * _output_itemsize(header, dtype)
+    if out_bytes > cap:
+        raise ResourceError(
+            f"{path.name} would take {out_bytes / 1024**3:.1f} GiB in memory (shape {shape}, "
+            f"{dtype}), more than the limit of {cap / 1024**3:.1f} GiB. Raise the limit with the "
+            "environment variable BRATS_KD_MAX_VOLUME_BYTES if this is intended."
+        )
+    if gz:
+        isize = _gzip_isize(path)
+        if isize is None or isize < needed % 2**32:
+            # The trailer is unreliable for multi-member gzip, so decode (capped) to be sure.
+            decoded = _gzip_decoded_size(path, needed)
+            if decoded < needed:
+                raise NiftiReadError(
+                    f"{path.name} is truncated or its header is wrong: shape {shape} of {dtype} at "
+                    f"offset {vox_offset} needs {needed} decoded bytes, the file holds {decoded}."
+                )
+    return header
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_affine(path: Path, affine: np.ndarray) -> np.ndarray:
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise InvalidVolumeError(f"{path.name} has a non-finite affine: {affine.tolist()}.")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InvalidVolumeError(
+            f"{path.name} has a degenerate affine (zero voxel size or collapsed axes): "
+            f"{np.round(affine, 4).tolist()}. Fix pixdim / sform / qform in the header."
+        )
+    try:
+        orient.axcodes(affine)
+    except ValueError as exc:
+        raise InvalidVolumeError(f"{path.name}: {exc}") from None
+    return affine
+
+
+def read_nifti(
+    path: PathLike,
+    allow_multichannel: bool = False,
+    max_bytes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """Read a NIfTI file in its own voxel order, after :func:`check_nifti`.
+
+    Parameters
+    ----------
+    path
+        A ``.nii`` or ``.nii.gz`` file.
+    allow_multichannel
+        Accept a 4D file with several channels (last axis), as in the MSD layout. A 4D file
+        with a single channel is always accepted and squeezed to 3D.
+    max_bytes
+        Largest decoded volume accepted (default :data:`DEFAULT_MAX_BYTES`).
+
+    Returns
+    -------
+    data, affine, header
+        Array in file voxel order (3D, or 4D channels-last), the 4x4 affine and the header.
+
+    Raises
+    ------
+    NiftiReadError, InvalidVolumeError, ResourceError
+        See :func:`check_nifti`; also NaN/Inf voxels and 2D / multi-channel volumes where not
+        allowed.
+    """
+    path = Path(path)
+    header = check_nifti(path, max_bytes)
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if len(shape) < 3:
+        raise InvalidVolumeError(
+            f"{path.name} is {len(shape)}D (shape {shape}): expected a 3D volume such as "
+            "240x240x155."
+        )
+    if len(shape) == 4 and shape[3] > 1 and not allow_multichannel:
+        raise InvalidVolumeError(
+            f"{path.name} is 4D with {shape[3]} channels (shape {shape}): open it as an MSD case "
+            "(one 4D file per case) or split it into one 3D file per modality."
+        )
+    try:
+        img = nib.load(str(path))
+        affine = _check_affine(path, img.affine)
+        data = np.asanyarray(img.dataobj)
+    except MemoryError:
+        raise ResourceError(f"Not enough memory to read {path.name} (shape {shape}).") from None
+    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise NiftiReadError(
+            f"{path.name} could not be read ({type(exc).__name__}: {exc}); the file is probably "
+            "truncated or corrupt."
+        ) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise InvalidVolumeError(
+                f"{path.name} holds {bad} NaN/Inf voxel(s) out of {data.size}: fix the file "
+                "(e.g. replace them by 0) before using it."
+            )
+        if data.dtype == np.float64:
+            data = data.astype(np.float32)  # halves memory; scans carry no float64 precision
+    return data, affine, img.header.copy()
+
+
+def load_volume(path: PathLike, max_bytes: int | None = None) -> Volume:
+    """Read one 3D NIfTI volume into display orientation.
+
+    Parameters
+    ----------
+    path
+        A ``.nii`` or ``.nii.gz`` file holding a 3D volume (or 4D with one channel).
+    max_bytes
+        Largest decoded volume accepted (default :data:`DEFAULT_MAX_BYTES`).
+
+    Returns
+    -------
+    Volume
+        Data in :data:`~napari_brats_kd.orientation.DISPLAY_AXCODES` order with the file's affine
+        and header.
+
+    Raises
+    ------
+    NiftiReadError, InvalidVolumeError, ResourceError
+        For files that are not NIfTI, truncated, inconsistent, too large, not 3D or hold NaN/Inf.
+    """
+    path = Path(path)
+    data, affine, header = read_nifti(path, allow_multichannel=False, max_bytes=max_bytes)
+    return Volume.from_file_order(data, affine, header, path)
+
+
+def is_segmentation(path_or_array: PathLike | np.ndarray, max_labels: int = 4) -> bool:
+    """Whether a file or array looks like a BraTS label map.
+
+    A file counts if its name marks a segmentation (``seg``, ``label``, ``mask``...). Otherwise
+    (and for arrays) the voxel values must all be integers in ``0..max_labels``.
+
+    Parameters
+    ----------
+    path_or_array
+        A NIfTI path or an array.
+    max_labels
+        Largest label value accepted (4 covers every BraTS convention).
+    """
+    if isinstance(path_or_array, np.ndarray):
+        arr = path_or_array
+    else:
+        path = Path(path_or_array)
+        if naming.classify_file(path).kind == "seg":
+            return True
+        arr = read_nifti(path)[0]
+    if arr.dtype.kind == "b":
+        return True
+    if arr.dtype.kind not in "iuf":
+        return False
+    lo, hi = arr.min(), arr.max()
+    if lo < 0 or hi > max_labels:
+        return False
+    if arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0):
+        return False
+    return True
+
+
+def _as_label_map(path: Path, data: np.ndarray) -> np.ndarray:
+    """Integer label map (uint8) from a segmentation file's voxels."""
+    if data.dtype.kind == "f" and not np.all(np.mod(data, 1) == 0):
+        raise InvalidVolumeError(
+            f"{path.name} is used as a segmentation but holds non-integer values: expected "
+            "label values such as 0, 1, 2, 4."
+        )
+    lo, hi = data.min(), data.max()
+    if lo < 0 or hi > 255:
+        raise InvalidVolumeError(
+            f"{path.name} is used as a segmentation but holds values {lo}..{hi}: expected label "
+            "values between 0 and 4. Is it a scan named like a segmentation?"
+        )
+    return data.astype(np.uint8, copy=False)
+
+
+def load_segmentation(path: PathLike, max_bytes: int | None = None) -> Volume:
+    """Read a segmentation (uint8 labels, display orientation); see :func:`load_volume`."""
+    vol = load_volume(path, max_bytes)
+    vol.data = _as_label_map(Path(path), vol.data)
+    return vol
+
+
+def _describe(vol: Volume) -> str:
+    return (
+        f"{vol.path.name if vol.path else '?'}: shape {vol.file_shape} "
+        f"{''.join(vol.file_axcodes)}, affine {np.round(vol.affine[:3], 3).tolist()}"
+    )
+
+
+def _check_same_grid(case_id: str, volumes: list[Volume]) -> None:
+    ref = volumes[0]
+    bad = [v for v in volumes[1:] if not ref.geometry_matches(v)]
+    if bad:
+        lines = "; ".join(_describe(v) for v in [ref, *bad])
+        raise CaseError(
+            f"Case {case_id!r}: files lie on different voxel grids ({lines}). Resample them to "
+            "one grid (as BraTS preprocessing does) before opening them together."
+        )
+
+
+_NAMING_CONVENTION = {
+    "brats2021": lab.LabelConvention.BRATS2021,
+    "brats2023": lab.LabelConvention.BRATS2023,
+    "nnunet": lab.LabelConvention.NNUNET,
+    "msd": lab.LabelConvention.MSD,
+}
+
+
+def _convention_without_seg(case_naming: str) -> tuple[lab.LabelConvention, str]:
+    conv = _NAMING_CONVENTION.get(case_naming)
+    if conv is not None:
+        return conv, f"no segmentation in the case; {conv.value} follows from its file naming"
+    return (
+        lab.DEFAULT_CONVENTION,
+        f"no segmentation and file naming {case_naming!r} implies no convention; "
+        f"new labels use the default {lab.DEFAULT_CONVENTION.value}",
+    )
+
+
+def load_case(
+    path: PathLike,
+    modalities: tuple[str, ...] | None = None,
+    extra_segmentations: bool = True,
+    max_bytes: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Case:
+    """Load one case: a case folder, one file of a flat nnU-Net / MSD folder, or a single file.
+
+    Parameters
+    ----------
+    path
+        A case folder (any naming of :data:`naming.NAMINGS`), an nnU-Net channel file
+        (``<case>_0000.nii.gz``: its sibling channels and ``labelsTr`` label map come along), a 4D
+        MSD file, or one modality / segmentation file on its own.
+    modalities
+        Modalities that must be present (e.g. ``("t1c", "flair")``); ``None`` accepts whatever
+        the case holds.
+    extra_segmentations
+        Also load label maps from a ``segmentations/`` subfolder into ``case.extra``.
+    max_bytes
+        Largest decoded volume accepted per file (default :data:`DEFAULT_MAX_BYTES`).
+    progress
+        Called as ``progress(done, total, message)`` after each file.
+
+    Returns
+    -------
+    Case
+        Images in display orientation; ``case.convention`` / ``case.convention_reason`` say which
+        label convention applies and why. ``case.extra`` holds ``"files"`` (the
+        :class:`~naming.CaseFiles`), ``"notes"`` (sentences for the user) and, when present,
+        ``"segmentations"``: ``{name: {"volume", "convention", "reason"}}``.
+
+    Raises
+    ------
+    CaseError
+        Ambiguous, duplicate or missing files; files on different grids.
+    NiftiReadError, InvalidVolumeError, ResourceError, LabelConventionError
+        From reading the files (see :func:`load_volume`).
+    """
+    files = naming.case_files(path)
+    notes = list(files.notes)
+    total = len(files.all_files) - (0 if extra_segmentations else len(files.extra_segs))
+    done = 0
+
+    def step(msg: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, msg)
+
+    images: dict[str, Volume] = {}
+    for modality, p in files.images.items():
+        images[modality] = load_volume(p, max_bytes)
+        step(f"read {p.name}")
+    if files.multichannel is not None:
+        mpath, channels = files.multichannel
+        data, affine, header = read_nifti(mpath, allow_multichannel=True, max_bytes=max_bytes)
+        if data.ndim != 4 or data.shape[3] != len(channels):
+            raise CaseError(
+                f"{mpath.name} has {data.shape[3] if data.ndim == 4 else 1} channel(s) (shape "
+                f"{data.shape}), but {files.channel_source} names {len(channels)}: "
+                f"{', '.join(lab.MODALITY_NAMES[c] for c in channels)}."
+            )
+        for i, modality in enumerate(channels):
+            images[modality] = Volume.from_file_order(
+                np.ascontiguousarray(data[..., i]), affine, header, mpath
+            )
+        step(f"read {mpath.name}")
+    if modalities:
+        missing = [m for m in modalities if m not in images]
+        if missing:
+            found = ", ".join(p.name for p in files.images.values()) or "none"
+            raise CaseError(
+                f"Case {files.case_id!r} at {path} lacks "
+                f"{', '.join(lab.MODALITY_NAMES[m] for m in missing)} (found: {found}). "
+                f"Expected files such as {naming._expected_names(files.case_id, files.naming)}."
+            )
+    seg = None
+    if files.seg is not None:
+        seg = load_segmentation(files.seg, max_bytes)
+        step(f"read {files.seg.name}")
+    grid = list(images.values()) + ([seg] if seg is not None else [])
+    if grid:
+        _check_same_grid(files.case_id, grid)
+    if seg is not None:
+        values = np.unique(seg.data)
+        try:
+            convention, reason = lab.detect_convention(values, files.naming)
+        except LabelConventionError as exc:
+            raise LabelConventionError(f"{files.seg.name}: {exc}") from None
+    else:
+        convention, reason = _convention_without_seg(files.naming)
+
+    extra: dict = {"files": files, "notes": notes}
+    if extra_segmentations and files.extra_segs:
+        segs: dict[str, dict] = {}
+        ref = grid[0] if grid else None
+        for p in files.extra_segs:
+            try:
+                vol = load_segmentation(p, max_bytes)
+                conv, why = lab.detect_convention(np.unique(vol.data), None)
+            except (NiftiReadError, InvalidVolumeError, LabelConventionError) as exc:
+                notes.append(f"Skipped {p.parent.name}/{p.name}: {exc}")
+                continue
+            finally:
+                step(f"read {p.name}")
+            if ref is not None and not ref.geometry_matches(vol):
+                notes.append(
+                    f"Skipped {p.parent.name}/{p.name}: it lies on another grid than the scans "
+                    f"({_describe(vol)} vs {_describe(ref)})."
+                )
+                continue
+            segs[naming.nifti_stem(p)] = {"volume": vol, "convention": conv, "reason": why}
+        if segs:
+            extra["segmentations"] = segs
+    return Case(
+        case_id=files.case_id,
+        images=images,
+        seg=seg,
+        convention=convention,
+        convention_reason=reason,
+        naming=files.naming,
+        extra=extra,
+    )
+
+
+def find_cases(root: PathLike) -> list[Path]:
+    """Every case under a dataset folder, each a path :func:`load_case` accepts.
+
+    Parameters
+    ----------
+    root
+        A dataset folder (one subfolder per case, a flat nnU-Net ``imagesTr`` / MSD folder, or
+        any nesting of these), a single case folder, or a single file.
+
+    Returns
+    -------
+    list of Path
+        Case folders, and for flat nnU-Net / MSD folders one file per case; sorted.
+
+    Raises
+    ------
+    CaseError
+        If ``root`` does not exist or holds no NIfTI case.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise CaseError(f"{root} does not exist: expected a dataset folder.")
+    cases: list[Path] = []
+    for folder in naming.iter_dirs(root):
+        cases.extend(naming.case_entries(folder))
+    if not cases:
+        raise CaseError(
+            f"No cases found under {root}: expected case folders holding .nii/.nii.gz files "
+            "(BraTS 2021/2023 naming), or an nnU-Net/MSD imagesTr folder."
+        )
+    return sorted(cases)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def _nifti_path(path: Path) -> Path:
+    return path if naming.is_nifti_name(path) else path.with_name(path.name + ".nii.gz")
+
+
+def save_labels(
+    path: PathLike,
+    labels_display: np.ndarray,
+    reference: Volume,
+    source_convention: lab.LabelConvention | str = lab.DEFAULT_CONVENTION,
+    target_convention: lab.LabelConvention | str | None = None,
+) -> Path:
+    """Write a label map aligned with its scan: uint8, the scan's voxel order, affine and header.
+
+    Parameters
+    ----------
+    path
+        Output file; ``.nii.gz`` is appended if it has no NIfTI ending. Parent folders are made.
+    labels_display
+        Label map in display orientation, same shape as ``reference.data``.
+    reference
+        The scan the labels belong to: its affine, header (sform and qform codes, units) and file
+        voxel order are reproduced.
+    source_convention
+        Convention of the values in ``labels_display``.
+    target_convention
+        Convention to write; ``None`` keeps ``source_convention``.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    InvalidVolumeError
+        If the label map's shape differs from the reference's.
+    LabelConventionError
+        If values do not belong to ``source_convention``.
+    """
+    path = _nifti_path(Path(path))
+    labels_display = np.asarray(labels_display)
+    if labels_display.shape != reference.data.shape:
+        raise InvalidVolumeError(
+            f"Labels of shape {labels_display.shape} do not match the scan "
+            f"{reference.path.name if reference.path else ''} of shape {reference.data.shape} "
+            "(display order): paint on a layer made from that scan."
+        )
+    target = source_convention if target_convention is None else target_convention
+    values = lab.convert_labels(labels_display, source_convention, target)
+    file_data = np.ascontiguousarray(orient.from_display(values, reference.affine), np.uint8)
+    affine = np.asarray(reference.affine, float)
+    if reference.header is not None:
+        header = reference.header.copy()
+        sform_code = int(header["sform_code"]) or 1
+        qform_code = int(header["qform_code"]) or 1
+    else:
+        header = nib.Nifti1Header()
+        sform_code = qform_code = 1
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape(file_data.shape)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, float(file_data.max(initial=0))
+    header["descrip"] = f"labels {lab.LabelConvention(target).value}".encode()[:79]
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = image_class(file_data, affine, header)
+    img.set_sform(affine, code=sform_code)
+    img.set_qform(affine, code=qform_code)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
