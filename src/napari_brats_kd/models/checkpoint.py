@@ -1,0 +1,276 @@
+"""Self-describing checkpoints: safetensors weights with the model config embedded.
+
+A checkpoint is one ``<name>.safetensors`` file whose metadata holds the
+:class:`~napari_brats_kd.models.config.ModelConfig` as JSON (plus optional JSON ``extra``), so that
+the file alone rebuilds the network. A ``<name>.json`` sidecar with the same text is written beside
+it for people (and ``cat``); loading never needs it. safetensors stores only tensors, so loading a
+checkpoint can never execute code, unlike a pickled ``.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .config import ModelConfig
+from .networks import build_model
+
+#: Metadata keys inside the safetensors header.
+META_FORMAT = "napari_brats_kd.format"
+META_CONFIG = "napari_brats_kd.config"
+META_EXTRA = "napari_brats_kd.extra"
+FORMAT_NAME = "napari-brats-kd-checkpoint/1"
+
+#: Wrappers whose parameter names gain a prefix (DistributedDataParallel, torch.compile).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with the config that describes it.
+
+    Attributes
+    ----------
+    model
+        The network, in eval mode.
+    config
+        Its configuration (architecture, modalities, regions, provenance, metrics).
+    path
+        File or folder the weights came from (``None`` for models made in memory).
+    extra
+        The JSON ``extra`` saved with the checkpoint (e.g. epoch, losses), if any.
+    """
+
+    model: nn.Module
+    config: ModelConfig
+    path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Display name of the model."""
+        return self.config.display_name
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain network inside DDP / ``torch.compile`` wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    config: ModelConfig,
+    extra: dict | None = None,
+    sidecar: bool = True,
+) -> Path:
+    """Write weights and config to ``path`` (a ``.safetensors`` file) atomically.
+
+    Parameters
+    ----------
+    path
+        Target file; ``.safetensors`` is appended when missing.
+    model
+        The network (DDP / compiled wrappers are unwrapped).
+    config
+        Its configuration; stored in the file's metadata.
+    extra
+        JSON-serialisable extras (epoch, losses, ...), returned as ``LoadedModel.extra``.
+    sidecar
+        Also write ``<name>.json`` with the config and extras, for people to read.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+
+    Raises
+    ------
+    CheckpointError
+        If ``extra`` is not JSON-serialisable or the file cannot be written.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    try:
+        extra_json = json.dumps(extra or {}, sort_keys=True)
+    except TypeError as exc:
+        raise CheckpointError(f"extra for {path} is not JSON-serialisable: {exc}") from exc
+    state = _clean_state_dict(unwrap_model(model).state_dict())
+    # safetensors refuses shared or strided storage; copies are cheap next to a training run.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    metadata = {META_FORMAT: FORMAT_NAME, META_CONFIG: config.to_json(), META_EXTRA: extra_json}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target, then rename: a crash (or a reader in another process) never sees
+    # a half-written checkpoint.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CheckpointError(f"Cannot write checkpoint {path}: {exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if sidecar:
+        side = path.with_suffix(".json")
+        text = json.dumps(
+            {"config": config.to_dict(), "extra": json.loads(extra_json)}, indent=2, sort_keys=True
+        )
+        tmp_side = side.with_name(f".{side.name}.tmp")
+        tmp_side.write_text(text + "\n")
+        os.replace(tmp_side, side)
+    return path
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
+    """The config stored in a checkpoint, without loading its weights."""
+    return _read_header(Path(path))[0]
+
+
+def _read_header(path: Path) -> tuple[ModelConfig, dict]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own and OS errors for corrupt files
+        raise CheckpointError(
+            f"Checkpoint {path} is not a readable safetensors file ({exc}). "
+            "It may be truncated or not a napari-brats-kd checkpoint."
+        ) from exc
+    if META_CONFIG not in meta:
+        raise CheckpointError(
+            f"Checkpoint {path} holds no napari-brats-kd model config in its metadata: it was not "
+            "written by napari-brats-kd's save_checkpoint, so the network it needs is unknown. "
+            "Load MONAI bundles with load_bundle, or re-save the weights with save_checkpoint."
+        )
+    try:
+        config = ModelConfig.from_json(meta[META_CONFIG])
+    except CheckpointError as exc:
+        raise CheckpointError(f"Checkpoint {path}: {exc}") from exc
+    try:
+        extra = json.loads(meta.get(META_EXTRA, "{}"))
+    except json.JSONDecodeError:
+        extra = {}
+    return config, extra
+
+
+def check_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike
+) -> None:
+    """Raise :class:`CheckpointError` naming keys that are missing, unexpected or mis-shaped."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k} (file {tuple(state[k].shape)}, network {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+
+    def few(items: list[str]) -> str:
+        more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+        return ", ".join(items[:5]) + more
+
+    problems = []
+    if missing:
+        problems.append(f"missing weights {few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected weights {few(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes {few(wrong)}")
+    if problems:
+        raise CheckpointError(
+            f"Weights in {source} do not fit the network they claim: {'; '.join(problems)}."
+        )
+
+
+def load_state_dict_checked(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike
+) -> nn.Module:
+    """Load ``state`` into ``model`` after :func:`check_state_dict`; returns the model."""
+    state = _clean_state_dict(state)
+    check_state_dict(model, state, source)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Rebuild a network from a napari-brats-kd ``.safetensors`` checkpoint.
+
+    Parameters
+    ----------
+    path
+        The ``.safetensors`` file written by :func:`save_checkpoint`.
+    map_location
+        Device to put the weights on.
+
+    Returns
+    -------
+    LoadedModel
+        Network in eval mode with its config.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, corrupt, lacks a config, names an unknown architecture, or its
+        weights do not fit that architecture (missing, unexpected or mis-shaped keys).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config, extra = _read_header(path)
+    try:
+        model = build_model(config)
+    except CheckpointError as exc:
+        raise CheckpointError(f"Checkpoint {path}: {exc}") from exc
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except Exception as exc:  # corrupt payload behind a valid header
+        raise CheckpointError(f"Checkpoint {path}: cannot read its weights ({exc}).") from exc
+    load_state_dict_checked(model, state, path)
+    model.to(map_location).eval()
+    return LoadedModel(model=model, config=config, path=path, extra=extra)
+
+
+def model_info_dict(loaded: LoadedModel) -> dict[str, Any]:
+    """A small summary (name, arch, modalities, parameters, path) for logs and the widget."""
+    from .networks import count_parameters
+
+    return {
+        "name": loaded.name,
+        "arch": loaded.config.arch,
+        "modalities": list(loaded.config.modalities),
+        "parameters": count_parameters(loaded.model),
+        "path": str(loaded.path) if loaded.path else None,
+    }

@@ -1,0 +1,60 @@
+"""Input normalisation shared by training and inference (one definition, so they never drift)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelInputError
+
+#: Normalisations a :class:`~napari_brats_kd.models.config.ModelConfig` may name.
+NORMALIZATIONS: tuple[str, ...] = ("zscore_nonzero", "none")
+
+
+def normalize_input(image: np.ndarray, method: str = "zscore_nonzero") -> np.ndarray:
+    """Normalise each channel of a multi-modal image.
+
+    ``"zscore_nonzero"`` is MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``, the
+    BraTS bundle's only preprocessing: per channel, the non-zero (brain) voxels get zero mean and
+    unit variance; background stays exactly 0. A channel with constant brain intensity is only
+    shifted.
+
+    Parameters
+    ----------
+    image
+        Array ``(C, X, Y, Z)`` (any float or integer dtype).
+    method
+        ``"zscore_nonzero"`` or ``"none"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` array of the same shape (a new array).
+
+    Raises
+    ------
+    ModelInputError
+        If the image is not 4D or the method is unknown.
+    """
+    image = np.asarray(image)
+    if image.ndim != 4:
+        raise ModelInputError(
+            f"normalize_input expects a (C, X, Y, Z) array, got shape {image.shape}."
+        )
+    out = image.astype(np.float32, copy=True)
+    if method == "none":
+        return out
+    if method != "zscore_nonzero":
+        raise ModelInputError(
+            f"Unknown normalisation {method!r}: expected one of {', '.join(NORMALIZATIONS)}."
+        )
+    for c in range(out.shape[0]):
+        channel = out[c]
+        mask = channel != 0
+        if not mask.any():
+            continue
+        values = channel[mask].astype(np.float64)
+        mean = values.mean()
+        std = values.std()
+        # MONAI divides by 1 when the standard deviation is 0; do the same.
+        channel[mask] = ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)
+    return out

@@ -1,0 +1,236 @@
+"""Which models exist: shipped weights, models registered in this session, and paths.
+
+Shipped weights live in ``napari_brats_kd/weights/`` and are listed in its ``index.json``::
+
+    {"models": [{"name": "student", "file": "student.safetensors", "role": "student",
+                 "description": "..."}]}
+
+so adding a trained model to the package is a file drop plus one index entry. Models trained or
+loaded during a session can be :func:`register_model`-ed so the widget lists them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .checkpoint import LoadedModel, load_checkpoint, read_checkpoint_config
+
+#: Folder of shipped weights and its index.
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+INDEX_FILE = WEIGHTS_DIR / "index.json"
+
+ROLES = ("student", "teacher")
+
+_HOW_TO_GET = (
+    "Train one with `brats-kd distill` / `brats-kd train`, or load a checkpoint "
+    "(a .safetensors file written by napari-brats-kd) or a MONAI bundle folder "
+    "(e.g. brats_mri_segmentation) by giving its path instead."
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One entry of the model list.
+
+    Attributes
+    ----------
+    name
+        Name shown to users and accepted by :func:`resolve_model`.
+    path
+        Weights file or bundle folder.
+    description
+        One line for the widget's tooltip.
+    role
+        ``"student"`` or ``"teacher"``.
+    source
+        ``"shipped"`` (package weights) or ``"session"`` (registered at run time).
+    """
+
+    name: str
+    path: Path
+    description: str
+    role: str
+    source: str
+
+
+_session: dict[str, tuple[ModelInfo, LoadedModel | None]] = {}
+_cache: dict[tuple[str, int], LoadedModel] = {}
+_lock = threading.Lock()
+
+
+def _read_index(index_file: Path = INDEX_FILE) -> list[ModelInfo]:
+    if not index_file.is_file():
+        return []
+    try:
+        entries = json.loads(index_file.read_text()).get("models", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"Shipped model index {index_file} is unreadable: {exc}") from exc
+    out = []
+    for entry in entries:
+        try:
+            path = index_file.parent / entry["file"]
+            out.append(
+                ModelInfo(
+                    name=str(entry["name"]),
+                    path=path,
+                    description=str(entry.get("description", "")),
+                    role=str(entry.get("role", "student")),
+                    source="shipped",
+                )
+            )
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"Entry {entry!r} of {index_file} lacks 'name' or 'file' ({exc})."
+            ) from exc
+    return out
+
+
+def shipped_models() -> list[ModelInfo]:
+    """Models listed in the package's ``weights/index.json`` whose file is present."""
+    return [m for m in _read_index() if m.path.exists()]
+
+
+def available_models() -> list[ModelInfo]:
+    """Shipped models, then models registered in this session (most recent last)."""
+    with _lock:
+        session = [info for info, _ in _session.values()]
+    return shipped_models() + session
+
+
+def register_model(
+    path_or_loaded: str | os.PathLike | LoadedModel,
+    name: str | None = None,
+    role: str | None = None,
+) -> ModelInfo:
+    """Make a checkpoint (or an in-memory model) appear in :func:`available_models`.
+
+    Parameters
+    ----------
+    path_or_loaded
+        A ``.safetensors`` checkpoint / bundle path, or a :class:`LoadedModel`.
+    name
+        Name to list it under (default: the config's name, else the file stem).
+    role
+        ``"student"`` or ``"teacher"`` (default: student for the ``student`` architecture).
+
+    Returns
+    -------
+    ModelInfo
+        The new entry; registering the same name again replaces the old entry.
+    """
+    if isinstance(path_or_loaded, LoadedModel):
+        loaded: LoadedModel | None = path_or_loaded
+        config = path_or_loaded.config
+        path = path_or_loaded.path or Path(f"<memory:{config.display_name}>")
+    else:
+        loaded = None
+        path = Path(path_or_loaded)
+        config = (
+            read_checkpoint_config(path)
+            if path.suffix == ".safetensors"
+            else resolve_model(path).config
+        )
+    name = name or config.name or path.stem
+    role = role or ("student" if config.arch == "student" else "teacher")
+    info = ModelInfo(
+        name=name,
+        path=path,
+        description=config.description or config.display_name,
+        role=role,
+        source="session",
+    )
+    with _lock:
+        _session[name] = (info, loaded)
+    return info
+
+
+def _load_path(path: Path) -> LoadedModel:
+    """Load a path by kind: napari-brats-kd checkpoint, bundle folder or ``.pt`` state_dict."""
+    from .bundle import load_bundle
+
+    if not path.exists():
+        raise CheckpointError(f"Model {str(path)!r} is neither a known model name nor a file.")
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    with _lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    if path.is_dir():
+        ckpts = sorted(path.glob("*.safetensors"))
+        loaded = load_checkpoint(ckpts[0]) if len(ckpts) == 1 else load_bundle(path)
+    elif path.suffix == ".safetensors":
+        loaded = load_checkpoint(path)
+    elif path.suffix in (".pt", ".pth", ".ckpt"):
+        loaded = load_bundle(path)
+    else:
+        raise CheckpointError(
+            f"Model file {path} has an unknown type: expected a .safetensors checkpoint, a "
+            "MONAI bundle folder, or a .pt state_dict."
+        )
+    with _lock:
+        _cache[key] = loaded
+    return loaded
+
+
+def resolve_model(spec: str | os.PathLike | LoadedModel, role: str = "student") -> LoadedModel:
+    """Turn a model name, path or loaded model into a :class:`LoadedModel`.
+
+    Parameters
+    ----------
+    spec
+        ``"student"`` / ``"teacher"`` (the shipped model of that role), the name of a shipped or
+        registered model, a ``.safetensors`` checkpoint, a MONAI bundle folder or ``model.pt``, or
+        an already loaded model (returned as is).
+    role
+        Role to load when ``spec`` is empty (``""``).
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    CheckpointError
+        If the name is unknown, no shipped weights of the role exist, or loading fails.
+    """
+    if isinstance(spec, LoadedModel):
+        return spec
+    text = str(spec) or role
+    with _lock:
+        entry = _session.get(text)
+    if entry is not None:
+        info, loaded = entry
+        return loaded if loaded is not None else _load_path(info.path)
+    shipped = shipped_models()
+    for info in shipped:
+        if info.name == text:
+            return _load_path(info.path)
+    if text in ROLES:
+        for info in shipped:
+            if info.role == text:
+                return _load_path(info.path)
+        raise CheckpointError(
+            f"No shipped {text} weights are installed (napari_brats_kd/weights/index.json lists "
+            f"none for this role). {_HOW_TO_GET}"
+        )
+    path = Path(text).expanduser()
+    if not path.exists():
+        known = [m.name for m in available_models()]
+        raise CheckpointError(
+            f"Model {text!r} is neither a known model name "
+            f"({', '.join(known) if known else 'none are available'}) nor an existing file. "
+            f"{_HOW_TO_GET}"
+        )
+    return _load_path(path)
+
+
+def clear_session_models() -> None:
+    """Forget registered models and cached loads (tests, or to free memory)."""
+    with _lock:
+        _session.clear()
+        _cache.clear()
