@@ -1,0 +1,460 @@
+"""Dock widgets "Segment tumor (student)" and "Segment tumor (teacher)".
+
+A thin shell over :func:`napari_brats_kd.inference.segment`: pick the modality layers (auto-filled
+from the open case), a model and a device, click Run. The model runs in a napari thread worker with
+a progress bar and a Cancel button; the result appears as a Labels layer in BraTS colours, placed
+over the scans and carrying their geometry (so File > Save Selected Layers writes it aligned with
+the source), and the tumour sub-region volumes are shown in the widget.
+
+Everything the widget does can be scripted without it: see :func:`napari_brats_kd.segment_viewer`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+)
+from napari.utils.notifications import show_info, show_warning
+
+from ..labels import MODALITIES, MODALITY_NAMES
+from ._workers import Task, notify_error, start_task
+from .case_from_layers import (
+    add_result_layer,
+    case_from_layers,
+    find_modality_layers,
+    format_volumes,
+    is_image_layer,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..inference import SegmentationResult
+    from ..volume import Case
+
+REPLACE = "Replace previous result"
+ADD = "Add a new layer"
+
+#: File-dialog filter of checkpoints the models package can load.
+CHECKPOINT_FILTER = (
+    "Model checkpoints (*.pt *.pth *.ckpt *.safetensors *.ts);;MONAI bundle model (model.pt);;"
+    "All files (*)"
+)
+
+
+def available_devices() -> list[str]:
+    """``"auto"``, ``"cpu"`` and the accelerators torch can use on this machine."""
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+class SegmentWidget(Container):
+    """Segment the tumour of the case open in ``viewer`` with a student or teacher model.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer (injected by npe2).
+    default_model
+        Model selected when the widget opens: ``"student"`` or ``"teacher"``.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, default_model: str = "student") -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.default_model = default_model
+        self.task: Task | None = None
+        self.last_result: SegmentationResult | None = None
+        self.last_layer = None
+        self._required: tuple[str, ...] = MODALITIES
+
+        self.model_picker = ComboBox(
+            label="Model",
+            choices=self._model_choices,
+            tooltip=(
+                "Network that segments the tumour: models shipped with the plugin, checkpoints "
+                "loaded with 'Load checkpoint...' and models trained in this session."
+            ),
+        )
+        self.load_button = PushButton(
+            text="Load checkpoint...",
+            tooltip=(
+                "Add a model from a file: a napari-brats-kd checkpoint (.pt / .safetensors) or a "
+                "MONAI bundle's models/model.pt."
+            ),
+        )
+        self.bundle_button = PushButton(
+            text="Load MONAI bundle folder...",
+            tooltip="Add a model from a MONAI bundle folder (e.g. brats_mri_segmentation).",
+        )
+        self.model_info = Label(value="", tooltip="What the selected model needs and does.")
+        self.modality_pickers: dict[str, ComboBox] = {
+            m: ComboBox(
+                label=MODALITY_NAMES[m],
+                choices=self._image_layer_choices,
+                nullable=True,
+                tooltip=(
+                    f"Image layer holding the {MODALITY_NAMES[m]} scan. Filled in from the open "
+                    "case; only modalities the selected model needs are shown."
+                ),
+            )
+            for m in MODALITIES
+        }
+        self.device_picker = ComboBox(
+            label="Device",
+            choices=available_devices(),
+            value="auto",
+            tooltip="Where the model runs: auto picks a GPU when there is one, else the CPU.",
+        )
+        self.tta_box = CheckBox(
+            text="Test-time augmentation (flips)",
+            value=False,
+            tooltip=(
+                "Average the predictions over mirrored copies of the scans: smoother, slightly "
+                "more accurate, several times slower."
+            ),
+        )
+        self.output_choice = RadioButtons(
+            label="Result",
+            choices=[REPLACE, ADD],
+            value=REPLACE,
+            tooltip=(
+                "Replace: overwrite the layer this model made for this case before. Add: keep "
+                "earlier results and add another layer."
+            ),
+        )
+        self.run_button = PushButton(text="Run", tooltip="Segment the tumour with the model.")
+        self.cancel_button = PushButton(
+            text="Cancel", enabled=False, tooltip="Stop the running segmentation."
+        )
+        self.progress_bar = ProgressBar(
+            label="Progress", value=0, min=0, max=1, tooltip="Progress of the running model."
+        )
+        self.status = Label(value="", tooltip="What the widget is doing or last did.")
+        self.volumes = Label(
+            label="Volumes",
+            value="",
+            tooltip=(
+                "Sub-region volumes of the last result: WT whole tumour, TC tumour core, "
+                "ET enhancing tumour, in cm³ (mL)."
+            ),
+        )
+        self.volumes.native.setStyleSheet("font-family: monospace;")
+        self.extend(
+            [
+                self.model_picker,
+                Container(
+                    widgets=[self.load_button, self.bundle_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.model_info,
+                *self.modality_pickers.values(),
+                self.device_picker,
+                self.tta_box,
+                self.output_choice,
+                Container(
+                    widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+                ),
+                self.progress_bar,
+                self.status,
+                self.volumes,
+            ]
+        )
+
+        self.model_picker.changed.connect(self._on_model_changed)
+        self.load_button.changed.connect(self._on_load_clicked)
+        self.bundle_button.changed.connect(self._on_bundle_clicked)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        layer_events = viewer.layers.events
+        layer_events.inserted.connect(self._on_layers_changed)
+        layer_events.removed.connect(self._on_layers_changed)
+        layer_events.reordered.connect(self._on_layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._refresh_layer_choices)
+
+        self._select_default_model()
+        self._on_model_changed()
+        self.autofill()
+
+    # ------------------------------------------------------------------------------------ models
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        """``(label, name)`` of every model the models package knows (shipped + this session)."""
+        from ..models import available_models
+
+        choices = [
+            (f"{info.name} ({info.role}, {info.source})", info.name) for info in available_models()
+        ]
+        if not any(name == self.default_model for _, name in choices):
+            # The role name itself resolves to the shipped model of that role; with none
+            # installed it stays selectable and Run (and the info line) say what to do.
+            choices.insert(
+                0, (f"{self.default_model} (shipped; not installed)", self.default_model)
+            )
+        return choices
+
+    def _select_default_model(self) -> None:
+        from ..models import available_models
+
+        infos = available_models()
+        names = [info.name for info in infos]
+        role_names = [info.name for info in infos if info.role == self.default_model]
+        if self.default_model in names or not role_names:
+            self.model_picker.value = self.default_model
+        else:
+            self.model_picker.value = role_names[0]
+
+    @property
+    def required_modalities(self) -> tuple[str, ...]:
+        """Input modalities of the selected model, in its channel order (all four if unknown)."""
+        return self._required
+
+    @property
+    def model_spec(self) -> str:
+        """The selected model (a name from ``available_models()``, or the role name)."""
+        return self.model_picker.value
+
+    def _model_config(self, name: str):
+        """Config of a model without loading its weights when its file header is enough."""
+        from ..models import available_models, read_checkpoint_config, resolve_model
+
+        for info in available_models():
+            if info.name == name and info.path.suffix == ".safetensors" and info.path.is_file():
+                return read_checkpoint_config(info.path)
+        return resolve_model(name, role=self.default_model).config
+
+    def _on_model_changed(self, *_: Any) -> None:
+        """Describe the selected model and show only the modality pickers it needs."""
+        from ..errors import BratsKDError
+
+        try:
+            config = self._model_config(self.model_spec)
+        except BratsKDError as exc:
+            self._required = MODALITIES
+            self.model_info.value = _wrap(str(exc))
+            self.model_info.tooltip = str(exc)
+        else:
+            self._required = tuple(config.modalities)
+            needs = ", ".join(MODALITY_NAMES[m] for m in config.modalities)
+            text = f"{config.description or config.display_name}. Needs {needs}."
+            self.model_info.value = _wrap(text)
+            self.model_info.tooltip = text
+        for modality, picker in self.modality_pickers.items():
+            needed = modality in self._required
+            picker.visible = needed
+            picker.enabled = needed
+
+    def _on_load_clicked(self, *_: Any) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _filter = QFileDialog.getOpenFileName(
+            self.native, "Load a model checkpoint", "", CHECKPOINT_FILTER
+        )
+        if path:
+            self.load_model(path)
+
+    def _on_bundle_clicked(self, *_: Any) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path = QFileDialog.getExistingDirectory(self.native, "Load a MONAI bundle folder")
+        if path:
+            self.load_model(path)
+
+    def load_model(self, path: str | Path) -> str | None:
+        """Register a checkpoint file or MONAI bundle folder and select it.
+
+        Returns the model's name, or ``None`` if it could not be loaded (a notification says why).
+        """
+        from ..errors import BratsKDError
+        from ..models import register_model
+
+        try:
+            entry = register_model(Path(path))
+        except BratsKDError as exc:
+            notify_error(exc, f"Loading {Path(path).name}")
+            return None
+        self.model_picker.reset_choices()
+        self.model_picker.value = entry.name
+        show_info(f"Model {entry.name!r} loaded from {path}.")
+        return entry.name
+
+    # ------------------------------------------------------------------------------------ layers
+    def _image_layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if is_image_layer(layer)]
+
+    def _refresh_layer_choices(self, *_: Any) -> None:
+        for picker in self.modality_pickers.values():
+            picker.reset_choices()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None and hasattr(layer, "events"):
+            layer.events.name.connect(self._refresh_layer_choices)
+        self._refresh_layer_choices()
+        self.autofill(only_empty=True)
+
+    def autofill(self, only_empty: bool = False) -> None:
+        """Pick the modality layers of the open case (by metadata, else by layer name).
+
+        Parameters
+        ----------
+        only_empty
+            Keep the layers the user picked; fill only pickers that are empty.
+        """
+        self._refresh_layer_choices()
+        found = find_modality_layers(self.viewer.layers)
+        for modality, picker in self.modality_pickers.items():
+            if only_empty and picker.value is not None:
+                continue
+            picker.value = found.get(modality)
+
+    def selected_layers(self) -> dict[str, Any]:
+        """``{modality: layer}`` of the pickers the selected model needs."""
+        return {
+            m: self.modality_pickers[m].value
+            for m in self._required
+            if self.modality_pickers[m].value is not None
+        }
+
+    # ------------------------------------------------------------------------------------ run
+    def run(self, *_: Any) -> Task | None:
+        """Start segmenting in a worker thread; returns the task, or None if it cannot start."""
+        from ..errors import BratsKDError, CaseError
+
+        if self.task is not None and self.task.is_running:
+            show_info("A segmentation is already running.")
+            return None
+        layers = self.selected_layers()
+        missing = [MODALITY_NAMES[m] for m in self._required if m not in layers]
+        try:
+            if missing:
+                raise CaseError(
+                    f"No layer picked for {', '.join(missing)}: open a case (File > Open) or "
+                    "pick the layers in the widget."
+                )
+            case, warnings = case_from_layers(layers)
+        except BratsKDError as exc:
+            notify_error(exc, "Segmentation")
+            return None
+        for warning in warnings:
+            show_warning(warning)
+        source_layer = next(iter(layers.values()))
+        spec = self.model_spec
+        device = self.device_picker.value
+        tta = bool(self.tta_box.value)
+
+        def work(progress, should_stop):
+            from ..inference import segment
+
+            return segment(
+                case,
+                model=spec,
+                device=device,
+                tta=tta,
+                progress=progress,
+                should_stop=should_stop,
+            )
+
+        self._set_running(True)
+        self.status.value = f"Segmenting {case.case_id} with {spec}..."
+        self.task = start_task(
+            work,
+            on_progress=self._on_progress,
+            on_returned=lambda result: self._on_result(result, case, source_layer, spec),
+            on_error=self._on_error,
+            on_finished=lambda: self._set_running(False),
+        )
+        return self.task
+
+    def cancel(self, *_: Any) -> None:
+        """Ask the running segmentation to stop (it stops at its next step)."""
+        if self.task is not None and self.task.is_running:
+            self.task.cancel()
+            self.status.value = "Cancelling..."
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
+        for widget in (
+            self.model_picker,
+            self.load_button,
+            self.bundle_button,
+            self.device_picker,
+            self.tta_box,
+            *self.modality_pickers.values(),
+        ):
+            widget.enabled = not running
+        if not running:
+            for modality, picker in self.modality_pickers.items():
+                picker.enabled = modality in self._required
+        else:
+            self.progress_bar.max = 1
+            self.progress_bar.value = 0
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress_bar.max = max(int(total), 1)
+        self.progress_bar.value = min(int(done), self.progress_bar.max)
+        if message:
+            self.status.value = message
+
+    def _on_error(self, exc: BaseException) -> None:
+        from ..errors import Cancelled
+
+        self.status.value = "Cancelled." if isinstance(exc, Cancelled) else "Failed: see message."
+        notify_error(exc, "Segmentation")
+
+    def _on_result(
+        self, result: SegmentationResult, case: Case, source_layer: Any, model_label: str
+    ) -> None:
+        self.last_result = result
+        self.last_layer = add_result_layer(
+            self.viewer,
+            result,
+            case,
+            source_layer,
+            model_label,
+            replace=self.output_choice.value == REPLACE,
+        )
+        self.progress_bar.value = self.progress_bar.max
+        self.status.value = (
+            f"{result.model} on {result.device}: {result.seconds:.1f} s -> "
+            f"layer {self.last_layer.name!r}"
+        )
+        self.volumes.value = format_volumes(result.volumes_ml)
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+class StudentSegmentWidget(SegmentWidget):
+    """'Segment tumor (student)': the fast compact model, selected by default."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer, default_model="student")
+
+
+class TeacherSegmentWidget(SegmentWidget):
+    """'Segment tumor (teacher)': the big, slower, more accurate model, selected by default."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer, default_model="teacher")
