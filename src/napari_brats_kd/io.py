@@ -194,7 +194,14 @@ def check_nifti(path: PathLike, max_bytes: int | None = None) -> nib.Nifti1Heade
         shape = tuple(int(s) for s in header.get_data_shape())
         dtype = np.dtype(header.get_data_dtype())
         vox_offset = int(header["vox_offset"])
-    except (nib.spatialimages.HeaderDataError, ValueError, TypeError, KeyError) as exc:
+        out_itemsize = _output_itemsize(header, dtype)
+    except (
+        nib.spatialimages.HeaderDataError,
+        ValueError,
+        TypeError,
+        KeyError,
+        OverflowError,
+    ) as exc:
         raise NiftiReadError(f"{path.name} has an invalid NIfTI header: {exc}") from None
     if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
         raise NiftiReadError(
@@ -227,7 +234,7 @@ def check_nifti(path: PathLike, max_bytes: int | None = None) -> nib.Nifti1Heade
             f"compressed file ({file_size} bytes) cannot hold that much; the file is truncated or "
             "its header corrupt."
         )
-    out_bytes = int(np.prod(shape, dtype=object)) * _output_itemsize(header, dtype)
+    out_bytes = int(np.prod(shape, dtype=object)) * out_itemsize
     if out_bytes > cap:
         raise ResourceError(
             f"{path.name} would take {out_bytes / 1024**3:.1f} GiB in memory (shape {shape}, "
@@ -252,7 +259,9 @@ def check_nifti(path: PathLike, max_bytes: int | None = None) -> nib.Nifti1Heade
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_affine(path: Path, affine: np.ndarray) -> np.ndarray:
+def _check_affine(path: Path, affine: np.ndarray | None) -> np.ndarray:
+    if affine is None:
+        raise InvalidVolumeError(f"{path.name} has no usable affine (sform, qform or pixdim).")
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InvalidVolumeError(f"{path.name} has a non-finite affine: {affine.tolist()}.")
@@ -311,7 +320,11 @@ def read_nifti(
         )
     try:
         img = nib.load(str(path))
-        affine = _check_affine(path, img.affine)
+        raw_affine = img.affine
+    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise NiftiReadError(f"{path.name} has an unusable NIfTI header ({exc}).") from None
+    affine = _check_affine(path, raw_affine)
+    try:
         data = np.asanyarray(img.dataobj)
     except MemoryError:
         raise ResourceError(f"Not enough memory to read {path.name} (shape {shape}).") from None
@@ -323,14 +336,18 @@ def read_nifti(
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.dtype.kind == "f":
+        if data.dtype == np.float64:
+            # Halves memory (scans carry no float64 precision); values beyond float32 become
+            # Inf and are reported below like any other non-finite voxel.
+            with np.errstate(over="ignore"):
+                data = data.astype(np.float32)
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
             raise InvalidVolumeError(
-                f"{path.name} holds {bad} NaN/Inf voxel(s) out of {data.size}: fix the file "
-                "(e.g. replace them by 0) before using it."
+                f"{path.name} holds {bad} NaN/Inf voxel(s) out of {data.size} (after applying the "
+                "header's scl_slope/scl_inter): fix the file (e.g. replace them by 0) before "
+                "using it."
             )
-        if data.dtype == np.float64:
-            data = data.astype(np.float32)  # halves memory; scans carry no float64 precision
     return data, affine, img.header.copy()
 
 
