@@ -61,20 +61,31 @@ def _add_phantom(sub: argparse._SubParsersAction) -> Runner:
         default="A",
         help="scanner 'site' preset (A = reference site, B, C = other hospitals; default A)",
     )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        default=1.0,
+        help="voxel size in mm: 1 = the BraTS grid 240x240x155, 4 = 60x60x39 (default 1)",
+    )
     return _run_phantom
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
     from .phantom import write_phantom_dataset
 
-    paths = write_phantom_dataset(
-        args.out_dir,
-        n=args.n,
-        seed=args.seed,
-        naming=args.naming,
-        site=args.site,
-        progress=_tqdm_progress("phantoms", "case"),
-    )
+    try:
+        paths = write_phantom_dataset(
+            args.out_dir,
+            n=args.n,
+            seed=args.seed,
+            naming=args.naming,
+            site=args.site,
+            spacing=args.spacing,
+            progress=_tqdm_progress("phantoms", "case"),
+        )
+    except ValueError as exc:  # bad --n / --site / --spacing: a usage error, not a crash
+        print(f"brats-kd phantom: error: {exc}", file=sys.stderr)
+        return 2
     print(f"Wrote {len(paths)} case(s) to {args.out_dir}")
     return 0
 
