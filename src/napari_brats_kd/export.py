@@ -1,0 +1,211 @@
+"""Export a model to ONNX or TorchScript, and check the export against PyTorch.
+
+Both formats take a ``(N, C, X, Y, Z)`` float32 tensor (normalised, model orientation, spatial
+sizes multiples of the network stride) and return region logits ``(N, R, X, Y, Z)``; spatial sizes
+are dynamic. The model config travels along (ONNX metadata ``napari_brats_kd.config``, TorchScript
+extra file ``config.json``), so an exported file still says which modalities go in which channel.
+Each export is run on a phantom case (or random data) and compared with the PyTorch model: the
+largest probability difference and the fraction of voxels whose label agrees are reported.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import labels as lab
+from .errors import CheckpointError
+from .models import LoadedModel, normalize_input, resolve_model
+from .models.networks import network_stride
+
+#: ONNX opset used for export (onnxruntime >= 1.17 runs it).
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """Result of an export and its check against PyTorch.
+
+    Attributes
+    ----------
+    path
+        File written.
+    format
+        ``"onnx"`` or ``"torchscript"``.
+    input_shape
+        Shape of the check input ``(1, C, X, Y, Z)``.
+    max_abs_diff
+        Largest absolute difference of sigmoid probabilities, export vs PyTorch.
+    label_agreement
+        Fraction of voxels with the same label map value (1.0 = identical labels).
+    """
+
+    path: Path
+    format: str
+    input_shape: tuple[int, ...]
+    max_abs_diff: float
+    label_agreement: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.format} -> {self.path}: max |p_export - p_torch| = {self.max_abs_diff:.2e}, "
+            f"label agreement {100 * self.label_agreement:.4f} % on input "
+            f"{'x'.join(map(str, self.input_shape))}"
+        )
+
+
+def check_input(loaded: LoadedModel, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A normalised ``(1, C, X, Y, Z)`` check input: a 4 mm phantom case, or noise without one.
+
+    Spatial sizes are rounded up to the network stride.
+    """
+    cfg = loaded.config
+    stride = network_stride(cfg)
+    try:
+        from .phantom import make_phantom
+
+        image = make_phantom(seed, spacing=4.0).model_input(cfg.modalities)
+    except (ImportError, OSError):  # phantom assets missing: random brain-like data
+        image = np.random.default_rng(seed).random((cfg.in_channels, size, size, size), np.float32)
+    image = normalize_input(image, cfg.normalization)
+    target = [max(stride, int(np.ceil(s / stride) * stride)) for s in image.shape[1:]]
+    padded = np.zeros((cfg.in_channels, *target), np.float32)
+    padded[:, : image.shape[1], : image.shape[2], : image.shape[3]] = image
+    return torch.from_numpy(padded)[None]
+
+
+def _compare(
+    loaded: LoadedModel, run: Callable[[np.ndarray], np.ndarray], x: torch.Tensor
+) -> tuple[float, float]:
+    """Worst probability difference and label agreement over ``x`` and a half-depth copy.
+
+    The second, smaller input proves the exported graph is not frozen to the export input's shape.
+    """
+    stride = network_stride(loaded.config)
+    half = max(stride, (x.shape[-1] // 2) // stride * stride)
+    results = [_compare_one(loaded, run, t) for t in (x, x[..., :half].contiguous())]
+    return max(r[0] for r in results), min(r[1] for r in results)
+
+
+def _compare_one(
+    loaded: LoadedModel, run: Callable[[np.ndarray], np.ndarray], x: torch.Tensor
+) -> tuple[float, float]:
+    with torch.inference_mode():
+        ref = torch.sigmoid(loaded.model.cpu().eval()(x)).numpy()[0]
+    out = 1.0 / (1.0 + np.exp(-run(x.numpy())[0].astype(np.float64)))
+    conv = lab.LabelConvention(loaded.config.convention)
+    regions = loaded.config.regions
+    labels_ref = lab.regions_to_labels(ref > 0.5, conv, regions)
+    labels_out = lab.regions_to_labels(out > 0.5, conv, regions)
+    return float(np.abs(out - ref).max()), float((labels_ref == labels_out).mean())
+
+
+def export_onnx(
+    model: str | os.PathLike | LoadedModel, out: str | os.PathLike, opset: int = ONNX_OPSET
+) -> ExportReport:
+    """Export ``model`` to an ONNX file with dynamic batch and spatial axes, and check it.
+
+    Parameters
+    ----------
+    model
+        Model name, checkpoint / bundle path or loaded model.
+    out
+        ``.onnx`` file to write.
+    opset
+        ONNX opset version.
+
+    Returns
+    -------
+    ExportReport
+
+    Raises
+    ------
+    CheckpointError
+        If the model cannot be loaded or exported, or onnx / onnxruntime are missing.
+    """
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise CheckpointError(
+            "ONNX export needs the onnx and onnxruntime packages: "
+            "pip install 'napari-brats-kd[onnx]'."
+        ) from exc
+    loaded = resolve_model(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x = check_input(loaded)
+    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
+    net = loaded.model.cpu().eval()
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter is deprecated in favour of torch.export, which does
+            # not yet handle MONAI's data-dependent shapes; it still gives a correct graph.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                net,
+                (x,),
+                str(out),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes},
+                opset_version=opset,
+                dynamo=False,
+            )
+    except Exception as exc:  # exporter failures come in many types; report them as one
+        raise CheckpointError(f"ONNX export of {loaded.name} failed: {exc}") from exc
+    proto = onnx.load(str(out))
+    onnx.helper.set_model_props(
+        proto, {"napari_brats_kd.config": loaded.config.to_json(), "producer": "napari-brats-kd"}
+    )
+    onnx.save(proto, str(out))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    diff, agree = _compare(loaded, lambda a: session.run(None, {"image": a})[0], x)
+    return ExportReport(out, "onnx", tuple(x.shape), diff, agree)
+
+
+def export_torchscript(
+    model: str | os.PathLike | LoadedModel, out: str | os.PathLike
+) -> ExportReport:
+    """Export ``model`` to a traced TorchScript file (spatial sizes stay dynamic), and check it.
+
+    Parameters
+    ----------
+    model
+        Model name, checkpoint / bundle path or loaded model.
+    out
+        ``.pt`` file to write (load with ``torch.jit.load``; the config is the extra file
+        ``config.json``).
+
+    Returns
+    -------
+    ExportReport
+    """
+    loaded = resolve_model(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x = check_input(loaded)
+    net = loaded.model.cpu().eval()
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are benign
+            traced = torch.jit.trace(net, x, check_trace=False)
+            torch.jit.save(traced, str(out), _extra_files={"config.json": loaded.config.to_json()})
+    except Exception as exc:  # tracer failures come in many types; report them as one
+        raise CheckpointError(f"TorchScript export of {loaded.name} failed: {exc}") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        reloaded = torch.jit.load(str(out), map_location="cpu")
+
+    def run(a: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return reloaded(torch.from_numpy(a)).numpy()
+
+    diff, agree = _compare(loaded, run, x)
+    return ExportReport(out, "torchscript", tuple(x.shape), diff, agree)
