@@ -90,10 +90,305 @@ def _run_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ segment
+def _add_segment(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser(
+        "segment",
+        help="segment the tumour of a case (or of every case in a folder)",
+        description=(
+            "Segment INPUT (a case folder or file, or a dataset folder of cases) and write label "
+            "maps aligned with the input scans. One case: -o is the output file (or a folder). "
+            "Several cases: -o is a folder receiving <case_id>_seg.nii.gz per case."
+        ),
+    )
+    p.add_argument("input", type=Path, help="case folder/file, or a folder of cases")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
+    p.add_argument(
+        "--model",
+        default="student",
+        help="student, teacher, a registered name, a .safetensors checkpoint or a MONAI bundle",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--tta", action="store_true", help="average over mirrored copies (8x slower)")
+    p.add_argument(
+        "--convention",
+        default=None,
+        help="label convention to write (brats2021, brats2023, ...; default: the case's)",
+    )
+    p.add_argument(
+        "--min-component-voxels",
+        type=int,
+        default=0,
+        help="remove tumour components smaller than this many voxels (default 0: keep all)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    return _run_segment
+
+
+def _segment_output(output: Path, case_id: str, several: bool) -> Path:
+    from .naming import is_nifti_name
+
+    if not several and is_nifti_name(output):
+        return output
+    return output / f"{case_id}_seg.nii.gz"
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from .inference import segment
+    from .io import find_cases, load_case, save_labels
+    from .models import resolve_model
+
+    model = resolve_model(args.model)  # once, not per case
+    cases = find_cases(args.input)
+    several = len(cases) > 1
+    case_bar = _tqdm_progress("cases", "case") if several else None
+    for i, case_path in enumerate(cases):
+        case = load_case(case_path, extra_segmentations=False)
+        result = segment(
+            case,
+            model,
+            device=args.device,
+            tta=args.tta,
+            convention=args.convention,
+            min_component_voxels=args.min_component_voxels,
+            num_threads=args.threads,
+            progress=None if several else _tqdm_progress(case.case_id, "pass"),
+        )
+        out = save_labels(
+            _segment_output(args.output, case.case_id, several),
+            result.labels,
+            case.reference,
+            result.convention,
+        )
+        volumes = ", ".join(f"{r} {v:.1f} ml" for r, v in result.volumes_ml.items())
+        message = f"{case.case_id}: {volumes} ({result.seconds:.1f} s on {result.device}) -> {out}"
+        if case_bar is not None:
+            case_bar(i + 1, len(cases), case.case_id)
+            print(message, file=sys.stderr)
+        else:
+            print(message)
+    if several:
+        print(f"Segmented {len(cases)} cases with {model.name} into {args.output}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- export
+def _add_export(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX and/or TorchScript, checked against PyTorch",
+        description=(
+            "Export CKPT (a checkpoint, bundle or model name) and check that the export gives "
+            "the same labels as PyTorch on a phantom case."
+        ),
+    )
+    p.add_argument("checkpoint", help="student, teacher, a .safetensors checkpoint or a bundle")
+    p.add_argument("--onnx", type=Path, default=None, help="ONNX file to write")
+    p.add_argument("--torchscript", type=Path, default=None, help="TorchScript .pt file to write")
+    return _run_export
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .errors import CheckpointError
+    from .export import export_onnx, export_torchscript
+    from .models import resolve_model
+
+    if args.onnx is None and args.torchscript is None:
+        raise CheckpointError("Nothing to do: give --onnx OUT.onnx and/or --torchscript OUT.pt.")
+    model = resolve_model(args.checkpoint)
+    if args.onnx is not None:
+        print(export_onnx(model, args.onnx))
+    if args.torchscript is not None:
+        print(export_torchscript(model, args.torchscript))
+    return 0
+
+
+# --------------------------------------------------------------------------------------- training
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``distill``."""
+    p.add_argument("data_dir", type=Path, help="folder of labelled cases")
+    p.add_argument("--out", type=Path, default=None, help="where to write the best checkpoint")
+    p.add_argument("--config", default=None, help="YAML config file (default: the shipped one)")
+    p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: <out>_run)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="cases per step")
+    p.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"))
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes")
+    p.add_argument("--augment", default=None, help="augmentation preset: none, light, strong")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="continue the run in folder RUN (its config.yaml; other options override it)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config setting, e.g. --set augment.noise_prob=0.2 (repeatable)",
+    )
+
+
+def _training_overrides(args: argparse.Namespace, extra: dict) -> list[str]:
+    """Command-line options as ``key=value`` overrides (explicit flags after --set)."""
+    pairs = {
+        "data_dir": args.data_dir,
+        "out": args.out,
+        "run_dir": args.run_dir,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "patch_size": list(args.patch_size) if args.patch_size else None,
+        "lr": args.lr,
+        "device": args.device,
+        "num_workers": args.num_workers,
+        "augment.preset": args.augment,
+        "seed": args.seed,
+        **extra,
+    }
+    return list(args.overrides) + [f"{k}={v}" for k, v in pairs.items() if v is not None]
+
+
+def _run_training(args: argparse.Namespace, kind: str, extra: dict) -> int:
+    from .training import distill, load_config, resume_run, train_teacher
+
+    overrides = _training_overrides(args, extra)
+    progress = _tqdm_progress(kind)
+    if args.resume is not None:
+        result = resume_run(args.resume, overrides, progress=progress)
+    else:
+        cfg = load_config(args.config, overrides, kind=kind)
+        run = distill if kind == "distill" else train_teacher
+        result = run(cfg, progress=progress)
+    best = f"{result.best_metric:.4f} (epoch {result.best_epoch})" if result.best_epoch else "n/a"
+    print(f"Run folder: {result.run_dir}")
+    print(f"Best mean validation Dice: {best}")
+    print(f"Checkpoint: {result.out or result.best_checkpoint or result.last_checkpoint}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser(
+        "train",
+        help="train a segmentation network (teacher) on labelled cases",
+        description=(
+            "Train a network with Dice + BCE on tumour regions (TC, WT, ET). Settings come from "
+            "the shipped teacher.yaml (or --config), overridden by the flags and --set pairs. "
+            "Fine-tune a checkpoint with --init-from (add --freeze encoder)."
+        ),
+    )
+    _add_training_options(p)
+    p.add_argument("--arch", default=None, help="segresnet, segresnet-large, unet, swinunetr")
+    p.add_argument("--modalities", default=None, help="input modalities, e.g. t1c,t1,t2,flair")
+    p.add_argument("--init-from", default=None, help="checkpoint to start from (fine-tuning)")
+    p.add_argument("--freeze", default=None, help="'encoder' or comma-separated name prefixes")
+    return _run_train
+
+
+def _modalities_list(text: str | None) -> str | None:
+    if text is None:
+        return None
+    from .labels import parse_modalities
+
+    try:
+        return "[" + ",".join(parse_modalities(text)) + "]"
+    except ValueError as exc:
+        from .errors import TrainingError
+
+        raise TrainingError(str(exc)) from exc
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    freeze = None if args.freeze is None else "[" + args.freeze + "]"
+    extra = {
+        "model.arch": args.arch,
+        "model.modalities": _modalities_list(args.modalities),
+        "init_from": args.init_from,
+        "freeze": freeze,
+    }
+    return _run_training(args, "train", extra)
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser(
+        "distill",
+        help="distil a small fast student from a teacher",
+        description=(
+            "Train a student with alpha * (Dice + BCE) on labels + (1 - alpha) * T^2 * binary KL "
+            "to the teacher's softened outputs. --modalities trains a student on fewer scans than "
+            "the teacher (cross-modal); --unlabeled adds unlabelled cases (e.g. another site) "
+            "learnt from the teacher only."
+        ),
+    )
+    _add_training_options(p)
+    p.add_argument("--teacher", default=None, help="teacher checkpoint, model name or bundle")
+    p.add_argument("--modalities", default=None, help="student input modalities, e.g. t1c,flair")
+    p.add_argument("--student", default=None, help="student preset: student-small, student-tiny")
+    p.add_argument("--unlabeled", type=Path, default=None, help="folder of unlabelled cases")
+    p.add_argument("--alpha", type=float, default=None, help="weight of the label loss (0-1)")
+    p.add_argument("--temperature", type=float, default=None, help="softening temperature T")
+    return _run_distill
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    extra = {
+        "teacher": args.teacher,
+        "model.modalities": _modalities_list(args.modalities),
+        "model.arch": args.student,
+        "unlabeled_dir": args.unlabeled,
+        "alpha": args.alpha,
+        "temperature": args.temperature,
+    }
+    return _run_training(args, "distill", extra)
+
+
+# ------------------------------------------------------------------------------------- evaluate
+def _add_evaluate(sub: argparse._SubParsersAction) -> Runner:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted segmentations against ground truth (Dice, HD95, volumes)",
+        description=(
+            "Match predictions in PRED_DIR to ground-truth cases in GT_DIR by case id and report "
+            "Dice, HD95 (mm) and volumes for WT, TC, ET and each tumour class, BraTS style."
+        ),
+    )
+    p.add_argument("pred_dir", type=Path, help="folder of predicted label maps")
+    p.add_argument("gt_dir", type=Path, help="folder of ground-truth cases")
+    p.add_argument("--csv", type=Path, default=None, help="write per-case metrics and summary")
+    return _run_evaluate
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import evaluate_folders
+
+    results, summary = evaluate_folders(
+        args.pred_dir, args.gt_dir, args.csv, progress=_tqdm_progress("evaluate", "case")
+    )
+    print(f"{len(results)} case(s)")
+    print(f"{'region':<8}{'Dice mean':>11}{'Dice std':>10}{'HD95 mean':>11}{'HD95 med':>10}")
+    for region in ("WT", "TC", "ET"):
+        d, h = summary[f"dice_{region}"], summary[f"hd95_{region}"]
+        row = f"{region:<8}{d['mean']:>11.4f}{d['std']:>10.4f}{h['mean']:>11.2f}"
+        print(f"{row}{h['median']:>10.2f}")
+    if args.csv is not None:
+        print(f"Wrote {args.csv}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- registry
 #: Subcommands in the order ``--help`` lists them; later issues append theirs.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Runner]] = [
     _add_phantom,
+    _add_segment,
+    _add_export,
+    _add_train,
+    _add_distill,
+    _add_evaluate,
 ]
 
 
