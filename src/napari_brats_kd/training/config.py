@@ -1,0 +1,379 @@
+"""Training configurations: dataclasses loadable from YAML, with ``key=value`` overrides.
+
+Three entry points share one :class:`TrainConfig`:
+
+- teacher training (:func:`~napari_brats_kd.training.train_teacher`),
+- transfer learning / fine-tuning (the same, with ``init_from`` set and optionally ``freeze``),
+- distillation (:class:`DistillConfig`, which adds the teacher and the KD settings).
+
+Defaults ship as YAML files in ``napari_brats_kd/configs/`` (``teacher.yaml``,
+``distill.yaml``, ``finetune.yaml``); :func:`load_config` reads one of them or a user's file, and
+:func:`apply_overrides` applies command-line ``--set key=value`` pairs (values parsed as YAML,
+nested keys with dots: ``augment.noise_prob=0.3``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import TrainingError
+from .augment import AugmentConfig
+
+#: Encoder parameter-name prefixes per architecture, frozen by ``freeze: [encoder]``.
+#: SegResNet's encoder is its stem (``convInit``) and down-sampling stages (``down_layers``);
+#: the student wraps a SegResNet as ``net``; MONAI's UNet nests its encoder so that only the
+#: first stage has a fixed name (``model.0``).
+ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
+    "segresnet": ("convInit.", "down_layers."),
+    "student": ("net.convInit.", "net.down_layers."),
+    "unet": ("model.0.",),
+    "swinunetr": ("swinViT.",),
+}
+
+
+@dataclass
+class ModelSpec:
+    """Which network to train (ignored when ``init_from`` gives a checkpoint to start from).
+
+    Attributes
+    ----------
+    kind
+        ``"teacher"`` or ``"student"``.
+    arch
+        Teacher architecture (``segresnet``, ``segresnet-large``, ``unet``, ``swinunetr``) or
+        student preset (``student-small``, ``student-tiny``).
+    modalities
+        Input channels in order; ``None`` = the bundle order (T1c, T1, T2, FLAIR) for teachers, the
+        teacher's modalities for distilled students.
+    arch_args
+        Builder arguments replacing the architecture's defaults (e.g. ``init_filters: 4``).
+    name, description
+        Stored in the checkpoint.
+    """
+
+    kind: str = "teacher"
+    arch: str = "segresnet"
+    modalities: list[str] | None = None
+    arch_args: dict = field(default_factory=dict)
+    name: str = ""
+    description: str = ""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a supervised training (teacher) or fine-tuning run.
+
+    Attributes
+    ----------
+    data_dir
+        Folder of labelled cases (any naming :func:`napari_brats_kd.io.find_cases` knows).
+    run_dir
+        Run folder (config, split, logs, checkpoints). Default: ``<out stem>_run`` beside ``out``,
+        or ``runs/<time>``.
+    out
+        Where to copy the best checkpoint at the end (``.safetensors``).
+    model
+        The network (:class:`ModelSpec`).
+    init_from
+        Checkpoint (path, registered model name or MONAI bundle folder) to start from: transfer
+        learning. Its architecture and modalities are used; ``model`` is then ignored.
+    freeze
+        Parameter-name prefixes to freeze, or ``["encoder"]`` for the architecture's encoder (see
+        :data:`ENCODER_PREFIXES`).
+    pretrained_lr_factor
+        Learning-rate multiplier for parameters loaded from ``init_from`` (e.g. 0.1); the output
+        layer (``conv_final``) always learns at the full rate.
+    epochs, steps_per_epoch
+        Training length. ``steps_per_epoch`` ``None`` = one pass over the training patches.
+    batch_size, patch_size, samples_per_case, pos_fraction
+        Patches: ``samples_per_case`` crops per case and pass, centred on tumour with probability
+        ``pos_fraction`` (else on brain background).
+    lr, weight_decay, warmup_epochs, schedule, min_lr_factor
+        AdamW; linear warm-up then ``cosine`` or ``poly`` (power 0.9) decay to
+        ``lr * min_lr_factor``.
+    dice_weight, bce_weight
+        Weights of the supervised loss terms.
+    amp
+        Mixed precision on CUDA (ignored on CPU).
+    val_every, val_overlap, val_sw_batch_size, val_roi_size
+        Sliding-window validation every N epochs on the validation cases (``val_roi_size``
+        ``None`` = ``patch_size``).
+    val_fraction, test_fraction, split_file, max_cases
+        Split of ``data_dir`` (seeded) or a user's JSON ``{"train": [...], "val": [...],
+        "test": [...]}`` of case ids; ``max_cases`` caps the cases used (quick runs).
+    cache
+        ``"memory"`` (MONAI CacheDataset), ``"disk"`` (PersistentDataset in ``cache_dir``) or
+        ``"none"``.
+    num_workers
+        DataLoader worker processes (augmentation runs there).
+    augment
+        :class:`~napari_brats_kd.training.augment.AugmentConfig`.
+    seed, deterministic
+        Seeds Python, numpy, torch and MONAI transforms; ``deterministic`` also asks PyTorch for
+        deterministic algorithms (slower on GPU).
+    device
+        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    checkpoint_every
+        Also save the checkpoint every N steps (0 = only at epoch ends).
+    """
+
+    data_dir: str = ""
+    run_dir: str | None = None
+    out: str | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)
+    init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)
+    pretrained_lr_factor: float = 1.0
+    epochs: int = 100
+    steps_per_epoch: int | None = None
+    batch_size: int = 2
+    patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])
+    samples_per_case: int = 2
+    pos_fraction: float = 0.5
+    lr: float = 3e-4
+    weight_decay: float = 1e-5
+    warmup_epochs: int = 2
+    schedule: str = "cosine"
+    min_lr_factor: float = 0.01
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    amp: bool = True
+    val_every: int = 1
+    val_overlap: float = 0.25
+    val_sw_batch_size: int = 2
+    val_roi_size: list[int] | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    split_file: str | None = None
+    max_cases: int | None = None
+    cache: str = "memory"
+    cache_dir: str | None = None
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    checkpoint_every: int = 0
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for YAML (nested configs as dicts)."""
+        d = asdict(self)
+        d["augment"] = self.augment.to_dict()
+        d["kind"] = self.kind
+        return d
+
+    @property
+    def kind(self) -> str:
+        """``"train"`` or ``"distill"``: which entry point the config belongs to."""
+        return "train"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping (YAML); unknown keys raise :class:`TrainingError`."""
+        data = dict(data)
+        data.pop("kind", None)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise TrainingError(
+                f"Unknown setting(s) {sorted(unknown)} for {cls.__name__}; known settings are "
+                f"{', '.join(sorted(known))}."
+            )
+        if "model" in data:
+            model = data["model"] or {}
+            if isinstance(model, ModelSpec):
+                data["model"] = model
+            else:
+                bad = set(model) - {f.name for f in fields(ModelSpec)}
+                if bad:
+                    raise TrainingError(f"Unknown model setting(s) {sorted(bad)}.")
+                data["model"] = ModelSpec(**model)
+        if "augment" in data and not isinstance(data["augment"], AugmentConfig):
+            data["augment"] = AugmentConfig.from_dict(data["augment"])
+        try:
+            cfg = cls(**data)
+        except TypeError as exc:
+            raise TrainingError(f"Invalid {cls.__name__} settings: {exc}") from exc
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise :class:`TrainingError` naming the first setting out of range."""
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (len(self.patch_size) == 3 and min(self.patch_size) > 0, "patch_size needs 3 sizes"),
+            (self.samples_per_case >= 1, "samples_per_case must be >= 1"),
+            (0.0 <= self.pos_fraction <= 1.0, "pos_fraction must lie in [0, 1]"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.schedule in ("cosine", "poly", "constant"), "schedule: cosine, poly, constant"),
+            (self.cache in ("memory", "disk", "none"), "cache must be memory, disk or none"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction must lie in [0, 1)"),
+            (0.0 <= self.test_fraction < 1.0, "test_fraction must lie in [0, 1)"),
+            (self.val_every >= 1, "val_every must be >= 1"),
+            (self.pretrained_lr_factor >= 0, "pretrained_lr_factor must be >= 0"),
+            (self.model.kind in ("teacher", "student"), "model.kind must be teacher or student"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainingError(f"Invalid setting: {message}.")
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Settings of a knowledge-distillation run (a :class:`TrainConfig` plus the teacher).
+
+    Attributes
+    ----------
+    teacher
+        Teacher checkpoint: path, registered model name or MONAI bundle folder.
+    alpha
+        Weight of the ground-truth loss; ``1 - alpha`` goes to the teacher (binary KL).
+    temperature
+        Softening temperature T of teacher and student logits.
+    unlabeled_dir
+        Folder of unlabelled cases (e.g. another site): learnt from the teacher only.
+    unlabeled_weight
+        How many unlabelled patches per labelled patch (sampling ratio; 1 = equal numbers of
+        cases drawn from both pools each epoch).
+    """
+
+    teacher: str = ""
+    alpha: float = 0.5
+    temperature: float = 2.0
+    unlabeled_dir: str | None = None
+    unlabeled_weight: float = 1.0
+
+    @property
+    def kind(self) -> str:
+        return "distill"
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.alpha <= 1.0:
+            raise TrainingError(f"Invalid setting: alpha must lie in [0, 1], got {self.alpha}.")
+        if self.temperature <= 0:
+            raise TrainingError(
+                f"Invalid setting: temperature must be > 0, got {self.temperature}."
+            )
+        if not self.teacher:
+            raise TrainingError("Distillation needs a teacher: set 'teacher' (a checkpoint).")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict:
+    """Apply ``key=value`` pairs (or a mapping) onto a config mapping, in place; returns it.
+
+    Dotted keys reach into nested settings (``augment.noise_prob=0.2``, ``model.arch_args.
+    init_filters=4``). Values are parsed as YAML (``[64,64,64]``, ``true``, ``1e-4``).
+    """
+    items = (
+        overrides.items()
+        if isinstance(overrides, Mapping)
+        else [_split_override(o) for o in overrides]
+    )
+    for key, value in items:
+        parts = key.split(".")
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {} if node.get(p) is None else _as_dict(node[p], key)
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def _as_dict(value: Any, key: str) -> dict:
+    if isinstance(value, str):  # augment: strong -> {"preset": "strong"}
+        return {"preset": value}
+    raise TrainingError(
+        f"Cannot set {key!r}: {key.rsplit('.', 1)[0]!r} is not a group of settings."
+    )
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise TrainingError(f"Override {text!r} must look like key=value (e.g. epochs=10).")
+    key, value = text.split("=", 1)
+    return key.strip(), _parse_value(value.strip())
+
+
+def default_config_path(name: str) -> Path:
+    """Path of a default config shipped with the package (``teacher``, ``distill``, ...)."""
+    ref = resources.files("napari_brats_kd") / "configs" / f"{name}.yaml"
+    return Path(str(ref))
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    kind: str = "train",
+) -> TrainConfig:
+    """Load a :class:`TrainConfig` or :class:`DistillConfig` from YAML, with overrides.
+
+    Parameters
+    ----------
+    source
+        A YAML file, the name of a shipped default (``teacher``, ``distill``, ``finetune``), a
+        mapping, or ``None`` for the default of ``kind``.
+    overrides
+        ``["epochs=10", "augment.preset=strong"]`` or a mapping of dotted keys.
+    kind
+        ``"train"`` or ``"distill"``: which config class to build (a YAML ``kind:`` key wins).
+
+    Returns
+    -------
+    TrainConfig or DistillConfig
+    """
+    if source is None:
+        source = "distill" if kind == "distill" else "teacher"
+    if isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.suffix and not path.exists():
+            path = default_config_path(str(source))
+        if not path.is_file():
+            raise TrainingError(f"Config file {path} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise TrainingError(f"Config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise TrainingError(f"Config file {path} must hold a mapping of settings.")
+    data = apply_overrides(data, overrides)
+    kind = data.get("kind", kind)
+    cls = DistillConfig if kind == "distill" else TrainConfig
+    return cls.from_dict(data)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write ``config`` as YAML (readable by :func:`load_config`)."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
+
+
+__all__ = [
+    "ENCODER_PREFIXES",
+    "DistillConfig",
+    "ModelSpec",
+    "TrainConfig",
+    "apply_overrides",
+    "default_config_path",
+    "load_config",
+    "save_config",
+]

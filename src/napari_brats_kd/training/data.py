@@ -1,0 +1,343 @@
+"""Training data: case discovery, the train/val/test split, and MONAI datasets of patches.
+
+Every case is loaded with :func:`napari_brats_kd.io.load_case`, put in model orientation
+(:meth:`~napari_brats_kd.volume.Case.model_input`), normalised with
+:func:`napari_brats_kd.models.normalize_input` (the exact function inference uses) and its labels
+turned into region channels (TC, WT, ET) with :func:`napari_brats_kd.labels.labels_to_regions`.
+These deterministic steps are cached (in memory or on disk); patch sampling and augmentation run
+afterwards, in the DataLoader workers.
+
+Patch sampling is balanced between tumour and background: ``RandCropByPosNegLabeld`` centres a
+patch on a tumour (WT) voxel with probability ``pos_fraction`` and otherwise on a brain voxel
+outside the tumour. Unlabelled cases (another site, learnt from the teacher only) centre their
+patches on brain voxels.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.transforms import Transform
+
+from ..errors import BratsKDError, CaseError, TrainingError
+from ..labels import REGIONS, labels_to_regions
+
+#: Keys of a loaded case dictionary.
+IMAGE, LABEL, LABELLED, CASE_ID = "image", "label", "labelled", "case_id"
+FG, BG = "fg_indices", "bg_indices"
+
+
+@dataclass
+class CaseEntry:
+    """One case of a dataset, as its file names describe it (nothing decoded yet).
+
+    Attributes
+    ----------
+    case_id
+        The case's identifier.
+    path
+        What :func:`~napari_brats_kd.io.load_case` reads.
+    modalities
+        Modalities its files provide.
+    has_seg
+        Whether it has a segmentation file.
+    """
+
+    case_id: str
+    path: Path
+    modalities: tuple[str, ...] = ()
+    has_seg: bool = False
+
+
+def discover_cases(data_dir: str | Path, max_cases: int | None = None) -> list[CaseEntry]:
+    """The cases of a dataset folder, sorted by id.
+
+    Raises
+    ------
+    TrainingError
+        If the folder is missing or holds no case, or two cases share an id.
+    """
+    from ..io import find_cases
+    from ..naming import case_files
+
+    try:
+        paths = find_cases(data_dir)
+        entries = []
+        for p in paths:
+            files = case_files(p)
+            mods = tuple(files.images) or (files.multichannel[1] if files.multichannel else ())
+            entries.append(CaseEntry(files.case_id, Path(p), mods, files.seg is not None))
+    except CaseError as exc:
+        raise TrainingError(f"No usable training data under {data_dir}: {exc}") from exc
+    ids = [e.case_id for e in entries]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise TrainingError(f"Case ids occur twice under {data_dir}: {dupes[:5]}.")
+    entries.sort(key=lambda e: e.case_id)
+    if max_cases is not None:
+        entries = entries[: max(1, int(max_cases))]
+    return entries
+
+
+def make_split(
+    case_ids: Sequence[str],
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """A seeded split ``{"train", "val", "test"}`` of case ids.
+
+    At least one case is kept for training; validation gets at least one case when the fractions
+    ask for any and there are two or more cases.
+    """
+    ids = sorted(case_ids)
+    rng = random.Random(seed)
+    rng.shuffle(ids)
+    n = len(ids)
+    n_test = round(test_fraction * n)
+    n_val = round(val_fraction * n)
+    if val_fraction > 0 and n_val == 0 and n >= 2:
+        n_val = 1
+    n_test = min(n_test, max(0, n - 1 - n_val))
+    n_val = min(n_val, n - 1 - n_test)
+    test, val, train = ids[:n_test], ids[n_test : n_test + n_val], ids[n_test + n_val :]
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def read_split(path: str | Path, known_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Read a user's split JSON (``{"train": [...], "val": [...], "test": [...]}``).
+
+    Raises
+    ------
+    TrainingError
+        If the file is unreadable, lacks ``train``, or names cases the dataset does not have.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"Split file {path} cannot be read as JSON: {exc}") from exc
+    if not isinstance(data, dict) or not data.get("train"):
+        raise TrainingError(f"Split file {path} must map 'train' (and 'val', 'test') to case ids.")
+    split = {k: sorted(str(i) for i in data.get(k, [])) for k in ("train", "val", "test")}
+    unknown = sorted(set().union(*split.values()) - set(known_ids))
+    if unknown:
+        raise TrainingError(
+            f"Split file {path} names cases not found in the data folder: {unknown[:5]}."
+        )
+    return split
+
+
+def write_split(split: dict[str, list[str]], path: str | Path) -> Path:
+    """Write a split as JSON."""
+    path = Path(path)
+    path.write_text(json.dumps(split, indent=1))
+    return path
+
+
+class LoadCased(Transform):
+    """MONAI dictionary transform (deterministic, so datasets cache its output): ``{"path", "case_id"}`` -> arrays ready for training.
+
+    Output keys: ``image`` (float32 ``(C, X, Y, Z)``, normalised, model orientation, channels in
+    ``modalities`` order), ``label`` (uint8 ``(R, X, Y, Z)`` region masks; zeros if unlabelled),
+    ``labelled`` (bool), ``case_id``, ``convention``, and the patch-centre candidates ``fg_indices``
+    / ``bg_indices`` (flat indices: tumour and non-tumour brain; brain and brain when unlabelled).
+
+    Parameters
+    ----------
+    modalities
+        Channels to stack.
+    regions
+        Region channels of ``label``.
+    normalization
+        Method of :func:`~napari_brats_kd.models.normalize_input`.
+    require_label
+        Raise :class:`TrainingError` for a case without segmentation (supervised data).
+    use_label
+        Whether to read labels at all (``False`` for the unlabelled pool).
+    expected_convention
+        Label convention every case of the dataset must share (``None``: not checked).
+    min_size
+        Pad volumes smaller than this (one patch) with background, centred, so that any patch
+        fits; padding is background in image and labels, so it changes no metric.
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        regions: Sequence[str] = REGIONS,
+        normalization: str = "zscore_nonzero",
+        require_label: bool = True,
+        use_label: bool = True,
+        expected_convention: str | None = None,
+        min_size: Sequence[int] | None = None,
+    ) -> None:
+        self.min_size = tuple(min_size) if min_size is not None else None
+        self.modalities = tuple(modalities)
+        self.regions = tuple(regions)
+        self.normalization = normalization
+        self.require_label = require_label
+        self.use_label = use_label
+        self.expected_convention = expected_convention
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        from ..io import load_case
+        from ..models import normalize_input
+
+        case_id = item[CASE_ID]
+        try:
+            case = load_case(item["path"], extra_segmentations=False)
+            image = case.model_input(self.modalities)
+        except BratsKDError as exc:
+            raise TrainingError(f"Case {case_id!r} cannot be used for training: {exc}") from exc
+        image = normalize_input(image, self.normalization)
+        labelled = self.use_label and case.seg is not None
+        if self.use_label and self.require_label and case.seg is None:
+            raise TrainingError(
+                f"Case {case_id!r} ({item['path']}) has no segmentation, but supervised training "
+                "needs labels for every case (pass unlabelled cases as --unlabeled to distil)."
+            )
+        convention = case.convention.value if labelled else None
+        if labelled and self.expected_convention and convention != self.expected_convention:
+            raise TrainingError(
+                f"Case {case_id!r} uses label convention {convention}, but the dataset's first "
+                f"case uses {self.expected_convention}: keep one convention per data folder "
+                "(convert with napari_brats_kd.labels.convert_labels)."
+            )
+        if labelled:
+            seg = case.to_model_order(case.seg.data)
+            label = labels_to_regions(seg, case.convention, self.regions).astype(np.uint8)
+        else:
+            label = np.zeros((len(self.regions), *image.shape[1:]), np.uint8)
+        if self.min_size is not None:
+            image, label = _pad_to(image, self.min_size), _pad_to(label, self.min_size)
+        brain = np.any(image != 0, axis=0)
+        if labelled:
+            tumour = label.any(axis=0)
+            fg = np.flatnonzero(tumour)
+            bg = np.flatnonzero(brain & ~tumour)
+        else:
+            fg = bg = np.flatnonzero(brain)
+        if fg.size == 0 and bg.size == 0:  # an empty image: sample anywhere
+            fg = bg = np.arange(brain.size)
+        return {
+            IMAGE: image,
+            LABEL: label,
+            LABELLED: bool(labelled),
+            CASE_ID: case_id,
+            "convention": convention or "",
+            FG: fg,
+            BG: bg,
+        }
+
+
+def _pad_to(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    pads = [max(0, int(p) - s) for s, p in zip(array.shape[1:], size, strict=True)]
+    if not any(pads):
+        return array
+    return np.pad(array, [(0, 0)] + [(p // 2, p - p // 2) for p in pads])
+
+
+def first_case_info(entry: CaseEntry) -> dict[str, Any]:
+    """Modalities, convention and label presence of one case (checked before training)."""
+    from ..io import load_case
+
+    try:
+        case = load_case(entry.path, extra_segmentations=False)
+    except BratsKDError as exc:
+        raise TrainingError(f"Case {entry.case_id!r} cannot be read: {exc}") from exc
+    return {
+        "modalities": case.modalities,
+        "convention": case.convention.value if case.seg is not None else None,
+        "labelled": case.seg is not None,
+    }
+
+
+def patch_transforms(
+    patch_size: Sequence[int],
+    samples_per_case: int,
+    pos_fraction: float,
+    augment: list,
+) -> list:
+    """Random transforms turning a loaded case into ``samples_per_case`` augmented patches."""
+    from monai import transforms as mt
+
+    keys = [IMAGE, LABEL]
+    pos = float(pos_fraction)
+    return [
+        mt.RandCropByPosNegLabeld(
+            keys,
+            label_key=LABEL,
+            spatial_size=tuple(patch_size),
+            pos=pos,
+            neg=1.0 - pos,
+            num_samples=samples_per_case,
+            fg_indices_key=FG,
+            bg_indices_key=BG,
+        ),
+        mt.DeleteItemsd([FG, BG]),
+        *augment,
+        mt.EnsureTyped([IMAGE, LABEL], track_meta=False),
+    ]
+
+
+def build_dataset(
+    entries: Sequence[CaseEntry],
+    loader: LoadCased,
+    random_transforms: Sequence | None,
+    cache: str = "memory",
+    cache_dir: str | Path | None = None,
+    num_workers: int = 0,
+):
+    """A MONAI dataset of ``entries``: cached loading, then ``random_transforms`` on every fetch.
+
+    Parameters
+    ----------
+    entries
+        Cases to include.
+    loader
+        The :class:`LoadCased` transform (the cached, deterministic part).
+    random_transforms
+        Transforms applied on each fetch (patch sampling, augmentation); ``None`` for whole
+        volumes (validation).
+    cache
+        ``"memory"`` (CacheDataset), ``"disk"`` (PersistentDataset in ``cache_dir``) or ``"none"``.
+    cache_dir
+        Folder of the disk cache.
+    num_workers
+        Threads used to fill the memory cache.
+    """
+    from monai import data as md
+    from monai import transforms as mt
+
+    items = [{CASE_ID: e.case_id, "path": str(e.path)} for e in entries]
+    transforms = mt.Compose([loader, *(random_transforms or [])])
+    if cache == "memory":
+        return md.CacheDataset(
+            items, transforms, cache_rate=1.0, num_workers=max(1, num_workers), progress=False
+        )
+    if cache == "disk":
+        if cache_dir is None:
+            raise TrainingError("cache: disk needs cache_dir (a folder for the cached cases).")
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        return md.PersistentDataset(items, transforms, cache_dir=str(cache_dir))
+    return md.Dataset(items, transforms)
+
+
+__all__ = [
+    "CaseEntry",
+    "LoadCased",
+    "build_dataset",
+    "discover_cases",
+    "first_case_info",
+    "make_split",
+    "patch_transforms",
+    "read_split",
+    "write_split",
+]

@@ -1,0 +1,994 @@
+"""The training loop shared by teacher training, fine-tuning and knowledge distillation.
+
+One readable loop over MONAI parts (CacheDataset, RandCropByPosNegLabeld, DiceLoss,
+sliding_window_inference). What it guarantees:
+
+- **Run folder** ``run_dir/``: ``config.yaml`` (the full settings), ``split.json``, ``log.csv`` (one
+  row per epoch; TensorBoard events too when ``tensorboard`` is installed), ``last.safetensors`` and
+  ``best.safetensors`` (inference checkpoints, :func:`napari_brats_kd.models.load_checkpoint`), and
+  ``last_state.pt`` (optimizer, scheduler, epoch, RNG state and log history: plain tensors
+  and dicts, loadable with ``torch.load(..., weights_only=True)``).
+- **Atomic checkpoints** after every epoch (temporary file + ``os.replace``): a crash or a stop
+  loses at most one epoch and never leaves a half-written file.
+- **Stop**: ``should_stop()`` is polled after every step; when it returns True the step finishes, a
+  checkpoint is written and the function returns a :class:`TrainResult` with ``stopped=True``.
+  Resuming (``resume=True`` or :func:`resume_run`) restarts the interrupted epoch.
+- **Callbacks**: ``progress(done, total, message)`` per step, and ``on_event(event)`` with
+  ``{"type": "step", "epoch", "step", "loss", "lr"}``, ``{"type": "epoch", "epoch", "loss", ...}``
+  and ``{"type": "val", "epoch", "dice": {region: value}, "mean_dice"}`` for live plots.
+- **Determinism**: Python, numpy, torch and MONAI transforms are seeded from ``seed`` per epoch
+  (and rank); ``deterministic: true`` also asks PyTorch for deterministic kernels.
+- **Distributed**: under ``torchrun`` the same functions train with DDP (see
+  :mod:`.distributed`); rank 0 validates, logs and writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import BratsKDError, CheckpointError, ResourceError, TrainingError
+from ..labels import MODALITIES, MODALITY_NAMES
+from . import distributed as dd
+from .config import ENCODER_PREFIXES, DistillConfig, TrainConfig, load_config, save_config
+from .data import (
+    CaseEntry,
+    LoadCased,
+    build_dataset,
+    discover_cases,
+    first_case_info,
+    make_split,
+    patch_transforms,
+    read_split,
+    write_split,
+)
+from .losses import DistillationLoss, SupervisedLoss
+
+ProgressFn = Callable[[int, int, str], None]
+StopFn = Callable[[], bool]
+EventFn = Callable[[dict], None]
+
+STATE_FILE = "last_state.pt"
+LAST_CKPT = "last.safetensors"
+BEST_CKPT = "best.safetensors"
+LOG_FILE = "log.csv"
+LOG_COLUMNS = (
+    "epoch",
+    "step",
+    "loss",
+    "supervised",
+    "kd",
+    "lr",
+    "patches_per_s",
+    "epoch_time_s",
+    "val_dice_TC",
+    "val_dice_WT",
+    "val_dice_ET",
+    "val_mean_dice",
+)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes
+    ----------
+    run_dir
+        The run folder.
+    best_checkpoint
+        ``best.safetensors`` (highest mean validation Dice) or ``None`` if never validated.
+    last_checkpoint
+        ``last.safetensors`` (the weights at the end or at the stop).
+    out
+        Copy of the best (else last) checkpoint at the requested output path, if any.
+    epochs_done
+        Completed epochs.
+    best_metric, best_epoch
+        Best mean validation Dice and its (1-based) epoch; NaN / 0 without validation.
+    stopped
+        Whether ``should_stop`` ended the run early.
+    history
+        One dict per completed epoch (the rows of ``log.csv``).
+    """
+
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path
+    out: Path | None = None
+    epochs_done: int = 0
+    best_metric: float = float("nan")
+    best_epoch: int = 0
+    stopped: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ steps
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    batch: dict[str, Any],
+    device: torch.device,
+    channels: Sequence[int] | None = None,
+    teacher: nn.Module | None = None,
+    teacher_channels: Sequence[int] | None = None,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, float]:
+    """One optimisation step on a collated batch of patches.
+
+    Parameters
+    ----------
+    model
+        The network being trained (possibly DDP-wrapped).
+    optimizer
+        Its optimizer.
+    loss_fn
+        :class:`SupervisedLoss` (no teacher) or :class:`DistillationLoss`.
+    batch
+        ``{"image": (B, C, ...), "label": (B, R, ...), "labelled": (B,)}``.
+    device
+        Where to compute.
+    channels, teacher_channels
+        Image channels the model / teacher take (``None``: all, in order).
+    teacher
+        Frozen teacher (eval mode) for distillation.
+    amp_dtype
+        Autocast dtype on CUDA (``None``: full precision).
+    scaler
+        Gradient scaler for float16 autocast.
+
+    Returns
+    -------
+    dict
+        ``{"loss", "supervised", "kd"}`` as floats.
+    """
+    image = torch.as_tensor(batch["image"]).to(device, non_blocking=True).float()
+    target = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
+    labelled = torch.as_tensor(batch["labelled"]).to(device).bool().reshape(-1)
+    x = image if channels is None else image[:, list(channels)]
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else nullcontext()
+    )
+    with autocast:
+        logits = model(x)
+        if teacher is not None:
+            xt = image if teacher_channels is None else image[:, list(teacher_channels)]
+            with torch.no_grad():
+                t_logits = teacher(xt)
+    if teacher is not None:
+        parts = loss_fn(logits.float(), t_logits.float(), target, labelled)
+    else:
+        loss = loss_fn(logits.float(), target, labelled)
+        parts = {"loss": loss, "supervised": loss.detach(), "kd": torch.zeros(())}
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(parts["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        parts["loss"].backward()
+        optimizer.step()
+    return {k: float(v.detach()) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module,
+    cases: Any,
+    device: torch.device,
+    roi_size: Sequence[int],
+    channels: Sequence[int] | None = None,
+    overlap: float = 0.25,
+    sw_batch_size: int = 2,
+    amp_dtype: torch.dtype | None = None,
+    region_names: Sequence[str] = ("TC", "WT", "ET"),
+) -> dict[str, float]:
+    """Mean Dice per region over whole cases with sliding-window inference (threshold 0.5).
+
+    Parameters
+    ----------
+    model
+        The network (eval mode is set here and restored by the caller).
+    cases
+        Iterable of loaded case dicts (``image`` ``(C, ...)``, ``label`` ``(R, ...)``).
+    device, roi_size, channels, overlap, sw_batch_size, amp_dtype
+        Inference settings.
+    region_names
+        Names of the output channels.
+
+    Returns
+    -------
+    dict
+        ``{region: mean Dice}`` plus ``"mean"``.
+    """
+    from monai.inferers import sliding_window_inference
+
+    from ..metrics import dice_torch
+
+    model.eval()
+    totals = torch.zeros(len(region_names), dtype=torch.float64)
+    n = 0
+    for item in cases:
+        image = torch.as_tensor(item["image"]).float()[None]
+        if channels is not None:
+            image = image[:, list(channels)]
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=amp_dtype)
+            if amp_dtype is not None
+            else nullcontext()
+        )
+        with autocast:
+            logits = sliding_window_inference(
+                image.to(device), tuple(roi_size), sw_batch_size, model, overlap=overlap
+            )
+        pred = (torch.as_tensor(logits).float() > 0).cpu()  # sigmoid > 0.5 <=> logit > 0
+        target = torch.as_tensor(item["label"])[None].bool()
+        totals += dice_torch(pred, target).cpu()
+        n += 1
+    out = {r: float(totals[i] / max(n, 1)) for i, r in enumerate(region_names)}
+    out["mean"] = float(np.mean([out[r] for r in region_names]))
+    return out
+
+
+# ------------------------------------------------------------------------------------ schedules
+def lr_lambda(
+    step: int, total_steps: int, warmup_steps: int, schedule: str, min_factor: float
+) -> float:
+    """Learning-rate factor at ``step``: linear warm-up, then cosine / poly decay / constant."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    if schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * t))
+    else:  # poly, power 0.9 as in nnU-Net
+        decay = (1.0 - t) ** 0.9
+    return min_factor + (1.0 - min_factor) * decay
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _seed_everything(seed: int, deterministic: bool = False) -> None:
+    from monai.utils import set_determinism
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (MONAI transforms draw from the global RNG)
+    torch.manual_seed(seed)
+    set_determinism(seed=seed % 2**32, use_deterministic_algorithms=deterministic or None)
+    if not deterministic:
+        # set_determinism makes cuDNN deterministic; keep the fast autotuned kernels instead.
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = torch.cuda.is_available()
+
+
+def _seed_transforms(dataset: Any, seed: int) -> None:
+    from monai.transforms import Compose
+
+    sets = getattr(dataset, "datasets", [dataset])
+    for i, ds in enumerate(sets):
+        transform = getattr(ds, "transform", None)
+        if isinstance(transform, Compose):
+            transform.set_random_state(seed=(seed + 7919 * i) % 2**32)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()  # noqa: NPY002 (the global RNG MONAI uses)
+    state: dict[str, Any] = {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(  # noqa: NPY002
+        ("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0)
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_log(history: list[dict], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(LOG_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+    os.replace(tmp, path)
+
+
+def _default_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.out:
+        out = Path(cfg.out)
+        return out.with_name(out.name.removesuffix(".safetensors") + "_run")
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _amp_settings(cfg: TrainConfig, device: torch.device):
+    if not cfg.amp or device.type != "cuda":
+        return None, None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, None  # bf16 needs no loss scaling
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _cycle(loader: Any) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+# --------------------------------------------------------------------------------- model setup
+def _expand_freeze(freeze: Sequence[str], arch: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in freeze:
+        if item == "encoder":
+            if arch not in ENCODER_PREFIXES:
+                raise TrainingError(
+                    f"freeze: encoder is not defined for architecture {arch!r}; give parameter-"
+                    "name prefixes instead."
+                )
+            out += ENCODER_PREFIXES[arch]
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def _param_groups(
+    model: nn.Module, cfg: TrainConfig, arch: str, pretrained: bool
+) -> list[dict[str, Any]]:
+    prefixes = _expand_freeze(cfg.freeze, arch)
+    frozen = 0
+    for name, p in model.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            p.requires_grad_(False)
+            frozen += 1
+    if prefixes and frozen == 0:
+        raise TrainingError(
+            f"freeze: {list(cfg.freeze)} matches no parameter of {arch!r} (names start with e.g. "
+            f"{next(iter(dict(model.named_parameters())), '?')!r})."
+        )
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise TrainingError("freeze: every parameter is frozen, nothing is left to train.")
+    if not pretrained or cfg.pretrained_lr_factor == 1.0:
+        return [{"params": [p for _, p in trainable], "lr": cfg.lr}]
+    # The output layer is task-specific: it learns at the full rate, the pretrained body slower.
+    head = [p for n, p in trainable if "conv_final" in n]
+    body = [p for n, p in trainable if "conv_final" not in n]
+    groups = [{"params": body, "lr": cfg.lr * cfg.pretrained_lr_factor}]
+    if head:
+        groups.append({"params": head, "lr": cfg.lr})
+    return groups
+
+
+def _model_config(cfg: TrainConfig, teacher_cfg: Any | None):
+    from ..models import ModelConfig, student_config, teacher_config
+
+    spec = cfg.model
+    mods = spec.modalities
+    if mods is None:
+        mods = teacher_cfg.modalities if teacher_cfg is not None else None
+    try:
+        kwargs: dict[str, Any] = dict(spec.arch_args)
+        if spec.kind == "student":
+            arch = spec.arch if spec.arch.startswith("student") else "student-small"
+            mc: ModelConfig = (
+                student_config(mods, preset=arch, **kwargs)
+                if mods
+                else student_config(preset=arch, **kwargs)
+            )
+        else:
+            mc = (
+                teacher_config(mods, arch=spec.arch, **kwargs)
+                if mods
+                else teacher_config(arch=spec.arch, **kwargs)
+            )
+    except (CheckpointError, ValueError) as exc:
+        raise TrainingError(f"Invalid model setting: {exc}") from exc
+    if spec.name or spec.description:
+        mc = replace(mc, name=spec.name or mc.name, description=spec.description or mc.description)
+    return mc
+
+
+def _load_pretrained(spec: str, what: str):
+    from ..models import resolve_model
+
+    try:
+        return resolve_model(spec, role="teacher")
+    except CheckpointError as exc:
+        raise TrainingError(f"{what} {spec!r} cannot be loaded: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------- the run
+def _check_modalities(entries: Sequence[CaseEntry], needed: Sequence[str], who: str) -> None:
+    for e in entries:
+        missing = [m for m in needed if m not in e.modalities]
+        if missing:
+            have = ", ".join(MODALITY_NAMES[m] for m in e.modalities) or "none"
+            raise TrainingError(
+                f"{who} needs {', '.join(MODALITY_NAMES[m] for m in missing)}, but case "
+                f"{e.case_id!r} has only {have}."
+            )
+
+
+def _run(
+    cfg: TrainConfig,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    on_event: EventFn | None,
+    resume: bool,
+) -> TrainResult:
+    cfg.validate()
+    ctx = dd.init_distributed(cfg.device)
+    try:
+        return _run_in_context(cfg, ctx, progress, should_stop, on_event, resume)
+    finally:
+        dd.cleanup(ctx)
+
+
+def _run_in_context(
+    cfg: TrainConfig,
+    ctx: dd.DistContext,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    on_event: EventFn | None,
+    resume: bool,
+) -> TrainResult:
+    from monai.data import DataLoader
+    from torch.utils.data import ConcatDataset, DistributedSampler
+
+    from ..models import build_model, network_stride
+
+    device = ctx.device
+    distill = isinstance(cfg, DistillConfig)
+    _seed_everything(cfg.seed + ctx.rank, cfg.deterministic)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else _default_run_dir(cfg)
+    state_path = run_dir / STATE_FILE
+    if resume and not state_path.is_file():
+        raise TrainingError(f"Cannot resume: {state_path} does not exist (no finished step).")
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(replace(cfg, run_dir=str(run_dir)), run_dir / "config.yaml")
+    emit = on_event if (on_event is not None and ctx.is_main) else None
+
+    # ---------------------------------------------------------------- teacher and model
+    teacher = None
+    teacher_cfg = None
+    if distill:
+        loaded_t = _load_pretrained(cfg.teacher, "Teacher")
+        teacher_cfg = loaded_t.config
+        teacher = loaded_t.model.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    pretrained = cfg.init_from is not None
+    if pretrained:
+        loaded = _load_pretrained(cfg.init_from, "init_from checkpoint")
+        model_cfg = loaded.config
+        if cfg.model.modalities and tuple(cfg.model.modalities) != tuple(model_cfg.modalities):
+            raise TrainingError(
+                f"init_from {cfg.init_from!r} takes modalities {list(model_cfg.modalities)}, but "
+                f"model.modalities asks for {list(cfg.model.modalities)}; a pretrained network "
+                "keeps its input channels."
+            )
+        model = loaded.model.train()
+    else:
+        model_cfg = _model_config(cfg, teacher_cfg)
+        try:
+            model = build_model(model_cfg)
+        except CheckpointError as exc:
+            raise TrainingError(f"Invalid model setting: {exc}") from exc
+    if teacher_cfg is not None and tuple(teacher_cfg.regions) != tuple(model_cfg.regions):
+        raise TrainingError(
+            f"The teacher predicts regions {list(teacher_cfg.regions)} but the student "
+            f"{list(model_cfg.regions)}: distillation needs the same output regions."
+        )
+    strides = {"model": network_stride(model_cfg)}
+    if teacher_cfg is not None:
+        strides["teacher"] = network_stride(teacher_cfg)
+    val_roi = list(cfg.val_roi_size or cfg.patch_size)
+    for who, s in strides.items():
+        for name, size in (("patch_size", cfg.patch_size), ("val_roi_size", val_roi)):
+            if any(v % s for v in size):
+                raise TrainingError(
+                    f"{name} {list(size)} must be a multiple of {s} in every axis for the {who} "
+                    f"({model_cfg.arch if who == 'model' else teacher_cfg.arch})."
+                )
+
+    # ---------------------------------------------------------------- data
+    entries = discover_cases(cfg.data_dir, cfg.max_cases)
+    unlabelled_in_data = [e.case_id for e in entries if not e.has_seg]
+    if unlabelled_in_data:
+        raise TrainingError(
+            f"{len(unlabelled_in_data)} case(s) in {cfg.data_dir} have no segmentation "
+            f"({', '.join(unlabelled_in_data[:5])}): supervised training needs labels for every "
+            "case; give unlabelled cases to distillation as the unlabelled set instead."
+        )
+    needed = [m for m in MODALITIES if m in set(model_cfg.modalities) | set(
+        teacher_cfg.modalities if teacher_cfg is not None else ())]  # fmt: skip
+    model_who = f"The model (modalities {', '.join(model_cfg.modalities)})"
+    _check_modalities(entries, model_cfg.modalities, model_who)
+    if teacher_cfg is not None:
+        _check_modalities(
+            entries, teacher_cfg.modalities,
+            f"The teacher {teacher_cfg.display_name} (modalities "
+            f"{', '.join(teacher_cfg.modalities)})",
+        )  # fmt: skip
+    unlab_entries: list[CaseEntry] = []
+    if distill and cfg.unlabeled_dir:
+        unlab_entries = discover_cases(cfg.unlabeled_dir)
+        _check_modalities(unlab_entries, needed, "Distillation on the unlabelled cases")
+    ids = [e.case_id for e in entries]
+    split_path = run_dir / "split.json"
+    if resume and split_path.is_file():
+        split = read_split(split_path, ids)
+    elif cfg.split_file:
+        split = read_split(cfg.split_file, ids)
+    else:
+        split = make_split(ids, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    if ctx.is_main:
+        write_split({**split, "unlabeled": [e.case_id for e in unlab_entries]}, split_path)
+    by_id = {e.case_id: e for e in entries}
+    train_entries = [by_id[i] for i in split["train"]]
+    val_entries = [by_id[i] for i in split["val"]]
+    convention = first_case_info(train_entries[0])["convention"]
+    channels = [needed.index(m) for m in model_cfg.modalities]
+    t_channels = [needed.index(m) for m in teacher_cfg.modalities] if teacher_cfg else None
+
+    from .augment import build_augmentation
+
+    augment = build_augmentation(cfg.augment)
+    rand = patch_transforms(cfg.patch_size, cfg.samples_per_case, cfg.pos_fraction, augment)
+    loader_kw = {
+        "regions": model_cfg.regions,
+        "normalization": model_cfg.normalization,
+        "expected_convention": convention,
+    }
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
+    train_ds = build_dataset(
+        train_entries,
+        LoadCased(needed, min_size=cfg.patch_size, **loader_kw),
+        rand,
+        cfg.cache,
+        cache_dir / "train",
+        cfg.num_workers,
+    )
+    if unlab_entries:
+        unlab_ds = build_dataset(
+            unlab_entries,
+            LoadCased(needed, use_label=False, require_label=False, min_size=cfg.patch_size,
+                      **loader_kw),
+            rand, cfg.cache, cache_dir / "unlabeled", cfg.num_workers,
+        )  # fmt: skip
+        train_ds = ConcatDataset([train_ds, unlab_ds])
+    val_ds = None
+    if val_entries and ctx.is_main:
+        val_ds = build_dataset(
+            val_entries, LoadCased(needed, **loader_kw), None, cfg.cache, cache_dir / "val",
+            cfg.num_workers,
+        )  # fmt: skip
+    sampler = (
+        DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
+        if ctx.distributed
+        else None
+    )
+    loader = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=ctx.distributed,
+        persistent_workers=False,
+    )
+    steps = cfg.steps_per_epoch or max(1, len(loader))
+    total_steps = steps * cfg.epochs
+    patches_per_step = cfg.batch_size * cfg.samples_per_case
+
+    # ---------------------------------------------------------------- optimisation
+    model = model.to(device)
+    groups = _param_groups(model, cfg, model_cfg.arch, pretrained)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_epochs * steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_lambda(s, total_steps, warmup, cfg.schedule, cfg.min_lr_factor),
+    )
+    supervised = SupervisedLoss(cfg.dice_weight, cfg.bce_weight)
+    loss_fn: nn.Module = (
+        DistillationLoss(cfg.alpha, cfg.temperature, supervised) if distill else supervised
+    )
+    amp_dtype, scaler = _amp_settings(cfg, device)
+
+    start_epoch, global_step = 0, 0
+    best_metric, best_epoch = float("-inf"), 0
+    history: list[dict] = []
+    if resume:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+        best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+        history = list(state["history"])
+        _set_rng_state(state["rng"])
+    ddp_model = dd.wrap_model(model, ctx)
+
+    provenance = {
+        "kind": "distill" if distill else ("finetune" if pretrained else "train"),
+        "data_dir": str(cfg.data_dir),
+        "n_train": len(train_entries),
+        "n_val": len(val_entries),
+        "n_unlabeled": len(unlab_entries),
+        "seed": cfg.seed,
+        "patch_size": list(cfg.patch_size),
+        "augment": cfg.augment.preset,
+        "device": str(device),
+        "world_size": ctx.world_size,
+        "torch": torch.__version__,
+    }
+    if distill:
+        provenance.update(
+            teacher=teacher_cfg.display_name,
+            teacher_path=str(cfg.teacher),
+            alpha=cfg.alpha,
+            temperature=cfg.temperature,
+        )
+    if pretrained:
+        provenance["init_from"] = str(cfg.init_from)
+
+    writer = None
+    if ctx.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # TensorBoard is optional
+            writer = None
+
+    def save(epoch_next: int, metrics: dict | None = None) -> None:
+        """Checkpoint (rank 0): inference weights, then the training state."""
+        if not ctx.is_main:
+            return
+        from ..models import save_checkpoint
+
+        out_cfg = replace(
+            model_cfg,
+            provenance={**model_cfg.provenance, **provenance, "epochs": epoch_next},
+            metrics=metrics if metrics is not None else dict(model_cfg.metrics),
+        )
+        extra = {"epoch": epoch_next, "global_step": global_step}
+        save_checkpoint(run_dir / LAST_CKPT, model, out_cfg, extra=extra)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch_next,
+            "global_step": global_step,
+            "best_metric": best_metric,
+            "best_epoch": best_epoch,
+            "history": history,
+            "rng": _rng_state(),
+        }
+        _atomic_torch_save(state, state_path)
+
+    def result(stopped: bool) -> TrainResult:
+        best = run_dir / BEST_CKPT
+        out = None
+        if ctx.is_main and cfg.out and not stopped:
+            src = best if best.is_file() else run_dir / LAST_CKPT
+            out = Path(cfg.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, out)
+            side = src.with_suffix(".json")
+            if side.is_file():
+                shutil.copyfile(side, out.with_suffix(".json"))
+        if writer is not None:
+            writer.close()
+        return TrainResult(
+            run_dir=run_dir,
+            best_checkpoint=best if best.is_file() else None,
+            last_checkpoint=run_dir / LAST_CKPT,
+            out=out,
+            epochs_done=len(history),
+            best_metric=best_metric if best_epoch else float("nan"),
+            best_epoch=best_epoch,
+            stopped=stopped,
+            history=history,
+        )
+
+    # ---------------------------------------------------------------- the loop
+    last_metrics: dict | None = None
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_seed = cfg.seed + 1000 * epoch + ctx.rank
+        _seed_everything(epoch_seed, cfg.deterministic)
+        _seed_transforms(train_ds, epoch_seed)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        ddp_model.train()
+        batches = _cycle(loader)
+        sums = {"loss": 0.0, "supervised": 0.0, "kd": 0.0}
+        t0 = time.perf_counter()
+        for step in range(steps):
+            try:
+                batch = next(batches)
+                parts = train_step(
+                    ddp_model, optimizer, loss_fn, batch, device, channels,
+                    teacher, t_channels, amp_dtype, scaler,
+                )  # fmt: skip
+            except BratsKDError:
+                raise
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                raise ResourceError(
+                    f"Out of memory at epoch {epoch + 1}, step {step + 1} with batch_size "
+                    f"{cfg.batch_size} x samples_per_case {cfg.samples_per_case} patches of "
+                    f"{list(cfg.patch_size)} on {device}: lower batch_size or patch_size. The last "
+                    f"finished epoch's checkpoint in {run_dir} is intact (resume from it)."
+                ) from exc
+            scheduler.step()
+            global_step += 1
+            for k in sums:
+                sums[k] += parts.get(k, 0.0)
+            lr = optimizer.param_groups[-1]["lr"]
+            if progress is not None and ctx.is_main:
+                progress(
+                    epoch * steps + step + 1,
+                    total_steps,
+                    f"epoch {epoch + 1}/{cfg.epochs} loss {parts['loss']:.4f}",
+                )
+            if emit is not None:
+                emit({"type": "step", "epoch": epoch + 1, "step": global_step, "lr": lr, **parts})
+            stop = dd.any_true(bool(should_stop()) if should_stop is not None else False, ctx)
+            if stop:
+                # The interrupted epoch is redone on resume; the weights so far are kept.
+                save(epoch, metrics=last_metrics)
+                return result(stopped=True)
+            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
+                save(epoch, metrics=last_metrics)
+        elapsed = time.perf_counter() - t0
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": global_step,
+            **{k: dd.mean_over_processes(v / steps, ctx) for k, v in sums.items()},
+            "lr": optimizer.param_groups[-1]["lr"],
+            "patches_per_s": steps * patches_per_step * ctx.world_size / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+        }
+        if emit is not None:
+            emit({"type": "epoch", **row})
+        do_val = val_entries and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
+        improved = 0.0
+        if do_val:
+            if ctx.is_main:
+                dice = validate(
+                    model, val_ds, device, val_roi, channels, cfg.val_overlap,
+                    cfg.val_sw_batch_size, amp_dtype, model_cfg.regions,
+                )  # fmt: skip
+                row.update({f"val_dice_{r}": dice[r] for r in model_cfg.regions})
+                row["val_mean_dice"] = dice["mean"]
+                last_metrics = {
+                    "val_dice": {r: dice[r] for r in model_cfg.regions},
+                    "val_mean_dice": dice["mean"],
+                    "val_cases": len(val_entries),
+                    "epoch": epoch + 1,
+                }
+                if emit is not None:
+                    emit({"type": "val", "epoch": epoch + 1, "dice": last_metrics["val_dice"],
+                          "mean_dice": dice["mean"]})  # fmt: skip
+                if dice["mean"] > best_metric:
+                    best_metric, best_epoch = dice["mean"], epoch + 1
+                    improved = 1.0
+            improved = dd.broadcast_float(improved, ctx)
+            ddp_model.train()
+        history.append(row)
+        if writer is not None:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, float):
+                    writer.add_scalar(k, v, epoch + 1)
+        save(epoch + 1, metrics=last_metrics)
+        if improved and ctx.is_main:
+            from ..models import save_checkpoint
+
+            best_cfg = replace(
+                model_cfg,
+                provenance={**model_cfg.provenance, **provenance, "epochs": epoch + 1},
+                metrics=last_metrics or {},
+            )
+            save_checkpoint(run_dir / BEST_CKPT, model, best_cfg, extra={"epoch": epoch + 1})
+        if ctx.is_main:
+            _write_log(history, run_dir / LOG_FILE)
+        dd.barrier(ctx)
+    return result(stopped=False)
+
+
+# ------------------------------------------------------------------------------------ the API
+def train_teacher(
+    config: TrainConfig,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_event: EventFn | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train a segmentation network (a teacher, or any model) with Dice + BCE on regions.
+
+    Parameters
+    ----------
+    config
+        Settings (:class:`~napari_brats_kd.training.config.TrainConfig`); with ``init_from`` this
+        is transfer learning (see :func:`fine_tune`).
+    progress
+        ``progress(done_steps, total_steps, message)``.
+    should_stop
+        Polled after every step; True finishes the step, saves a checkpoint and returns.
+    on_event
+        Receives step / epoch / val event dicts (see the module docstring).
+    resume
+        Continue the run in ``config.run_dir`` from its ``last_state.pt``.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TrainingError
+        Bad data (empty folder, unlabelled cases, mixed label conventions, missing modalities) or
+        settings (patch size not fitting the network, unknown architecture, ...).
+    ResourceError
+        Out of memory; the last epoch's checkpoint survives.
+    """
+    if isinstance(config, DistillConfig):
+        raise TrainingError("train_teacher got a DistillConfig: call distill() instead.")
+    return _run(config, progress, should_stop, on_event, resume)
+
+
+def distill(
+    config: DistillConfig,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_event: EventFn | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train a student from a frozen teacher (knowledge distillation).
+
+    The loss is ``alpha * (Dice + BCE)(student, labels) + (1 - alpha) * T^2 * binary KL(teacher ||
+    student)`` at temperature ``T`` (see :mod:`.losses`). The teacher sees its own modalities and
+    the student its own (possibly fewer: cross-modal distillation) from the same augmented patch.
+    Cases from ``unlabeled_dir`` (e.g. another hospital) add the teacher term only.
+
+    Parameters are as for :func:`train_teacher`; ``config`` is a
+    :class:`~napari_brats_kd.training.config.DistillConfig`.
+
+    Raises
+    ------
+    TrainingError
+        Also when the teacher cannot be loaded, needs modalities the data lacks, or predicts
+        other regions than the student.
+    """
+    if not isinstance(config, DistillConfig):
+        raise TrainingError("distill needs a DistillConfig (with a teacher).")
+    return _run(config, progress, should_stop, on_event, resume)
+
+
+def fine_tune(
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    overrides: Sequence[str] | dict[str, Any] = (),
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_event: EventFn | None = None,
+) -> TrainResult:
+    """Transfer learning: adapt a trained network to a few labelled cases.
+
+    Starts from ``checkpoint`` (a ``.safetensors`` file, a registered model name or a MONAI bundle
+    folder) with the shipped ``finetune`` defaults: encoder frozen (prefixes in
+    :data:`~napari_brats_kd.training.config.ENCODER_PREFIXES`), pretrained layers at 0.1x the
+    learning rate, 20 epochs.
+
+    Parameters
+    ----------
+    checkpoint
+        The starting weights.
+    data_dir
+        Labelled cases of the new domain.
+    overrides
+        Settings replacing the defaults (``["epochs=5", "freeze=[]"]`` or a mapping).
+    progress, should_stop, on_event
+        As for :func:`train_teacher`.
+
+    Returns
+    -------
+    TrainResult
+    """
+    base = {"init_from": str(checkpoint), "data_dir": str(data_dir)}
+    if isinstance(overrides, dict):
+        cfg = load_config("finetune", {**base, **overrides})
+    else:
+        cfg = load_config("finetune", [*(f"{k}={v}" for k, v in base.items()), *overrides])
+    return train_teacher(cfg, progress, should_stop, on_event)
+
+
+def resume_run(
+    run_dir: str | Path,
+    overrides: Sequence[str] | dict[str, Any] = (),
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_event: EventFn | None = None,
+) -> TrainResult:
+    """Continue a stopped or crashed run from its folder (``config.yaml`` + ``last_state.pt``).
+
+    ``overrides`` may change settings such as ``epochs`` (to train longer).
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise TrainingError(f"{run_dir} is not a run folder: it has no config.yaml.")
+    cfg = load_config(cfg_path, overrides)
+    cfg.run_dir = str(run_dir)
+    if isinstance(cfg, DistillConfig):
+        return distill(cfg, progress, should_stop, on_event, resume=True)
+    return train_teacher(cfg, progress, should_stop, on_event, resume=True)
+
+
+__all__ = [
+    "TrainResult",
+    "distill",
+    "fine_tune",
+    "lr_lambda",
+    "resume_run",
+    "train_step",
+    "train_teacher",
+    "validate",
+]
