@@ -730,6 +730,7 @@ def render_phantom(
     # ---- healthy images on the working grid (relative units, WM T1 ~ 1)
     texture = 1.0 + 0.04 * noise_w["tex"]
     vessels = _vessels(mni, frac, noise_w)
+    del pts, pushed, mni  # the output stage below is what peaks in memory
     knots_in = (0.0, *_TEMPLATE_T1_KNOTS, 255.0)
     healthy = {}
     for m in MODALITIES:
