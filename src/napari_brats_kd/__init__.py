@@ -25,6 +25,7 @@ _LAZY = {
     "make_phantom": "napari_brats_kd.phantom",
     "SiteParams": "napari_brats_kd.phantom",
     "write_phantom_dataset": "napari_brats_kd.phantom",
+    "segment_viewer": "napari_brats_kd.scripting",
 }
 
 __all__ = ["__version__", *_LAZY]

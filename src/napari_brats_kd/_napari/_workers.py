@@ -57,7 +57,9 @@ class Task:
         def run() -> Any:
             return fn(progress, self._stop.is_set)
 
-        self.worker: FunctionWorker = create_worker(run, _start_thread=False)
+        # Errors are always handled by start_task's `errored` connection (a notification); without
+        # _ignore_errors the worker would also re-raise them in the event loop as tracebacks.
+        self.worker: FunctionWorker = create_worker(run, _start_thread=False, _ignore_errors=True)
         self.worker.finished.connect(self._mark_done)
 
     @property

@@ -90,7 +90,8 @@ def display_affine(scale: Sequence[float], translate: Sequence[float] = (0, 0, 0
     Used for layers that carry no source geometry: they are taken to be in
     :data:`~napari_brats_kd.orientation.DISPLAY_AXCODES` orientation, so no reorientation happens.
     """
-    affine = np.eye(4)
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1.0
     for i, (axis, flip) in enumerate(ornt.axcodes2ornt(orient.DISPLAY_AXCODES)):
         affine[int(axis), i] = flip * float(scale[i])
     # The layer's translate is the world position of voxel 0 along display axes.

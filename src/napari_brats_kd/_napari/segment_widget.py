@@ -190,6 +190,10 @@ class SegmentWidget(Container):
         for layer in viewer.layers:
             layer.events.name.connect(self._refresh_layer_choices)
 
+        # Closing the dock deletes the Qt widgets: stop a running model and drop its callbacks.
+        self._closed = False
+        self.native.destroyed.connect(self._on_destroyed)
+
         self._select_default_model()
         self._on_model_changed()
         self.autofill()
@@ -389,7 +393,14 @@ class SegmentWidget(Container):
             self.task.cancel()
             self.status.value = "Cancelling..."
 
+    def _on_destroyed(self, *_: Any) -> None:
+        self._closed = True
+        if self.task is not None and self.task.is_running:
+            self.task.cancel()
+
     def _set_running(self, running: bool) -> None:
+        if self._closed:
+            return
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
         for widget in (
@@ -409,6 +420,8 @@ class SegmentWidget(Container):
             self.progress_bar.value = 0
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
+        if self._closed:
+            return
         self.progress_bar.max = max(int(total), 1)
         self.progress_bar.value = min(int(done), self.progress_bar.max)
         if message:
@@ -417,13 +430,16 @@ class SegmentWidget(Container):
     def _on_error(self, exc: BaseException) -> None:
         from ..errors import Cancelled
 
-        self.status.value = "Cancelled." if isinstance(exc, Cancelled) else "Failed: see message."
+        if not self._closed:
+            self.status.value = "Cancelled." if isinstance(exc, Cancelled) else "Failed."
         notify_error(exc, "Segmentation")
 
     def _on_result(
         self, result: SegmentationResult, case: Case, source_layer: Any, model_label: str
     ) -> None:
         self.last_result = result
+        if self._closed:
+            return
         self.last_layer = add_result_layer(
             self.viewer,
             result,
