@@ -63,7 +63,8 @@ _cache: dict[tuple[str, int], LoadedModel] = {}
 _lock = threading.Lock()
 
 
-def _read_index(index_file: Path = INDEX_FILE) -> list[ModelInfo]:
+def _read_index(index_file: Path | None = None) -> list[ModelInfo]:
+    index_file = INDEX_FILE if index_file is None else index_file
     if not index_file.is_file():
         return []
     try:
