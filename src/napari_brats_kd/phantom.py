@@ -508,7 +508,7 @@ def _draw_lesions(
                 centre=centre,
                 radius=radius,
                 axes=axes,
-                necrosis=float(rng.uniform(0.5, 0.85)),
+                necrosis=float(rng.uniform(0.6, 0.88)),
                 edema=float(rng.uniform(0.8, 2.4) * radius + 5.0),
                 push=float(rng.uniform(0.4, 0.8)),
                 side="left" if mni[0][tuple(c_idx)] < 0 else "right",
