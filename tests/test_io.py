@@ -370,3 +370,14 @@ def test_degenerate_affine(tmp_path):
 
 def test_modality_volume_factory_is_distinct():
     assert modality_volume("flair").max() == 4 * LEFT_MARKER
+
+
+def test_lone_file_named_like_nothing(tmp_path):
+    labels = write_nifti(tmp_path / "edited.nii.gz", seg_volume())
+    case = io.load_case(labels)
+    assert case.images == {}
+    assert set(np.unique(case.seg.data)) == {0, 1, 2, 4}
+    assert "opened as a segmentation" in case.extra["notes"][0]
+    scan = write_nifti(tmp_path / "scan.nii.gz", base_volume())
+    with pytest.raises(CaseError, match=r"Cannot tell which modality scan\.nii\.gz"):
+        io.load_case(scan)

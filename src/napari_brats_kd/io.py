@@ -469,6 +469,26 @@ def _convention_without_seg(case_naming: str) -> tuple[lab.LabelConvention, str]
     )
 
 
+def _case_files_or_label_map(path: Path, max_bytes: int | None) -> naming.CaseFiles:
+    """:func:`naming.case_files`, plus lone files whose name says nothing but whose values are
+    labels (e.g. a segmentation saved as ``edited.nii.gz``): those open as a segmentation."""
+    try:
+        return naming.case_files(path)
+    except CaseError:
+        if not (path.is_file() and naming.classify_file(path).kind == "unknown"):
+            raise
+        data = read_nifti(path, max_bytes=max_bytes)[0]
+        if not is_segmentation(data):
+            raise
+        values = sorted(int(v) for v in np.unique(data))
+        files = naming.CaseFiles(naming.nifti_stem(path), "single", seg=path)
+        files.notes.append(
+            f"{path.name} names no modality; opened as a segmentation because its values "
+            f"{values} are label values."
+        )
+        return files
+
+
 def load_case(
     path: PathLike,
     modalities: tuple[str, ...] | None = None,
@@ -509,7 +529,7 @@ def load_case(
     NiftiReadError, InvalidVolumeError, ResourceError, LabelConventionError
         From reading the files (see :func:`load_volume`).
     """
-    files = naming.case_files(path)
+    files = _case_files_or_label_map(Path(path), max_bytes)
     notes = list(files.notes)
     total = len(files.all_files) - (0 if extra_segmentations else len(files.extra_segs))
     done = 0
