@@ -142,7 +142,7 @@ def write_split(split: dict[str, list[str]], path: str | Path) -> Path:
 
 
 class LoadCased(Transform):
-    """MONAI dictionary transform (deterministic, so datasets cache its output): ``{"path", "case_id"}`` -> arrays ready for training.
+    """Load a case for training: ``{"path", "case_id"}`` -> arrays (deterministic, so cached).
 
     Output keys: ``image`` (float32 ``(C, X, Y, Z)``, normalised, model orientation, channels in
     ``modalities`` order), ``label`` (uint8 ``(R, X, Y, Z)`` region masks; zeros if unlabelled),
@@ -287,6 +287,18 @@ def patch_transforms(
     ]
 
 
+def user_error_in(exc: BaseException) -> BratsKDError | None:
+    """The user-facing error inside MONAI's "applying transform" wrapping, if there is one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BratsKDError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def build_dataset(
     entries: Sequence[CaseEntry],
     loader: LoadCased,
@@ -319,9 +331,12 @@ def build_dataset(
     items = [{CASE_ID: e.case_id, "path": str(e.path)} for e in entries]
     transforms = mt.Compose([loader, *(random_transforms or [])])
     if cache == "memory":
-        return md.CacheDataset(
-            items, transforms, cache_rate=1.0, num_workers=max(1, num_workers), progress=False
-        )
+        try:
+            return md.CacheDataset(
+                items, transforms, cache_rate=1.0, num_workers=max(1, num_workers), progress=False
+            )
+        except RuntimeError as exc:
+            raise (user_error_in(exc) or exc) from exc
     if cache == "disk":
         if cache_dir is None:
             raise TrainingError("cache: disk needs cache_dir (a folder for the cached cases).")
@@ -339,5 +354,6 @@ __all__ = [
     "make_split",
     "patch_transforms",
     "read_split",
+    "user_error_in",
     "write_split",
 ]

@@ -24,6 +24,7 @@ sliding_window_inference). What it guarantees:
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -54,6 +55,7 @@ from .data import (
     make_split,
     patch_transforms,
     read_split,
+    user_error_in,
     write_split,
 )
 from .losses import DistillationLoss, SupervisedLoss
@@ -505,7 +507,7 @@ def _run_in_context(
     if distill:
         loaded_t = _load_pretrained(cfg.teacher, "Teacher")
         teacher_cfg = loaded_t.config
-        teacher = loaded_t.model.to(device).eval()
+        teacher = copy.deepcopy(loaded_t.model).to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
     pretrained = cfg.init_from is not None
@@ -518,7 +520,11 @@ def _run_in_context(
                 f"model.modalities asks for {list(cfg.model.modalities)}; a pretrained network "
                 "keeps its input channels."
             )
-        model = loaded.model.train()
+        # A private copy: the loaded network may be shared (registry cache, a viewer's model),
+        # and inference loading switches gradients off.
+        model = copy.deepcopy(loaded.model).train()
+        for p in model.parameters():
+            p.requires_grad_(True)
     else:
         model_cfg = _model_config(cfg, teacher_cfg)
         try:
@@ -769,6 +775,9 @@ def _run_in_context(
             except BratsKDError:
                 raise
             except (RuntimeError, MemoryError) as exc:
+                user_error = user_error_in(exc)
+                if user_error is not None:
+                    raise user_error from exc
                 if not _is_oom(exc):
                     raise
                 raise ResourceError(

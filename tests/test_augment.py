@@ -1,0 +1,78 @@
+"""Augmentation presets: they build, keep shapes, keep labels binary and aligned with images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose
+
+from napari_brats_kd.errors import TrainingError
+from napari_brats_kd.training.augment import PRESETS, AugmentConfig, build_augmentation
+
+
+def _sample() -> dict:
+    rng = np.random.default_rng(0)
+    label = np.zeros((3, 24, 24, 16), np.float32)
+    label[1, 6:18, 5:15, 4:12] = 1
+    label[0, 8:14, 7:12, 5:10] = 1
+    label[2, 9:12, 8:11, 6:9] = 1
+    image = rng.normal(size=(4, 24, 24, 16)).astype(np.float32)
+    image[0] = label[1]  # channel 0 mirrors WT, to check image/label alignment
+    return {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_keep_shapes_and_binary_labels(preset: str) -> None:
+    cfg = AugmentConfig.from_preset(preset)
+    t = Compose(build_augmentation(cfg))
+    t.set_random_state(1)
+    for _ in range(3):
+        out = t(_sample())
+        assert tuple(out["image"].shape) == (4, 24, 24, 16)
+        assert tuple(out["label"].shape) == (3, 24, 24, 16)
+        assert set(np.unique(np.asarray(out["label"]))) <= {0.0, 1.0}
+
+
+def test_none_preset_is_identity_and_strong_has_low_resolution() -> None:
+    assert build_augmentation(AugmentConfig.from_preset("none")) == []
+    names = [type(t).__name__ for t in build_augmentation(AugmentConfig.from_preset("strong"))]
+    assert "RandSimulateLowResolutiond" in names
+    assert "Rand3DElasticd" in names and "RandBiasFieldd" in names
+
+
+def test_spatial_transforms_move_image_and_label_together() -> None:
+    cfg = AugmentConfig.from_preset("none", flip_prob=1.0)
+    out = Compose(build_augmentation(cfg))(_sample())
+    wt = np.asarray(out["label"][1])
+    assert np.array_equal(np.asarray(out["image"][0]) > 0.5, wt > 0.5)
+    assert not np.array_equal(wt, np.asarray(_sample()["label"][1]))  # it did flip
+
+    cfg = AugmentConfig.from_preset("none", affine_prob=1.0, rotate=0.3)
+    t = Compose(build_augmentation(cfg))
+    t.set_random_state(3)
+    out = t(_sample())
+    agree = (np.asarray(out["image"][0]) > 0.5) == (np.asarray(out["label"][1]) > 0.5)
+    assert agree.mean() > 0.97  # bilinear image vs nearest label differ only at the border
+
+
+def test_intensity_transforms_leave_labels_alone() -> None:
+    cfg = AugmentConfig.from_preset(
+        "none", intensity_prob=1.0, noise_prob=1.0, gamma_prob=1.0, blur_prob=1.0, bias_prob=1.0
+    )
+    sample = _sample()
+    out = Compose(build_augmentation(cfg))(dict(sample))
+    assert np.array_equal(np.asarray(out["label"]), np.asarray(sample["label"]))
+    assert not np.allclose(np.asarray(out["image"]), np.asarray(sample["image"]))
+
+
+def test_config_from_dict_overrides_and_errors() -> None:
+    cfg = AugmentConfig.from_dict({"preset": "strong", "noise_prob": 0.5, "gamma": [0.8, 1.2]})
+    assert cfg.preset == "strong" and cfg.noise_prob == 0.5 and cfg.gamma == (0.8, 1.2)
+    assert cfg.lowres_prob == AugmentConfig.from_preset("strong").lowres_prob
+    assert AugmentConfig.from_dict(cfg.to_dict()) == cfg
+    assert AugmentConfig.from_dict("none").flip_prob == 0.0
+    with pytest.raises(TrainingError, match="preset"):
+        AugmentConfig.from_preset("extreme")
+    with pytest.raises(TrainingError, match="noise_probability"):
+        AugmentConfig.from_dict({"noise_probability": 0.1})

@@ -1,0 +1,93 @@
+"""Losses: supervised Dice + BCE with per-sample masks, binary-KL distillation and temperature."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_brats_kd.training.losses import (
+    DistillationLoss,
+    SupervisedLoss,
+    binary_kl_divergence,
+)
+
+torch.manual_seed(0)
+
+
+def _logits(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape) * 3
+
+
+def test_kd_is_zero_when_student_matches_teacher() -> None:
+    t = _logits(2, 3, 8, 8, 8)
+    loss = DistillationLoss(alpha=0.0, temperature=3.0)
+    parts = loss(t.clone(), t)
+    assert parts["loss"].item() == pytest.approx(0.0, abs=1e-6)
+    assert parts["kd"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_positive_and_pulls_student_towards_teacher() -> None:
+    t = _logits(2, 3, 6, 6, 6)
+    s = _logits(2, 3, 6, 6, 6).requires_grad_(True)
+    loss_fn = DistillationLoss(alpha=0.0, temperature=2.0)
+    before = loss_fn(s, t)["loss"]
+    assert before.item() > 0
+    before.backward()
+    with torch.no_grad():
+        s2 = s - 50.0 * s.grad
+    assert loss_fn(s2, t)["loss"].item() < before.item()
+
+
+def test_temperature_softens_and_t_squared_rescales() -> None:
+    t = _logits(1, 3, 5, 5, 5)
+    s = _logits(1, 3, 5, 5, 5)
+    kl1 = binary_kl_divergence(t, s, 1.0).mean()
+    kl4 = binary_kl_divergence(t, s, 4.0).mean()
+    assert kl4 < kl1  # softer distributions lie closer together
+    parts = DistillationLoss(alpha=0.0, temperature=4.0)(s, t)
+    assert parts["kd"].item() == pytest.approx(16.0 * kl4.item(), rel=1e-5)
+    with pytest.raises(ValueError):
+        binary_kl_divergence(t, s, 0.0)
+
+
+def test_binary_kl_matches_definition() -> None:
+    t = torch.tensor([[[0.5, -1.0]]])
+    s = torch.tensor([[[2.0, 0.3]]])
+    p, q = torch.sigmoid(t), torch.sigmoid(s)
+    expected = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).mean()
+    assert binary_kl_divergence(t, s).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_supervised_mask_ignores_unlabelled_samples() -> None:
+    logits = _logits(2, 3, 6, 6, 6)
+    target = (torch.rand(2, 3, 6, 6, 6) > 0.7).float()
+    sup = SupervisedLoss()
+    masked = sup(logits, target, torch.tensor([True, False]))
+    first = sup(logits[:1], target[:1])
+    assert masked.item() == pytest.approx(first.item(), rel=1e-5)
+    none = sup(logits, target, torch.tensor([False, False]))
+    assert none.item() == 0.0
+
+
+def test_supervised_loss_low_for_correct_prediction() -> None:
+    target = (torch.rand(1, 3, 8, 8, 8) > 0.5).float()
+    good = (target * 2 - 1) * 10
+    sup = SupervisedLoss()
+    assert sup(good, target).item() < 0.01
+    assert sup(-good, target).item() > 1.0
+
+
+def test_alpha_mixes_supervised_and_kd() -> None:
+    t = _logits(2, 3, 6, 6, 6)
+    s = _logits(2, 3, 6, 6, 6)
+    target = (torch.rand(2, 3, 6, 6, 6) > 0.5).float()
+    full = DistillationLoss(alpha=1.0)(s, t, target)
+    assert full["loss"].item() == pytest.approx(SupervisedLoss()(s, target).item(), rel=1e-5)
+    half = DistillationLoss(alpha=0.5, temperature=2.0)(s, t, target)
+    expected = 0.5 * half["supervised"] + 0.5 * half["kd"]
+    assert half["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # Unlabelled samples only feel the teacher.
+    unl = DistillationLoss(alpha=0.5)(s, t, target, torch.tensor([False, False]))
+    assert unl["supervised"].item() == 0.0
+    with pytest.raises(ValueError):
+        DistillationLoss(alpha=1.5)

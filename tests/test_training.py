@@ -1,0 +1,262 @@
+"""Training engine on tiny phantoms: teacher, distillation, fine-tuning, stop/resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_brats_kd.errors import TrainingError
+from napari_brats_kd.models import load_checkpoint, save_checkpoint, teacher_config
+from napari_brats_kd.training import (
+    DistillConfig,
+    TrainConfig,
+    distill,
+    fine_tune,
+    load_config,
+    resume_run,
+    train_teacher,
+)
+
+torch.set_num_threads(2)
+
+#: A tiny SegResNet (no dropout, so runs are reproducible) and patches small enough for 2 cores.
+TINY = {
+    "init_filters": 8,
+    "blocks_down": [1, 1, 1, 1],
+    "blocks_up": [1, 1, 1],
+    "dropout_prob": None,
+}
+FAST = [
+    "epochs=1",
+    "steps_per_epoch=1",
+    "batch_size=1",
+    "samples_per_case=2",
+    "patch_size=[16,16,16]",
+    "val_roi_size=[64,64,40]",
+    "warmup_epochs=0",
+    "num_workers=0",
+    "augment=light",
+    "val_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    from napari_brats_kd.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(root / "siteA", n=3, seed=10, spacing=4)
+    write_phantom_dataset(root / "siteB", n=2, seed=40, spacing=4, site="B")
+    return root
+
+
+def _teacher_cfg(data_dir: Path, run_dir: Path, *extra: str) -> TrainConfig:
+    return load_config(
+        "teacher",
+        [
+            f"data_dir={data_dir / 'siteA'}",
+            f"run_dir={run_dir}",
+            f"model.arch_args={json.dumps(TINY)}",
+            "val_fraction=0.34",
+            *FAST,
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(data_dir, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    out = run.parent / "teacher.safetensors"
+    cfg = _teacher_cfg(data_dir, run, "epochs=2", f"out={out}")
+    events: list[dict] = []
+    result = train_teacher(cfg, on_event=events.append)
+    assert result.out == out and out.is_file()
+    types = [e["type"] for e in events]
+    assert types.count("step") == 2 and types.count("epoch") == 2 and types.count("val") == 2
+    return out
+
+
+def test_teacher_run_writes_checkpoints_log_and_split(teacher_ckpt) -> None:
+    run = teacher_ckpt.parent / "run"
+    for name in ("best.safetensors", "last.safetensors", "last_state.pt", "config.yaml"):
+        assert (run / name).is_file(), name
+    loaded = load_checkpoint(run / "last.safetensors")
+    assert loaded.config.modalities == ("t1c", "t1", "t2", "flair")
+    assert loaded.config.provenance["kind"] == "train"
+    assert set(load_checkpoint(teacher_ckpt).config.metrics["val_dice"]) == {"TC", "WT", "ET"}
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[1]["val_mean_dice"]) >= 0.0 and float(rows[0]["patches_per_s"]) > 0
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 2 and len(split["val"]) == 1
+    assert not set(split["train"]) & set(split["val"])
+    state = torch.load(run / "last_state.pt", weights_only=True)  # plain tensors and dicts only
+    assert state["epoch"] == 2
+    # The training config is readable again and equals what ran.
+    again = load_config(run / "config.yaml")
+    assert again.epochs == 2 and again.model.arch_args == TINY
+
+
+def test_distill_labelled_unlabelled_cross_modal(data_dir, teacher_ckpt, tmp_path) -> None:
+    cfg = load_config(
+        "distill",
+        [
+            f"data_dir={data_dir / 'siteA'}",
+            f"run_dir={tmp_path / 'run'}",
+            f"out={tmp_path / 'student.safetensors'}",
+            f"teacher={teacher_ckpt}",
+            f"unlabeled_dir={data_dir / 'siteB'}",
+            "model.arch=student-tiny",
+            "model.modalities=[t1c,flair]",
+            "alpha=0.5",
+            "temperature=2.0",
+            "val_fraction=0.34",
+            *FAST,
+            "steps_per_epoch=2",
+            "batch_size=2",
+        ],
+    )
+    assert isinstance(cfg, DistillConfig)
+    result = distill(cfg)
+    student = load_checkpoint(result.out)
+    assert student.config.modalities == ("t1c", "flair")
+    assert student.config.arch == "student"
+    assert student.config.provenance["n_unlabeled"] == 2
+    assert student.config.provenance["teacher"]
+    row = result.history[0]
+    assert row["kd"] > 0 and row["supervised"] > 0
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["unlabeled"]) == 2
+    x = torch.zeros(1, 2, 32, 32, 32)
+    assert student.model(x).shape == (1, 3, 32, 32, 32)
+
+
+def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path) -> None:
+    run = tmp_path / "run"
+    cfg = _teacher_cfg(data_dir, run, "epochs=2", "steps_per_epoch=2", "val_every=5")
+    steps: list[int] = []
+
+    def on_event(e: dict) -> None:
+        if e["type"] == "step":
+            steps.append(e["step"])
+
+    # Stop during the second epoch (after global step 3).
+    result = train_teacher(cfg, should_stop=lambda: len(steps) >= 3, on_event=on_event)
+    assert result.stopped and result.epochs_done == 1
+    assert load_checkpoint(result.last_checkpoint).model is not None
+    assert torch.load(run / "last_state.pt", weights_only=True)["epoch"] == 1
+    steps.clear()
+    resumed = resume_run(run, on_event=on_event)
+    assert not resumed.stopped and resumed.epochs_done == 2
+    assert steps == [4, 5]  # the interrupted epoch is redone, continuing the step count
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert len(rows) == 2
+
+
+def test_fine_tune_freezes_encoder(data_dir, teacher_ckpt, tmp_path) -> None:
+    before = load_checkpoint(teacher_ckpt).model.state_dict()
+    result = fine_tune(
+        teacher_ckpt,
+        data_dir / "siteB",
+        [f"run_dir={tmp_path / 'run'}", *FAST, "val_fraction=0.5", "pretrained_lr_factor=0.1"],
+    )
+    after = load_checkpoint(result.last_checkpoint)
+    assert after.config.provenance["kind"] == "finetune"
+    state = after.model.state_dict()
+    enc = [k for k in state if k.startswith("down_layers.") and k.endswith("weight")]
+    dec = [k for k in state if k.startswith("up_layers.") and k.endswith("conv1.conv.weight")]
+    assert enc and dec
+    assert all(torch.equal(before[k], state[k]) for k in enc)
+    assert any(not torch.equal(before[k], state[k]) for k in dec)
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_empty_folder_raises(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    cfg = TrainConfig(data_dir=str(tmp_path / "empty"), run_dir=str(tmp_path / "run"))
+    with pytest.raises(TrainingError, match="No usable training data"):
+        train_teacher(cfg)
+
+
+def test_case_without_labels_is_named(data_dir, tmp_path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(data_dir / "siteA", data)
+    case = sorted(p for p in data.iterdir() if p.is_dir())[1]
+    next(case.glob("*_seg.nii.gz")).unlink()
+    with pytest.raises(TrainingError, match=case.name):
+        train_teacher(_teacher_cfg(tmp_path, tmp_path / "run", f"data_dir={data}"))
+
+
+def test_mixed_label_conventions_are_refused(tmp_path) -> None:
+    from napari_brats_kd.phantom import write_phantom_dataset
+
+    data = tmp_path / "mixed"
+    write_phantom_dataset(data, n=2, seed=1, spacing=4, naming="2021")
+    write_phantom_dataset(data, n=1, seed=5, spacing=4, naming="2023")
+    cfg = _teacher_cfg(tmp_path, tmp_path / "run", f"data_dir={data}", "val_fraction=0")
+    with pytest.raises(TrainingError, match="convention"):
+        train_teacher(cfg)
+
+
+def test_teacher_modalities_missing_from_data(data_dir, teacher_ckpt, tmp_path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(data_dir / "siteA", data)
+    case = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    next(case.glob("*_t2.nii.gz")).unlink()
+    cfg = DistillConfig(
+        data_dir=str(data),
+        run_dir=str(tmp_path / "run"),
+        teacher=str(teacher_ckpt),
+        patch_size=[16, 16, 16],
+    )
+    cfg.model.kind, cfg.model.arch, cfg.model.modalities = "student", "student-tiny", ["t1c"]
+    with pytest.raises(TrainingError, match=rf"teacher.*T2.*{case.name}"):
+        distill(cfg)
+
+
+def test_teacher_regions_must_match_student(data_dir, tmp_path) -> None:
+    cfg_wt = teacher_config(**TINY)
+    cfg_wt.regions = ("WT",)
+    net = __import__("napari_brats_kd.models", fromlist=["build_model"]).build_model(cfg_wt)
+    ckpt = save_checkpoint(tmp_path / "wt_only.safetensors", net, cfg_wt)
+    cfg = DistillConfig(
+        data_dir=str(data_dir / "siteA"),
+        run_dir=str(tmp_path / "run"),
+        teacher=str(ckpt),
+        patch_size=[16, 16, 16],
+    )
+    cfg.model.kind, cfg.model.arch = "student", "student-tiny"
+    with pytest.raises(TrainingError, match="regions"):
+        distill(cfg)
+
+
+def test_bad_settings_are_named(data_dir, tmp_path) -> None:
+    with pytest.raises(TrainingError, match="patch_size"):
+        train_teacher(_teacher_cfg(data_dir, tmp_path / "r", "patch_size=[20,16,16]"))
+    with pytest.raises(TrainingError, match="epochz"):
+        load_config("teacher", ["epochz=3"])
+    with pytest.raises(TrainingError, match="teacher"):
+        load_config("distill", [f"data_dir={data_dir}"])
+    with pytest.raises(TrainingError, match="Teacher"):
+        distill(load_config("distill", [f"data_dir={data_dir}", "teacher=/no/such.safetensors"]))
+
+
+def test_cli_train_runs_and_reports(data_dir, tmp_path, capsys) -> None:
+    from napari_brats_kd.cli import main
+
+    out = tmp_path / "cli_teacher.safetensors"
+    args = ["train", str(data_dir / "siteA"), "--out", str(out), "--epochs", "1"]
+    args += ["--patch-size", "16", "16", "16", "--augment", "none"]
+    args += ["--set", f"model.arch_args={json.dumps(TINY)}", "--set", "steps_per_epoch=1"]
+    args += ["--set", "val_roi_size=[64,64,40]", "--set", "num_workers=0"]
+    assert main(args) == 0
+    assert load_checkpoint(out).config.arch == "segresnet"
+    assert "Best mean validation Dice" in capsys.readouterr().out
+    assert main(["train", str(tmp_path / "nothing")]) == 2
