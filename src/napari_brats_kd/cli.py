@@ -134,6 +134,7 @@ def _segment_output(output: Path, case_id: str, several: bool) -> Path:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from .errors import BratsKDError
     from .inference import segment
     from .io import find_cases, load_case, save_labels
     from .models import resolve_model
@@ -142,8 +143,20 @@ def _run_segment(args: argparse.Namespace) -> int:
     cases = find_cases(args.input)
     several = len(cases) > 1
     case_bar = _tqdm_progress("cases", "case") if several else None
+    failed: list[str] = []
     for i, case_path in enumerate(cases):
-        case = load_case(case_path, extra_segmentations=False)
+        try:
+            case = load_case(case_path, extra_segmentations=False)
+            case.require(model.config.modalities)
+        except BratsKDError as exc:
+            if not several:
+                raise
+            # One unreadable folder (or a folder of earlier outputs) must not stop a batch.
+            failed.append(str(case_path))
+            print(f"skipped {case_path}: {exc}", file=sys.stderr)
+            if case_bar is not None:
+                case_bar(i + 1, len(cases), "skipped")
+            continue
         result = segment(
             case,
             model,
@@ -168,8 +181,9 @@ def _run_segment(args: argparse.Namespace) -> int:
         else:
             print(message)
     if several:
-        print(f"Segmented {len(cases)} cases with {model.name} into {args.output}")
-    return 0
+        done = len(cases) - len(failed)
+        print(f"Segmented {done} of {len(cases)} cases with {model.name} into {args.output}")
+    return 1 if failed else 0
 
 
 # ------------------------------------------------------------------------------------------- export

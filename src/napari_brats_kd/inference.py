@@ -9,8 +9,9 @@ The pipeline, in model orientation (:data:`~napari_brats_kd.orientation.MODEL_AX
 4. pad to a multiple of the network's stride and run it once over the whole crop, or with MONAI's
    gaussian-blended sliding windows when the crop exceeds the model's ROI;
 5. optionally average sigmoid probabilities over mirrored copies (test-time augmentation);
-6. threshold at 0.5, nest the regions (ET in TC in WT) into a label map, drop tiny components,
-   paste back into the full grid and return it in napari's display order.
+6. threshold at 0.5, nest the regions (ET in TC in WT) into a label map, clear voxels outside the
+   brain (zero in every channel), drop tiny components, paste back into the full grid and return
+   it in napari's display order.
 """
 
 from __future__ import annotations
@@ -543,6 +544,9 @@ def segment(
 
     # Everything after the network works on the crop: nothing outside the brain box is tumour.
     labels_crop = lab.regions_to_labels(probs_crop > 0.5, target, cfg.regions)
+    # Skull-stripped BraTS scans are exactly 0 outside the brain, and tumour never lies there:
+    # clearing those voxels removes margin/padding artefacts at no cost.
+    labels_crop[~np.any(image[(slice(None), *box)] != 0, axis=0)] = 0
     labels_crop = remove_small_components(labels_crop, min_component_voxels)
     labels_model = np.zeros(image.shape[1:], np.uint8)
     labels_model[box] = labels_crop

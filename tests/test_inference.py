@@ -1,0 +1,201 @@
+"""segment(): shapes, orientation, conventions, windows, TTA, cancellation, memory, CLI."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from _model_helpers import make_case, pointwise_model, tiny_student
+from napari_brats_kd import inference
+from napari_brats_kd import labels as lab
+from napari_brats_kd.errors import Cancelled, CaseError, ModelInputError, ResourceError
+from napari_brats_kd.inference import brain_bbox, count_windows, segment
+from napari_brats_kd.labels import LabelConvention
+from napari_brats_kd.volume import Case
+
+
+@pytest.fixture(scope="module")
+def case():
+    return make_case()
+
+
+@pytest.fixture(scope="module")
+def pointwise():
+    return pointwise_model()
+
+
+def test_labels_have_display_shape_and_nested_classes(case, pointwise):
+    result = segment(case, pointwise, return_probabilities=True)
+    ref = case.reference
+    assert result.labels.shape == ref.data.shape
+    assert result.labels.dtype == np.uint8
+    assert result.convention == LabelConvention.BRATS2021
+    assert set(np.unique(result.labels)) == {0, 1, 2, 4}  # all classes of the bright blob
+    # display order is the model-order map reoriented
+    np.testing.assert_array_equal(result.labels, Case.from_model_order(result.labels_model_order))
+    # Every voxel of a region passed 0.5, and nesting holds: ET in TC in WT.
+    masks = lab.labels_to_regions(result.labels, result.convention, result.regions)
+    probs = result.probabilities
+    assert probs.shape == (3, *ref.data.shape) and probs.dtype == np.float32
+    tc, wt, et = masks
+    assert np.all(wt[tc]) and np.all(tc[et])
+    assert np.all(probs[result.regions.index("WT")][wt & ~tc] > 0.5)
+    # Nothing outside the brain.
+    brain = np.any([v.data != 0 for v in case.images.values()], axis=0)
+    assert not np.any(result.labels[~brain])
+    voxel_ml = ref.voxel_volume_mm3 / 1000
+    assert result.volumes_ml["WT"] == pytest.approx(wt.sum() * voxel_ml)
+    assert result.volumes_ml["ET"] == pytest.approx(et.sum() * voxel_ml)
+    assert result.device == "cpu" and result.strategy == "full" and result.n_forward == 1
+
+
+def test_convention_follows_case_or_request(pointwise):
+    case23 = make_case(convention=LabelConvention.BRATS2023)
+    r23 = segment(case23, pointwise)
+    assert r23.convention == LabelConvention.BRATS2023
+    assert set(np.unique(r23.labels)) == {0, 1, 2, 3}
+    r21 = segment(case23, pointwise, convention="brats2021")
+    np.testing.assert_array_equal(
+        r21.labels, lab.convert_labels(r23.labels, "brats2023", "brats2021")
+    )
+
+
+def test_array_input_in_any_channel_order(case, pointwise):
+    from_case = segment(case, pointwise)
+    image = case.model_input(("flair", "t2", "t1", "t1c"))  # not the model's order
+    from_array = segment(image, pointwise, modalities=("flair", "t2", "t1", "t1c"))
+    np.testing.assert_array_equal(from_array.labels, from_case.labels)
+    with pytest.raises(ModelInputError, match="channels"):
+        segment(image[:3], pointwise)
+    with pytest.raises(ModelInputError, match="FLAIR"):
+        segment(image[1:], pointwise, modalities=("t2", "t1", "t1c"))
+    with pytest.raises(ModelInputError, match="zero"):
+        segment(np.zeros_like(image), pointwise)
+
+
+def test_missing_modality_in_case_raises(pointwise):
+    partial = make_case(modalities=("t1", "t1c", "t2"))
+    with pytest.raises(CaseError, match="FLAIR"):
+        segment(partial, pointwise)
+
+
+def test_sliding_windows_agree_with_full_pass(case, pointwise):
+    full = segment(case, pointwise, return_probabilities=True)
+    calls = []
+    windows = segment(
+        case,
+        pointwise,
+        strategy="sliding",
+        roi_size=(16, 16, 16),
+        overlap=0.25,
+        sw_batch_size=2,
+        return_probabilities=True,
+        progress=lambda done, total, msg: calls.append((done, total)),
+    )
+    assert windows.strategy == "sliding"
+    np.testing.assert_allclose(windows.probabilities, full.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(windows.labels, full.labels)
+    # progress is reported once per batch of windows and ends at total
+    box = brain_bbox(case.model_input(pointwise.config.modalities))
+    crop = [s.stop - s.start for s in box]
+    expected = count_windows(crop, (16, 16, 16), 0.25, batch=2)
+    assert windows.n_forward == expected > 1
+    assert calls == [(i, expected) for i in range(1, expected + 1)]
+
+
+def test_tta_averages_mirrored_passes(case, pointwise):
+    plain = segment(case, pointwise, return_probabilities=True)
+    tta = segment(case, pointwise, tta=True, return_probabilities=True)
+    assert tta.n_forward == 8
+    # a voxel-wise model is mirror-equivariant: flips must be undone exactly
+    np.testing.assert_allclose(tta.probabilities, plain.probabilities, atol=1e-5)
+
+
+def test_real_student_runs_with_tta_and_subset_modalities(case):
+    student = tiny_student(("t1c", "flair"))
+    result = segment(case, student, tta=True)
+    assert result.labels.shape == case.reference.data.shape
+    assert result.n_forward == 8
+    assert set(np.unique(result.labels)) <= {0, 1, 2, 4}
+
+
+def test_cancellation_between_passes(case, pointwise):
+    with pytest.raises(Cancelled):
+        segment(case, pointwise, should_stop=lambda: True)
+    seen = []
+    with pytest.raises(Cancelled):
+        segment(
+            case,
+            pointwise,
+            strategy="sliding",
+            roi_size=(16, 16, 16),
+            progress=lambda d, t, m: seen.append(d),
+            should_stop=lambda: len(seen) >= 2,
+        )
+    assert seen == [1, 2]
+
+
+def test_small_components_are_removed(case, pointwise):
+    label_map = np.zeros((20, 20, 20), np.uint8)
+    label_map[2:8, 2:8, 2:8] = 2  # 216 voxels of edema around
+    label_map[4:6, 4:6, 4:6] = 4  # a core: same component
+    label_map[15, 15, 15:17] = 1  # a 2-voxel speck
+    cleaned = inference.remove_small_components(label_map, 10)
+    assert cleaned[15, 15, 15] == 0 and cleaned[15, 15, 16] == 0
+    np.testing.assert_array_equal(cleaned[:10], label_map[:10])
+    # wired through segment(): a threshold above every component clears the map
+    assert segment(case, pointwise).volumes_ml["WT"] > 0
+    cleared = segment(case, pointwise, min_component_voxels=10**7)
+    assert not cleared.labels.any() and cleared.volumes_ml["WT"] == 0
+
+
+def test_memory_refusal_is_a_resource_error(case, pointwise, monkeypatch):
+    monkeypatch.setattr(inference, "fits", lambda estimate, device, fraction=0.9: False)
+    with pytest.raises(ResourceError, match="needs about"):
+        segment(case, pointwise, device="cpu")
+
+
+def test_unavailable_device_is_a_resource_error(case, pointwise):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ResourceError, match="CUDA"):
+        segment(case, pointwise, device="cuda")
+
+
+def test_cli_segment_writes_labels_aligned_with_the_input(tmp_path, capsys):
+    from napari_brats_kd.cli import main
+    from napari_brats_kd.models import save_checkpoint
+
+    # An RAS case with anisotropic voxels: the output must keep the input's grid exactly.
+    affine = np.diag([1.2, 1.0, 2.0, 1.0])
+    affine[:3, 3] = [-20.0, 5.0, 3.0]
+    case = make_case(affine=affine)
+    folder = tmp_path / "BraTS2021_00042"
+    folder.mkdir()
+    suffix = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair"}
+    for m, vol in case.images.items():
+        nib.save(
+            nib.Nifti1Image(vol.file_data(), affine),
+            folder / f"BraTS2021_00042_{suffix[m]}.nii.gz",
+        )
+    student = tiny_student()
+    ckpt = save_checkpoint(tmp_path / "student", student.model, student.config)
+    out = tmp_path / "out" / "pred.nii.gz"
+    assert main(["segment", str(folder), "-o", str(out), "--model", str(ckpt)]) == 0
+    img = nib.load(out)
+    np.testing.assert_allclose(img.affine, affine)
+    assert img.shape == case.images["t1"].file_shape
+    assert img.get_data_dtype() == np.uint8
+    # the file holds the same labels segment() returns, in the file's voxel order
+    expected = segment(case, student).labels_model_order
+    np.testing.assert_array_equal(np.asarray(img.dataobj), expected)
+    assert "BraTS2021_00042" in capsys.readouterr().out
+    # a folder of cases -> a folder of <case_id>_seg.nii.gz; a folder that is no case is skipped
+    # with a message and a non-zero exit status, the others are still written
+    many = tmp_path / "many"
+    assert main(["segment", str(tmp_path), "-o", str(many), "--model", str(ckpt)]) == 1
+    assert (many / "BraTS2021_00042_seg.nii.gz").is_file()
+    assert "skipped" in capsys.readouterr().err
