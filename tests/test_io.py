@@ -381,3 +381,13 @@ def test_lone_file_named_like_nothing(tmp_path):
     scan = write_nifti(tmp_path / "scan.nii.gz", base_volume())
     with pytest.raises(CaseError, match=r"Cannot tell which modality scan\.nii\.gz"):
         io.load_case(scan)
+
+
+def test_msd_labels_round_trip_against_a_4d_reference(tmp_path):
+    path = write_msd(tmp_path)
+    case = io.load_case(path)
+    out = io.save_labels(tmp_path / "msd_out.nii.gz", case.seg.data, case.images["t1c"], "msd")
+    written, original = nib.load(str(out)), nib.load(str(tmp_path / "labelsTr" / path.name))
+    assert written.shape == original.shape == SHAPE
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj), np.asanyarray(original.dataobj))
+    np.testing.assert_allclose(written.affine, original.affine)
