@@ -297,7 +297,7 @@ def test_2023_naming_uses_labels_123(tmp_path: Path) -> None:
         assert nib.load(f"{stem}-{suffix}.nii.gz").get_data_dtype() == np.int16
     seg = np.asanyarray(nib.load(f"{stem}-seg.nii.gz").dataobj)
     assert set(np.unique(seg)) == {0, 1, 2, 3}
-    assert calls == [(1, 1, "BraTS-GLI-P00012-000")]
+    assert calls == [(0, 1, "starting"), (1, 1, "BraTS-GLI-P00012-000")]
 
 
 def test_should_stop_cancels_between_cases(tmp_path: Path) -> None:

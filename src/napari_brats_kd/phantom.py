@@ -987,7 +987,7 @@ def write_phantom_dataset(
     spacing
         Voxel size in mm (1 = the BraTS grid).
     progress
-        ``progress(done, total, message)`` called after each case.
+        ``progress(done, total, message)`` called once before the first case and after each case.
     should_stop
         Polled before each case; when it returns True, :class:`~napari_brats_kd.errors.Cancelled`
         is raised (cases already written stay on disk).
@@ -1015,6 +1015,8 @@ def write_phantom_dataset(
     folder_fmt, suffixes, sep, convention = _NAMINGS[key]
     out_dir = Path(out_dir)
     written: list[Path] = []
+    if progress is not None:
+        progress(0, int(n), "starting")
     for index in range(int(n)):
         if should_stop is not None and should_stop():
             raise Cancelled(f"Stopped after writing {index} of {n} phantom cases to {out_dir}.")
