@@ -897,7 +897,8 @@ def make_phantom(
     convention
         Label convention of the segmentation (BraTS 2021: 1/2/4, BraTS 2023: 1/2/3, ...).
     n_lesions
-        Number of tumours (1-3); ``None`` draws it from the seed.
+        Number of tumours (1-3); ``None`` draws it from the seed. A brain with no room left for
+        another well-separated tumour gets fewer (never none); ``extra["lesions"]`` lists them.
     lesion_side
         ``"left"`` or ``"right"`` puts every tumour centre in that hemisphere (patient's side);
         ``None`` lets the seed decide.
