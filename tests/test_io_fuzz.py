@@ -146,3 +146,22 @@ def test_malformed_files_fail_cleanly(tmp_path: Path):
     assert outcomes["loaded"] >= 10
     assert outcomes["NiftiReadError"] >= 100
     assert outcomes["InvalidVolumeError"] >= 10
+
+
+def test_corrupt_files_in_case_discovery_fail_cleanly(tmp_path: Path):
+    """The naming code probes headers of files it cannot name (MSD detection): same guarantee."""
+    rng = np.random.default_rng(SEED + 1)
+    raw = gzip.compress(_valid_bytes())
+    path = tmp_path / "weird.nii.gz"
+    n_errors = 0
+    for _ in range(N_PER_KIND * 3):
+        b = bytearray(raw)
+        for pos in rng.integers(0, len(b), size=3):
+            b[pos] ^= int(rng.integers(1, 256))
+        path.write_bytes(bytes(b[: int(rng.integers(1, len(b) + 1))]))
+        try:
+            io.load_case(path)
+        except BratsKDError:
+            n_errors += 1
+    # A lone file whose name names no modality is never a case, corrupt or not.
+    assert n_errors == N_PER_KIND * 3

@@ -633,7 +633,8 @@ def find_cases(root: PathLike) -> list[Path]:
     Raises
     ------
     CaseError
-        If ``root`` does not exist or holds no NIfTI case.
+        If ``root`` does not exist, holds no NIfTI case, or a folder holds the files of several
+        BraTS-named cases side by side (each case needs its own folder).
     """
     root = Path(root)
     if root.is_file():

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,8 +334,16 @@ def header_ndim_channels(path: Path) -> tuple[int, int] | None:
 
     try:
         shape = nib.load(str(path)).header.get_data_shape()
-    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError):
-        return None
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zlib.error,
+        struct.error,
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+    ):
+        return None  # unreadable: the loader reports why when the file is opened
     shape = tuple(int(s) for s in shape)
     return len(shape), (shape[3] if len(shape) > 3 else 1)
 
