@@ -257,3 +257,26 @@ def test_scan_with_unknown_name_opens_as_plain_image(
     assert layer.name == "scan"
     assert layer.metadata["brats_kd"]["modality"] is None
     assert np.argwhere(layer.data == LEFT_MARKER)[:, 2].mean() > (layer.data.shape[2] - 1) / 2
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("folder", "labels_shown"),
+    [("BraTS-GLI-00001-000", None), ("TCGA-DU-7294", "TCGA-DU-7294 fusion_simple")],
+)
+def test_real_cases_open_in_the_viewer(
+    make_napari_viewer, real_data_dir, errors, folder, labels_shown
+):
+    """Both real cases open with four modalities on one grid; TCGA shows its fused segmentation."""
+    viewer = make_napari_viewer()
+    viewer.open(real_data_dir / folder, plugin=PLUGIN)
+    assert errors == []
+    images = [layer for layer in viewer.layers if layer._type_string == "image"]
+    labels = [layer for layer in viewer.layers if layer._type_string == "labels"]
+    assert [layer.name for layer in images] == [f"{folder} {m}" for m in MOD_NAMES]
+    for layer in [*images, *labels]:
+        assert layer.data.shape == (155, 240, 240)  # display order (I, P, L) of a 240x240x155 file
+        np.testing.assert_allclose(layer.scale, (1.0, 1.0, 1.0))
+        assert layer.metadata["brats_kd"]["file_axcodes"] == ("L", "P", "S")
+    visible = [layer.name for layer in labels if layer.visible]
+    assert visible == ([labels_shown] if labels_shown else [])

@@ -135,7 +135,8 @@ def case_to_layer_data(case: Case) -> list[LayerDataTuple]:
     list of (data, meta, layer_type)
         Images named ``"<case> <Modality>"`` (only the last one visible, so that the top layer is
         not hidden under the others), the segmentation as ``"<case> segmentation"``, and any
-        extra segmentations (``case.extra["segmentations"]``) as hidden ``"<case> <name>"`` labels.
+        extra segmentations (``case.extra["segmentations"]``) as ``"<case> <name>"`` labels, hidden
+        but for one (a fusion, if any) when the case has no segmentation of its own.
     """
     out: list[LayerDataTuple] = []
     last = case.modalities[-1] if case.modalities else None
@@ -152,7 +153,13 @@ def case_to_layer_data(case: Case) -> list[LayerDataTuple]:
                 case.convention_reason,
             )
         )
-    for seg_name, item in case.extra.get("segmentations", {}).items():
+    extras = case.extra.get("segmentations", {})
+    # With no segmentation of its own, the case shows one of its extra ones (a fusion when there
+    # is one): a user opening algorithm outputs expects to see a tumour, not ten hidden layers.
+    shown = None
+    if case.seg is None and extras:
+        shown = next((n for n in extras if "fusion" in n.lower()), next(iter(extras)))
+    for seg_name, item in extras.items():
         out.append(
             labels_layer_data(
                 item["volume"],
@@ -160,7 +167,7 @@ def case_to_layer_data(case: Case) -> list[LayerDataTuple]:
                 case,
                 item["convention"],
                 item["reason"],
-                visible=False,
+                visible=seg_name == shown,
             )
         )
     return out
