@@ -199,3 +199,24 @@ def test_cli_segment_writes_labels_aligned_with_the_input(tmp_path, capsys):
     assert main(["segment", str(tmp_path), "-o", str(many), "--model", str(ckpt)]) == 1
     assert (many / "BraTS2021_00042_seg.nii.gz").is_file()
     assert "skipped" in capsys.readouterr().err
+
+
+def test_torch_and_onnxruntime_back_ends_agree(case):
+    pytest.importorskip("onnxruntime")
+    student = tiny_student(seed=3)
+    by_torch = segment(case, student, backend="torch", return_probabilities=True)
+    by_ort = segment(case, student, backend="onnxruntime", return_probabilities=True)
+    assert (by_torch.backend, by_ort.backend) == ("torch", "onnxruntime")
+    np.testing.assert_allclose(by_ort.probabilities, by_torch.probabilities, atol=1e-4)
+    # labels may only differ where a probability sits within rounding of the 0.5 threshold
+    assert (by_ort.labels == by_torch.labels).mean() > 0.999
+    with pytest.raises(ModelInputError, match="backend"):
+        segment(case, student, backend="tensorrt")
+
+
+def test_crop_grows_to_the_network_stride_inside_the_volume():
+    box = (slice(3, 20), slice(0, 5), slice(10, 30))
+    grown = inference.grow_to_multiple(box, 8, (40, 6, 30))
+    assert [s.stop - s.start for s in grown] == [24, 6, 24]  # 6: the whole axis, padded later
+    for g, b, n in zip(grown, box, (40, 6, 30), strict=True):
+        assert 0 <= g.start <= b.start and b.stop <= g.stop <= n

@@ -106,6 +106,80 @@ def _compare_one(
     return float(np.abs(out - ref).max()), float((labels_ref == labels_out).mean())
 
 
+def onnx_bytes(
+    loaded: LoadedModel, sample: torch.Tensor | None = None, opset: int = ONNX_OPSET
+) -> bytes:
+    """The ONNX graph of ``loaded`` (dynamic batch and spatial axes), as bytes.
+
+    Raises
+    ------
+    CheckpointError
+        If the exporter fails.
+    """
+    import io
+
+    stride = network_stride(loaded.config)
+    if sample is None:
+        sample = torch.zeros(1, loaded.config.in_channels, 2 * stride, 2 * stride, 2 * stride)
+    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
+    net = loaded.model.cpu().eval()
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript-based exporter is deprecated in favour of torch.export, which does
+            # not yet handle MONAI's data-dependent shapes; it still gives a correct graph.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net,
+                (sample,),
+                buffer,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes},
+                opset_version=opset,
+                dynamo=False,
+            )
+    except Exception as exc:  # exporter failures come in many types; report them as one
+        raise CheckpointError(f"ONNX export of {loaded.name} failed: {exc}") from exc
+    return buffer.getvalue()
+
+
+def onnx_session(loaded: LoadedModel, threads: int | None = None):
+    """A cached onnxruntime CPU session of ``loaded``, rebuilt when its weights change.
+
+    Parameters
+    ----------
+    loaded
+        The model.
+    threads
+        Intra-op threads (default: ``torch.get_num_threads()``).
+
+    Raises
+    ------
+    CheckpointError
+        If onnxruntime is not installed or the export fails.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise CheckpointError(
+            "The onnxruntime back end needs onnxruntime: pip install 'napari-brats-kd[onnx]'."
+        ) from exc
+    threads = int(threads or torch.get_num_threads())
+    # In-place updates (an optimizer step) bump tensor versions: a stale graph is never reused.
+    version = tuple((p.data_ptr(), p._version) for p in loaded.model.parameters())
+    key = ("onnxruntime", threads)
+    cached = loaded.runtime_cache.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx_bytes(loaded), options, providers=["CPUExecutionProvider"])
+    loaded.runtime_cache[key] = (version, session)
+    return session
+
+
 def export_onnx(
     model: str | os.PathLike | LoadedModel, out: str | os.PathLike, opset: int = ONNX_OPSET
 ) -> ExportReport:
@@ -141,25 +215,7 @@ def export_onnx(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     x = check_input(loaded)
-    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
-    net = loaded.model.cpu().eval()
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript-based exporter is deprecated in favour of torch.export, which does
-            # not yet handle MONAI's data-dependent shapes; it still gives a correct graph.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                net,
-                (x,),
-                str(out),
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": axes, "logits": axes},
-                opset_version=opset,
-                dynamo=False,
-            )
-    except Exception as exc:  # exporter failures come in many types; report them as one
-        raise CheckpointError(f"ONNX export of {loaded.name} failed: {exc}") from exc
+    out.write_bytes(onnx_bytes(loaded, x, opset))
     proto = onnx.load(str(out))
     onnx.helper.set_model_props(
         proto, {"napari_brats_kd.config": loaded.config.to_json(), "producer": "napari-brats-kd"}

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from . import labels as lab
 from .device import autocast_dtype, estimate_memory, fits, select_device
-from .errors import Cancelled, ModelInputError, ResourceError
+from .errors import Cancelled, CheckpointError, ModelInputError, ResourceError
 from .models import LoadedModel, normalize_input, resolve_model
 from .models.networks import count_parameters, first_stage_width, network_stride
 from .volume import Case
@@ -64,6 +64,8 @@ class SegmentationResult:
         Display name of the model that ran.
     device
         Device it ran on (``"cpu"``, ``"cuda"``, ...).
+    backend
+        ``"torch"`` or ``"onnxruntime"``.
     seconds
         Wall-clock time of the whole call.
     probabilities
@@ -87,6 +89,7 @@ class SegmentationResult:
     model: str
     device: str
     seconds: float
+    backend: str = "torch"
     probabilities: np.ndarray | None = None
     regions: tuple[str, ...] = lab.REGIONS
     labels_model_order: np.ndarray | None = None
@@ -115,6 +118,26 @@ def brain_bbox(image: np.ndarray, margin: int = BBOX_MARGIN) -> tuple[slice, sli
         lo = max(int(hits[0]) - margin, 0)
         hi = min(int(hits[-1]) + 1 + margin, mask.shape[axis])
         out.append(slice(lo, hi))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def grow_to_multiple(
+    box: Sequence[slice], multiple: int, shape: Sequence[int]
+) -> tuple[slice, slice, slice]:
+    """Widen ``box`` (centred, within ``shape``) so each side is a multiple of ``multiple``.
+
+    A crop the network can take as is needs no zero padding (one copy of the volume less), and
+    the extra voxels are real image context.
+    """
+    out = []
+    for sl, n in zip(box, shape, strict=True):
+        size = sl.stop - sl.start
+        target = min(int(np.ceil(size / multiple) * multiple), int(n))
+        start = max(0, sl.start - (target - size) // 2)
+        stop = start + target
+        if stop > n:
+            stop, start = int(n), int(n) - target
+        out.append(slice(start, stop))
     return tuple(out)  # type: ignore[return-value]
 
 
@@ -251,16 +274,28 @@ def _forward_probabilities(
     sw_batch_size: int,
     tta: bool,
     steps: _Steps,
+    backend: str = "torch",
 ) -> torch.Tensor:
     """Sigmoid probabilities ``(R, X, Y, Z)`` (CPU float32) of a normalised ``(C, X, Y, Z)``."""
-    net = loaded.model.to(device).eval()
     stride = network_stride(loaded.config)
-    dtype = autocast_dtype(device)
-    amp = (
-        torch.autocast(device_type=device.type, dtype=dtype)
-        if dtype is not None
-        else contextlib.nullcontext()
-    )
+    if backend == "onnxruntime":
+        from .export import onnx_session
+
+        session = onnx_session(loaded)
+
+        def net(batch: torch.Tensor) -> torch.Tensor:
+            array = np.ascontiguousarray(batch.numpy(), np.float32)
+            return torch.from_numpy(session.run(None, {"image": array})[0])
+
+        amp: contextlib.AbstractContextManager = contextlib.nullcontext()
+    else:
+        net = loaded.model.to(device).eval()
+        dtype = autocast_dtype(device)
+        amp = (
+            torch.autocast(device_type=device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
 
     def predictor(batch: torch.Tensor) -> torch.Tensor:
         steps.check()
@@ -289,12 +324,49 @@ def _forward_probabilities(
                     overlap=overlap,
                     mode="gaussian",
                 )
-            probs = torch.sigmoid(logits)
+            probs = torch.sigmoid_(logits)  # in place: a full-size copy less
             if axes:
                 probs = torch.flip(probs, axes)
             total = probs if total is None else total.add_(probs)
-    assert total is not None
-    return (total / len(flips))[0].to("cpu", torch.float32)
+        assert total is not None
+        if len(flips) > 1:
+            total.div_(len(flips))
+    return total[0].to("cpu", torch.float32)
+
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def _resolve_backend(
+    backend: str, device: torch.device, loaded: LoadedModel, notes: list[str]
+) -> str:
+    """``"auto"``: onnxruntime on CPU when installed (measured several times faster than
+    PyTorch's CPU convolutions for the student, see benchmarks/results/inference_cpu.md), else
+    torch."""
+    if backend not in BACKENDS:
+        raise ModelInputError(f"Unknown backend {backend!r}: expected one of {BACKENDS}.")
+    if backend == "torch":
+        return "torch"
+    if device.type != "cpu":
+        if backend == "onnxruntime":
+            raise ResourceError(
+                f"The onnxruntime back end runs on the CPU only, not {device}: use device='cpu' "
+                "or backend='torch'."
+            )
+        return "torch"
+    if backend == "auto":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "torch"
+        try:
+            from .export import onnx_session
+
+            onnx_session(loaded)
+        except CheckpointError as exc:  # an architecture the exporter cannot handle
+            notes.append(f"onnxruntime unavailable for {loaded.name} ({exc}); used torch")
+            return "torch"
+    return "onnxruntime"
 
 
 def predict_probabilities(
@@ -310,6 +382,7 @@ def predict_probabilities(
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
     notes: list[str] | None = None,
+    backend: str = "auto",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Region probabilities of an already normalised ``(C, X, Y, Z)`` array.
 
@@ -320,7 +393,8 @@ def predict_probabilities(
     Returns
     -------
     probabilities, info
-        float32 ``(len(regions), X, Y, Z)``, and ``{"device", "strategy", "window", "n_forward"}``.
+        float32 ``(len(regions), X, Y, Z)``, and ``{"device", "backend", "strategy", "window",
+        "n_forward"}``.
     """
     loaded = resolve_model(loaded)
     notes = notes if notes is not None else []
@@ -347,6 +421,7 @@ def predict_probabilities(
             f"{est} ({plan} pass, window {'x'.join(map(str, window))}), more than {dev} has free. "
             "Close other programs, use a smaller model (the student), or a smaller ROI."
         )
+    backend = _resolve_backend(backend, dev, loaded, notes)
     x = torch.from_numpy(np.ascontiguousarray(image, np.float32))
     n_windows = 1 if plan == "full" else count_windows(shape, window, overlap, batch)
     flips = len(TTA_FLIPS) if tta else 1
@@ -354,7 +429,9 @@ def predict_probabilities(
     steps = _Steps(n_windows * flips, progress, should_stop)
     steps.check()
     try:
-        probs = _forward_probabilities(loaded, x, dev, plan, window, overlap, batch, tta, steps)
+        probs = _forward_probabilities(
+            loaded, x, dev, plan, window, overlap, batch, tta, steps, backend
+        )
     except oom_types as exc:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -376,7 +453,13 @@ def predict_probabilities(
                 f"Out of memory segmenting with {loaded.name} on {dev}: {exc}"
             ) from exc
         raise
-    info = {"device": dev.type, "strategy": plan, "window": window, "n_forward": steps.done}
+    info = {
+        "device": dev.type,
+        "backend": backend,
+        "strategy": plan,
+        "window": window,
+        "n_forward": steps.done,
+    }
     return probs.numpy(), info
 
 
@@ -433,6 +516,7 @@ def segment(
     crop_to_brain: bool = True,
     num_threads: int | None = None,
     voxel_volume_mm3: float | None = None,
+    backend: str = "auto",
 ) -> SegmentationResult:
     """Segment the brain tumour of one case into a BraTS label map.
 
@@ -477,6 +561,9 @@ def segment(
         CPU threads for this call (default: PyTorch's current setting).
     voxel_volume_mm3
         Voxel volume for ``volumes_ml`` of an array input (default 1 mm3). Cases use their affine.
+    backend
+        ``"auto"`` (onnxruntime on CPU when installed, else PyTorch), ``"torch"`` or
+        ``"onnxruntime"`` (CPU only; the graph is exported once per model and cached).
 
     Returns
     -------
@@ -509,7 +596,8 @@ def segment(
         default_conv = lab.LabelConvention(cfg.convention)
         voxel_mm3 = 1.0 if voxel_volume_mm3 is None else float(voxel_volume_mm3)
     target = lab.get_convention(convention if convention is not None else default_conv).convention
-    if not np.all(np.isfinite(image)):
+    # min/max propagate NaN and show inf without allocating a mask as large as the case.
+    if not all(np.isfinite(channel.min()) and np.isfinite(channel.max()) for channel in image):
         raise ModelInputError("The input holds NaN or infinite voxels; fix the scan first.")
 
     box = brain_bbox(image) if crop_to_brain else tuple(slice(0, s) for s in image.shape[1:])
@@ -518,6 +606,8 @@ def segment(
             "Every voxel of the input is zero: there is no brain to segment "
             "(check that the right scans are loaded)."
         )
+    if crop_to_brain:
+        box = grow_to_multiple(box, network_stride(cfg), image.shape[1:])
     crop = normalize_input(image[(slice(None), *box)], cfg.normalization)
 
     notes: list[str] = []
@@ -537,6 +627,7 @@ def segment(
             progress=progress,
             should_stop=should_stop,
             notes=notes,
+            backend=backend,
         )
     finally:
         if num_threads is not None:
@@ -562,6 +653,7 @@ def segment(
         volumes_ml=lab.region_volumes_ml(labels_crop, target, voxel_mm3),
         model=loaded.name,
         device=info["device"],
+        backend=info["backend"],
         seconds=time.perf_counter() - start,
         probabilities=probabilities,
         regions=tuple(cfg.regions),

@@ -47,12 +47,16 @@ class LoadedModel:
         File or folder the weights came from (``None`` for models made in memory).
     extra
         The JSON ``extra`` saved with the checkpoint (e.g. epoch, losses), if any.
+    runtime_cache
+        Per-model state of inference back ends (e.g. an onnxruntime session), rebuilt when the
+        weights change.
     """
 
     model: nn.Module
     config: ModelConfig
     path: Path | None = None
     extra: dict = field(default_factory=dict)
+    runtime_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:

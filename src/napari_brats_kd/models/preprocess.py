@@ -54,13 +54,12 @@ def normalize_input(image: np.ndarray, method: str = "zscore_nonzero") -> np.nda
         if n == 0:
             continue
         # Moments from sums over the whole channel (zeros add nothing): much faster than
-        # gathering the brain voxels with a boolean index, and float64 keeps them exact enough.
-        total = float(channel.sum(dtype=np.float64))
-        total_sq = float(np.square(channel, dtype=np.float64).sum())
-        mean = total / n
-        std = float(np.sqrt(max(total_sq / n - mean * mean, 0.0)))
+        # gathering the brain voxels with a boolean index; float64 keeps them exact enough.
+        mean = float(channel.sum(dtype=np.float64)) / n
+        var = max(float(np.square(channel, dtype=np.float64).sum()) / n - mean * mean, 0.0)
+        std = float(np.sqrt(var))
         # MONAI divides by 1 when the standard deviation is 0; do the same.
         channel -= np.float32(mean)
-        channel /= np.float32(std if std > 0 else 1.0)
-        channel[~mask] = 0.0
+        channel *= np.float32(1.0 / (std if std > 0 else 1.0))
+        channel *= mask  # background back to exactly 0
     return out
