@@ -18,10 +18,11 @@ from .errors import ResourceError
 #: Device names accepted by the API, the CLI and the widget.
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
-#: Full-resolution feature maps alive at once at the peak of a SegResNet-like forward pass
-#: (calibrated on CPU: the bundle SegResNet on one 240x240x160 window peaks at about 5.5 maps of
-#: 16 channels above the interpreter's own footprint; 8 leaves headroom for allocator slack).
-ACTIVATION_MAPS = 8.0
+#: Full-resolution feature maps alive at once at the peak of a SegResNet-like forward pass.
+#: Calibrated with benchmarks/bench_inference.py on CPU: the bundle SegResNet on one 240x240x160
+#: window peaked 3.4 GB above the process baseline, about 4.9 maps of 16 channels plus the input,
+#: output and blending buffers; 6 leaves headroom for allocator slack.
+ACTIVATION_MAPS = 6.0
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
