@@ -56,6 +56,20 @@ ROWS = {
     "teacher bundle setting, torch": {"kind": "teacher", "backend": "torch", "segment": _BUNDLE},
 }
 
+#: Rows of a GPU run (``--device cuda``): PyTorch with autocast, as segment() runs on a GPU.
+GPU_ROWS = {
+    "student-small, torch": ROWS["student-small, torch"],
+    "student-small, torch, TTA x8": {
+        "kind": "student",
+        "preset": "student-small",
+        "backend": "torch",
+        "segment": {"tta": True},
+    },
+    "teacher, torch": ROWS["teacher, torch"],
+    "teacher bundle setting, torch": ROWS["teacher bundle setting, torch"],
+}
+ALL_ROWS = {**ROWS, **GPU_ROWS}
+
 
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
@@ -71,7 +85,7 @@ def _gflops(model, x) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def worker(row: str, input_path: str, runs: int, threads: int) -> dict:
+def worker(row: str, input_path: str, runs: int, threads: int, device: str = "cpu") -> dict:
     """Time one row in this (fresh) process; returns a JSON-able dict."""
     import numpy as np
     import torch
@@ -87,7 +101,7 @@ def worker(row: str, input_path: str, runs: int, threads: int) -> dict:
         teacher_config,
     )
 
-    spec = ROWS[row]
+    spec = ALL_ROWS[row]
     image = np.load(input_path)
     torch.manual_seed(0)
     cfg = student_config(preset=spec["preset"]) if spec["kind"] == "student" else teacher_config()
@@ -98,12 +112,18 @@ def worker(row: str, input_path: str, runs: int, threads: int) -> dict:
     info: dict = {}
     seg_kw["backend"] = spec["backend"]
     # warm-up: oneDNN primitive creation, or the ONNX export + session for onnxruntime
-    first = segment(image, loaded, device="cpu", **seg_kw)
+    first = segment(image, loaded, device=device, **seg_kw)
     info["first_s"] = first.seconds
     info["strategy"] = first.strategy
+    info["device"] = first.device
+    if device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(runs):
-        result = segment(image, loaded, device="cpu", **seg_kw)
+        result = segment(image, loaded, device=device, **seg_kw)  # returns numpy: synced
         times.append(result.seconds)
+    if device != "cpu":
+        info["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        info["gpu_name"] = torch.cuda.get_device_name()
     # FLOPs of the forward the timed call made
     if seg_kw.get("crop_to_brain", True):
         box = brain_bbox(image)
@@ -113,7 +133,7 @@ def worker(row: str, input_path: str, runs: int, threads: int) -> dict:
         shape = list(seg_kw["roi_size"])
     info["input"] = "x".join(map(str, shape))
     info["peak_rss_mb"] = _maxrss_mb()  # before the FLOP count's extra forward
-    info["gflops"] = _gflops(loaded.model, torch.zeros(1, cfg.in_channels, *shape))
+    info["gflops"] = _gflops(loaded.model.cpu(), torch.zeros(1, cfg.in_channels, *shape))
     return {
         "row": row,
         "times": times,
@@ -159,16 +179,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-runs", type=int, default=3, help="timed teacher runs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--case", type=Path, default=None, help="case folder (default: real)")
-    parser.add_argument("--rows", nargs="*", default=list(ROWS), help="subset of rows")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--rows", nargs="*", default=None, help="subset of rows")
+    parser.add_argument("--out", type=Path, default=None, help="results markdown file")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        runs = args.teacher_runs if ROWS[args.worker]["kind"] == "teacher" else args.runs
-        print("RESULT " + json.dumps(worker(args.worker, args.input, runs, args.threads)))
+        runs = args.teacher_runs if ALL_ROWS[args.worker]["kind"] == "teacher" else args.runs
+        res = worker(args.worker, args.input, runs, args.threads, args.device)
+        print("RESULT " + json.dumps(res))
         return 0
+    gpu = args.device == "cuda"
+    rows = args.rows or list(GPU_ROWS if gpu else ROWS)
+    out = args.out or (RESULTS.with_name("inference_gpu.md") if gpu else RESULTS)
 
     import numpy as np
     import torch
@@ -180,10 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     np.save(tmp, image)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     results = {}
-    for row in args.rows:
+    for row in rows:
         cmd = [sys.executable, __file__, "--worker", row, "--input", str(tmp),
                "--runs", str(args.runs), "--teacher-runs", str(args.teacher_runs),
-               "--threads", str(args.threads)]  # fmt: skip
+               "--threads", str(args.threads), "--device", args.device]  # fmt: skip
         load_before = os.getloadavg()[0]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -201,35 +226,48 @@ def main(argv: list[str] | None = None) -> int:
         return results[name]["median_s"] if name in results else None
 
     teacher_crop, teacher_bundle = ref("teacher, torch"), ref("teacher bundle setting, torch")
+    if gpu:
+        name = next((r["gpu_name"] for r in results.values() if "gpu_name" in r), "GPU")
+        where = (
+            f"device cuda ({name}), autocast bf16/fp16 as segment() runs on a GPU, torch "
+            f"{torch.__version__}"
+        )
+    else:
+        where = (
+            f"{args.threads} threads (`torch.set_num_threads({args.threads})`), torch "
+            f"{torch.__version__}, {_cpu_name()}, {os.cpu_count()} logical CPUs"
+        )
     lines = [
-        "# CPU inference benchmark",
+        f"# {'GPU' if gpu else 'CPU'} inference benchmark",
         "",
         f"Input: {source}, {'x'.join(map(str, image.shape[1:]))}, 4 modalities, in memory -> "
-        f"label map. {args.threads} threads (`torch.set_num_threads({args.threads})`), "
-        f"torch {torch.__version__}, {_cpu_name()}, {os.cpu_count()} logical CPUs. "
+        f"label map (numpy, so GPU timings include the copies back). {where}. "
         "Each row in a fresh subprocess; one warm-up call, then the median of the timed calls. "
         "Untrained (random) weights: speed and memory do not depend on them.",
         "",
         "| model, back end | setting | input to network | params | GFLOPs/forward | median s "
         "| runs | first call s | speed-up vs teacher (crop, torch) / (bundle setting) "
-        "| peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| peak RSS MB |{' peak GPU MB |' if gpu else ''}",
+        f"|---|---|---|---|---|---|---|---|---|---|{'---|' if gpu else ''}",
     ]
     for row, r in results.items():
-        spec = ROWS[row]
+        spec = ALL_ROWS[row]
+        kw = spec.get("segment", {})
         setting = (
             "bundle inference: no crop, 1 window 240x240x160, overlap 0.5"
-            if "segment" in spec
+            if "roi_size" in kw
             else "brain crop, one full-volume pass"
+            + (", 8 mirrored passes" if kw.get("tta") else "")
         )
         speed = " / ".join(
             f"{t / r['median_s']:.1f}x" if t else "-" for t in (teacher_crop, teacher_bundle)
         )
         gflops = f"{r['gflops']:.0f}" if "gflops" in r else "-"
+        gpu_col = f" {r.get('gpu_peak_mb', 0):.0f} |" if gpu else ""
         lines.append(
             f"| {row} | {setting} | {r.get('input', '-')} | {r['parameters'] / 1e6:.2f} M "
-            f"| {gflops} | {r['median_s']:.2f} | {len(r['times'])} | {r['first_s']:.2f} "
-            f"| {speed} | {r['peak_rss_mb']:.0f} |"
+            f"| {gflops} | {r['median_s']:.3f} | {len(r['times'])} | {r['first_s']:.2f} "
+            f"| {speed} | {r['peak_rss_mb']:.0f} |{gpu_col}"
         )
     loads = ", ".join(
         f"{k}: {v['load_avg'][0]:.1f}->{v['load_avg'][1]:.1f}" for k, v in results.items()
@@ -251,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
     return 0
 
 

@@ -174,7 +174,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             result.convention,
         )
         volumes = ", ".join(f"{r} {v:.1f} ml" for r, v in result.volumes_ml.items())
-        message = f"{case.case_id}: {volumes} ({result.seconds:.1f} s on {result.device}) -> {out}"
+        message = f"{case.case_id}: {volumes} ({result.seconds:.1f} s on {result.device}/{result.backend}) -> {out}"
         if case_bar is not None:
             case_bar(i + 1, len(cases), case.case_id)
             print(message, file=sys.stderr)
