@@ -26,6 +26,11 @@ _LAZY = {
     "SiteParams": "napari_brats_kd.phantom",
     "write_phantom_dataset": "napari_brats_kd.phantom",
     "segment_viewer": "napari_brats_kd.scripting",
+    "segment": "napari_brats_kd.inference",
+    "SegmentationResult": "napari_brats_kd.inference",
+    "load_checkpoint": "napari_brats_kd.models",
+    "resolve_model": "napari_brats_kd.models",
+    "available_models": "napari_brats_kd.models",
 }
 
 __all__ = ["__version__", *_LAZY]
