@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# {'GPU' if gpu else 'CPU'} inference benchmark",
         "",
         f"Input: {source}, {'x'.join(map(str, image.shape[1:]))}, 4 modalities, in memory -> "
-        f"label map (numpy, so GPU timings include the copies back). {where}. "
+        f"label map{' (numpy, so GPU timings include the copies back)' if gpu else ''}. "
+        f"{where}. "
         "Each row in a fresh subprocess; one warm-up call, then the median of the timed calls. "
         "Untrained (random) weights: speed and memory do not depend on them.",
         "",

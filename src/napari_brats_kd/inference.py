@@ -342,7 +342,7 @@ def _resolve_backend(
 ) -> str:
     """The back end to use: for ``"auto"``, onnxruntime on CPU when installed, else torch.
 
-    onnxruntime was measured 15-20 % faster than PyTorch on 2 CPU cores for both the student and
+    onnxruntime was measured 20-30 % faster than PyTorch on 2 CPU cores for both the student and
     the teacher (benchmarks/results/inference_cpu.md); its graph is exported once per model.
     """
     if backend not in BACKENDS:
