@@ -220,3 +220,21 @@ def test_crop_grows_to_the_network_stride_inside_the_volume():
     assert [s.stop - s.start for s in grown] == [24, 6, 24]  # 6: the whole axis, padded later
     for g, b, n in zip(grown, box, (40, 6, 30), strict=True):
         assert 0 <= g.start <= b.start and b.stop <= g.stop <= n
+
+
+@pytest.mark.realdata
+def test_real_case_segments_onto_its_own_grid(real_data_dir, tmp_path):
+    from napari_brats_kd.io import load_case, save_labels
+
+    folder = real_data_dir / "BraTS-GLI-00001-000"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not available")
+    case = load_case(folder, extra_segmentations=False)
+    result = segment(case, tiny_student(), device="cpu")
+    assert result.labels.shape == case.reference.data.shape
+    assert result.convention == case.convention
+    out = save_labels(tmp_path / "seg.nii.gz", result.labels, case.reference, result.convention)
+    source = nib.load(next(folder.glob("*t1c.nii.gz")))
+    written = nib.load(out)
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert written.shape == source.shape
