@@ -92,6 +92,8 @@ def _run_phantom(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ segment
 def _add_segment(sub: argparse._SubParsersAction) -> Runner:
+    from .device import DEVICE_CHOICES  # torch-free at import time: --help stays fast
+
     p = sub.add_parser(
         "segment",
         help="segment the tumour of a case (or of every case in a folder)",
@@ -108,7 +110,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> Runner:
         default="student",
         help="student, teacher, a registered name, a .safetensors checkpoint or a MONAI bundle",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--tta", action="store_true", help="average over mirrored copies (8x slower)")
     p.add_argument(
         "--convention",

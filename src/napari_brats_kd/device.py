@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ResourceError
+
+if TYPE_CHECKING:  # torch is imported inside the functions so the CLI can read DEVICE_CHOICES fast
+    import torch
 
 #: Device names accepted by the API, the CLI and the widget.
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -33,6 +35,8 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     ResourceError
         If the requested accelerator is not available on this machine.
     """
+    import torch
+
     if isinstance(device, torch.device):
         return device
     name = str(device).lower()
@@ -62,6 +66,8 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
 
 def available_memory(device: torch.device) -> int | None:
     """Bytes that can still be allocated on ``device`` (``None`` when unknown, e.g. MPS)."""
+    import torch
+
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
@@ -148,6 +154,8 @@ def fits(estimate: MemoryEstimate, device: torch.device, fraction: float = 0.9) 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed-precision dtype for ``device`` (bf16 where supported, else fp16); ``None`` on CPU."""
+    import torch
+
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None

@@ -14,7 +14,6 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -265,16 +264,3 @@ def load_checkpoint(
     load_state_dict_checked(model, state, path)
     model.to(map_location).eval()
     return LoadedModel(model=model, config=config, path=path, extra=extra)
-
-
-def model_info_dict(loaded: LoadedModel) -> dict[str, Any]:
-    """A small summary (name, arch, modalities, parameters, path) for logs and the widget."""
-    from .networks import count_parameters
-
-    return {
-        "name": loaded.name,
-        "arch": loaded.config.arch,
-        "modalities": list(loaded.config.modalities),
-        "parameters": count_parameters(loaded.model),
-        "path": str(loaded.path) if loaded.path else None,
-    }
