@@ -195,6 +195,15 @@ class TrainConfig:
                 if bad:
                     raise TrainingError(f"Unknown model setting(s) {sorted(bad)}.")
                 data["model"] = ModelSpec(**model)
+        for f in fields(cls):
+            # YAML 1.1 reads "1e-4" (no dot) as a string: accept it for float settings.
+            if isinstance(f.default, float) and isinstance(data.get(f.name), str):
+                try:
+                    data[f.name] = float(data[f.name])
+                except ValueError:
+                    raise TrainingError(
+                        f"Setting {f.name} must be a number, got {data[f.name]!r}."
+                    ) from None
         if "augment" in data and not isinstance(data["augment"], AugmentConfig):
             data["augment"] = AugmentConfig.from_dict(data["augment"])
         try:
