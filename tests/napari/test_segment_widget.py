@@ -307,3 +307,21 @@ def test_result_saves_aligned_with_source(make_napari_viewer, qtbot, tiny_studen
     np.testing.assert_allclose(img.affine, AFFINE)
     assert img.shape == FILE_SHAPE
     np.testing.assert_array_equal(np.asarray(img.dataobj), Volume(layer.data, AFFINE).file_data())
+
+
+def test_segment_viewer_non_blocking_returns_a_running_task(
+    make_napari_viewer, qtbot, tiny_student
+):
+    from napari_brats_kd import segment_viewer
+    from napari_brats_kd.models import register_model
+
+    viewer = make_napari_viewer()
+    open_case(viewer, make_case())
+    register_model(tiny_student)
+    results = []
+    task = segment_viewer(viewer, model="tiny-student", blocking=False)
+    task.worker.returned.connect(results.append)
+    qtbot.waitUntil(lambda: not task.is_running, timeout=15000)
+    assert len(results) == 1
+    layer = viewer.layers["tiny_case tumor (tiny-student)"]
+    np.testing.assert_array_equal(layer.data, results[0].labels)

@@ -156,6 +156,9 @@ class SegmentWidget(Container):
             ),
         )
         self.volumes.native.setStyleSheet("font-family: monospace;")
+        # Long messages (model descriptions, errors) wrap instead of widening the dock.
+        for label in (self.model_info, self.status):
+            label.native.setWordWrap(True)
         self.extend(
             [
                 self.model_picker,
@@ -252,13 +255,13 @@ class SegmentWidget(Container):
             config = self._model_config(self.model_spec)
         except BratsKDError as exc:
             self._required = MODALITIES
-            self.model_info.value = _wrap(str(exc))
+            self.model_info.value = str(exc)
             self.model_info.tooltip = str(exc)
         else:
             self._required = tuple(config.modalities)
             needs = ", ".join(MODALITY_NAMES[m] for m in config.modalities)
             text = f"{config.description or config.display_name}. Needs {needs}."
-            self.model_info.value = _wrap(text)
+            self.model_info.value = text
             self.model_info.tooltip = text
         for modality, picker in self.modality_pickers.items():
             needed = modality in self._required
@@ -454,12 +457,6 @@ class SegmentWidget(Container):
             f"layer {self.last_layer.name!r}"
         )
         self.volumes.value = format_volumes(result.volumes_ml)
-
-
-def _wrap(text: str, width: int = 60) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width))
 
 
 class StudentSegmentWidget(SegmentWidget):
