@@ -5,8 +5,9 @@ header, path, modality and case id; their data is already in display order. Laye
 (another reader, a numpy array) lack it: their ``scale`` is taken as the voxel size and their axes
 are assumed to be in display order, and the caller is told so.
 
-Nothing here imports napari or Qt: layers are used through their public attributes (``data``,
-``name``, ``scale``, ``translate``, ``metadata``), so the console API can use this module too.
+Nothing here imports napari or Qt at import time (only inside functions that receive layers): layers
+are used through their public attributes (``data``, ``name``, ``scale``, ``translate``,
+``metadata``), so the console API can use this module too.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ def layer_meta(layer: Any) -> dict:
 
 
 def is_image_layer(layer: Any) -> bool:
-    """Whether ``layer`` is a napari Image layer (checked by kind, without importing napari)."""
-    return getattr(layer, "_type_string", None) == "image"
+    """Whether ``layer`` is a napari Image layer.
+
+    napari is imported here, not at module level: a layer exists only once napari is loaded.
+    """
+    from napari.layers import Image
+
+    return isinstance(layer, Image)
 
 
 def layer_modality(layer: Any) -> str | None:
@@ -202,6 +208,12 @@ def _strip_modality(name: str) -> str:
     return "".join(tokens).strip("_- .")
 
 
+def _is_labels_layer(layer: Any) -> bool:
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels)
+
+
 def result_layer_name(case_id: str, model_name: str) -> str:
     """Name of the Labels layer a segmentation makes: ``"<case> tumor (<model>)"``."""
     return f"{case_id} tumor ({model_name})"
@@ -262,10 +274,7 @@ def add_result_layer(
     kwargs = result_layer_kwargs(result, case, source_layer, model_label)
     if replace and kwargs["name"] in viewer.layers:
         layer = viewer.layers[kwargs["name"]]
-        if (
-            getattr(layer, "_type_string", None) == "labels"
-            and layer.data.shape == result.labels.shape
-        ):
+        if _is_labels_layer(layer) and layer.data.shape == result.labels.shape:
             layer.data = result.labels
             layer.metadata = kwargs["metadata"]
             layer.colormap = kwargs["colormap"]
