@@ -1,0 +1,337 @@
+"""GUI tests of the "Train student (distillation)" dock widget (run under xvfb-run).
+
+Runs are real (the training engine on tiny phantoms with a tiny untrained teacher), made fast by
+tiny patches and a few steps per epoch given through the widget's "Extra settings" field.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-brats-kd"
+TRAIN_WIDGET = "Train student (distillation)"
+STUDENT_WIDGET = "Segment tumor (student)"
+
+#: A tiny SegResNet teacher (stride 8) and engine settings that keep a run to a few seconds.
+TINY_TEACHER = {"init_filters": 8, "blocks_down": [1, 1, 1, 1], "blocks_up": [1, 1, 1]}
+FAST = "samples_per_case=2; warmup_epochs=0; num_workers=0; val_fraction=0.25"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """Four phantom cases (40x40x26 voxels) and a tiny teacher trained for one short epoch.
+
+    Training the teacher here also performs the engine's one-off lazy imports (MONAI transforms,
+    torch's compiler stack on the first optimizer step). Their first import triggers a full
+    garbage collection that holds the interpreter for about 0.4 s whichever thread runs it; the
+    responsiveness test measures training, not that once-per-process pause.
+    """
+    import torch
+
+    from napari_brats_kd.phantom import write_phantom_dataset
+    from napari_brats_kd.training import load_config, train_teacher
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("train_widget")
+    cases = write_phantom_dataset(root / "data", n=4, seed=0, spacing=6.0)
+    teacher = root / "tiny_teacher.safetensors"
+    cfg = load_config(
+        "teacher",
+        {
+            "data_dir": str(root / "data"),
+            "run_dir": str(root / "teacher_run"),
+            "out": str(teacher),
+            "epochs": 1,
+            "steps_per_epoch": 1,
+            "batch_size": 1,
+            "patch_size": [16, 16, 16],
+            "num_workers": 0,
+            "val_fraction": 0.25,
+            "model.arch_args": {**TINY_TEACHER, "dropout_prob": None},
+            "model.name": "tiny-teacher",
+        },
+    )
+    train_teacher(cfg)
+    return {"dir": root / "data", "case": cases[0], "teacher": teacher}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Settings in a temporary folder; no registered model leaks into other tests."""
+    from napari_brats_kd._napari._settings import CONFIG_DIR_ENV
+    from napari_brats_kd.models import clear_session_models
+
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "config"))
+    clear_session_models()
+    yield
+    clear_session_models()
+
+
+def open_widget(viewer, name: str = TRAIN_WIDGET):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def configure(
+    widget, data, tmp_path, epochs: int = 2, extra: str = "", mode: str = "Distil student"
+) -> None:
+    """A run of a tiny student (or fine-tuning of the tiny teacher), a few seconds long."""
+    widget.mode_picker.value = mode
+    widget.data_dir.value = data["dir"]
+    assert widget.load_model(data["teacher"]) == "tiny-teacher"
+    widget.student_preset.value = "student-tiny"
+    widget.epochs.value = epochs
+    widget.patch.value = 16
+    widget.batch.value = 1
+    widget.augment.value = "none"
+    widget.output_dir.value = tmp_path / "runs"
+    widget.extra.value = f"{FAST}; {extra}"
+
+
+def wait_done(qtbot, task, timeout: int = 30000) -> None:
+    assert task is not None, "the widget refused to start"
+    qtbot.waitUntil(lambda: not task.is_running, timeout=timeout)
+
+
+def n_notifications() -> int:
+    from napari.utils.notifications import notification_manager
+
+    return len(notification_manager.records)
+
+
+def messages_since(start: int) -> list[str]:
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records[start:]]
+
+
+def test_distillation_plots_registers_and_keeps_napari_responsive(
+    make_napari_viewer, qtbot, data, tmp_path, monkeypatch
+):
+    from qtpy.QtCore import QTimer
+
+    from napari_brats_kd._napari import train_widget as tw
+    from napari_brats_kd.models import load_checkpoint
+
+    record: dict = {}
+    real_train = tw._train
+
+    def timed_train(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        record["backend_done"] = time.perf_counter()
+        return result
+
+    monkeypatch.setattr(tw, "_train", timed_train)
+    viewer = make_napari_viewer()
+    segment = open_widget(viewer, STUDENT_WIDGET)  # opened before training: its list must refresh
+    widget = open_widget(viewer)
+    configure(widget, data, tmp_path, extra="steps_per_epoch=2; val_every=1")
+
+    stamps: list[float] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    timer.start()
+    qtbot.wait(100)
+    t0 = time.perf_counter()
+    task = widget.start()
+    assert widget.stop_button.enabled and not widget.start_button.enabled
+    wait_done(qtbot, task)
+    timer.stop()
+
+    # The Qt event loop kept answering while the engine trained in its thread.
+    during = [s for s in stamps if t0 <= s <= record["backend_done"]] + [record["backend_done"]]
+    gaps = np.diff(during)
+    assert len(during) > 20
+    assert gaps.max() < 0.1, f"event loop stalled for {gaps.max() * 1000:.0f} ms"
+
+    # The live plot got every step, both epoch means and both validations.
+    plot = widget.plot
+    assert plot.steps == [1, 2, 3, 4]
+    assert plot.epochs == [1, 2] and plot.val_epochs == [1, 2]
+    assert all(0.0 <= d <= 1.0 for r in ("WT", "TC", "ET") for d in plot.val_dice[r])
+    assert plot.n_draws > 1
+
+    result = widget.last_result
+    assert result is not None and not result.stopped and result.epochs_done == 2
+    student = load_checkpoint(result.best_checkpoint)
+    assert student.config.arch == "student" and student.config.provenance["kind"] == "distill"
+    assert student.config.provenance["teacher"] == "tiny-teacher"
+
+    # Registered under the run's name and listed in the Segment widget opened earlier.
+    name = widget.trained_model
+    assert name == result.run_dir.name and name.startswith("student-")
+    assert name in [value for value in segment.model_picker.choices]
+    table = widget.results.value
+    assert all(region in table for region in ("WT", "TC", "ET")) and "*" in table
+    assert widget.segment_button.enabled and widget.start_button.enabled
+    # The settings of the run were saved (in the test's own config folder).
+    saved = json.loads((Path(tmp_path / "config") / "train_widget.json").read_text())
+    assert saved["data_dir"] == str(data["dir"]) and saved["mode"] == "distill"
+
+    # Segment current case: the new student and its teacher side by side, and their difference.
+    viewer.open(str(data["case"]), plugin=PLUGIN)
+    case_id = data["case"].name
+    seg_task = widget.segment_current_case()
+    wait_done(qtbot, seg_task)
+    new_layer = viewer.layers[f"{case_id} tumor ({name})"]
+    ref_layer = viewer.layers[f"{case_id} tumor (tiny-teacher)"]
+    diff_layer = viewer.layers[f"{case_id} {name} vs tiny-teacher"]
+    flair = viewer.layers[f"{case_id} FLAIR"]
+    assert new_layer.data.shape == ref_layer.data.shape == diff_layer.data.shape
+    assert diff_layer.data.shape == flair.data.shape
+    np.testing.assert_array_equal(
+        diff_layer.data, tw.difference_labels(new_layer.data, ref_layer.data)
+    )
+    assert "agreement" in widget.status.value
+
+
+def test_stop_keeps_a_checkpoint_and_resume_continues(make_napari_viewer, qtbot, data, tmp_path):
+    from napari_brats_kd.models import load_checkpoint
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    configure(widget, data, tmp_path, epochs=3, extra="steps_per_epoch=3; val_every=5")
+    task = widget.start()
+    qtbot.waitUntil(lambda: len(widget.plot.steps) >= 4, timeout=30000)  # in epoch 2
+    widget.stop_button.changed.emit(True)  # as a click does
+    wait_done(qtbot, task)
+    stopped = widget.last_result
+    assert stopped.stopped and 1 <= stopped.epochs_done < 3
+    assert load_checkpoint(stopped.last_checkpoint).config.arch == "student"
+    assert widget.trained_model is None  # an unfinished run is not offered as a model
+    assert widget.resume_button.enabled and "Resume" in widget.status.value
+    steps_before = list(widget.plot.steps)
+
+    task = widget.resume()
+    wait_done(qtbot, task)
+    resumed = widget.last_result
+    assert resumed.run_dir == stopped.run_dir
+    assert not resumed.stopped and resumed.epochs_done == 3
+    assert [int(r["epoch"]) for r in resumed.history] == [1, 2, 3]
+    # The step count goes on from the stop (the interrupted epoch is redone); the plot shows the
+    # epochs finished before the stop (from the run's log) and the new ones.
+    assert steps_before == list(range(1, len(steps_before) + 1))
+    assert widget.plot.steps[0] == steps_before[-1] + 1
+    assert widget.plot.epochs == [1, 2, 3]
+    assert widget.trained_model == resumed.run_dir.name
+
+
+def test_bad_input_becomes_notifications(make_napari_viewer, qtbot, data, tmp_path):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    configure(widget, data, tmp_path, epochs=1, extra="steps_per_epoch=1")
+
+    widget.data_dir.value = tmp_path / "no_such_folder"
+    start = n_notifications()
+    assert widget.start() is None
+    assert any("no_such_folder" in m for m in messages_since(start))
+    assert widget.start_button.enabled
+
+    # The teacher needs T2, one case lacks it: the run fails with a message naming both.
+    broken = tmp_path / "broken"
+    shutil.copytree(data["dir"], broken)
+    case = sorted(p for p in broken.iterdir() if p.is_dir())[0]
+    next(case.glob("*_t2.nii.gz")).unlink()
+    widget.data_dir.value = broken
+    start = n_notifications()
+    task = widget.start()
+    wait_done(qtbot, task)
+    messages = messages_since(start)
+    assert any("T2" in m and case.name in m for m in messages), messages
+    assert widget.last_result is None and widget.start_button.enabled
+    assert widget.status.value.startswith("Failed")
+
+    widget.extra.value = "epochz=3"
+    widget.data_dir.value = data["dir"]
+    start = n_notifications()
+    assert widget.start() is None
+    assert any("epochz" in m for m in messages_since(start))
+
+
+def test_modes_show_their_controls_and_settings_persist(make_napari_viewer, data, tmp_path):
+    from napari_brats_kd.training import load_config
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+
+    def shown(w) -> bool:
+        return not w.native.isHidden()
+
+    # Defaults come from the shipped configs.
+    distill_defaults = load_config("distill", {"teacher": "x"})
+    assert widget.mode.key == "distill"
+    assert widget.epochs.value == distill_defaults.epochs
+    assert widget.temperature.value == distill_defaults.temperature
+    assert widget.augment.value == distill_defaults.augment.preset
+    assert shown(widget.temperature) and shown(widget.modalities_row)
+    assert not shown(widget.unlabeled_dir) and not shown(widget.freeze)
+
+    configure(widget, data, tmp_path)
+    widget.modality_boxes["t1"].value = False
+    widget.modality_boxes["t2"].value = False
+    cfg = widget.build_config(tmp_path / "run")
+    assert cfg.teacher == str(data["teacher"]) and cfg.model.modalities == ["t1c", "flair"]
+    assert cfg.patch_size == [16, 16, 16] and cfg.num_workers == 0
+
+    widget.mode_picker.value = "Fine-tune"
+    finetune_defaults = load_config("finetune")
+    assert widget.epochs.value == finetune_defaults.epochs
+    assert widget.freeze.value and widget.model_picker.label == "Pretrained model"
+    assert shown(widget.freeze) and shown(widget.lr_factor)
+    assert not shown(widget.temperature) and not shown(widget.modalities_row)
+    cfg = widget.build_config(tmp_path / "run")
+    assert cfg.init_from == str(data["teacher"]) and cfg.freeze == ["encoder"]
+    assert cfg.pretrained_lr_factor == finetune_defaults.pretrained_lr_factor
+
+    widget.mode_picker.value = "Train teacher"
+    assert shown(widget.teacher_arch) and not shown(widget.model_picker)
+    cfg = widget.build_config(tmp_path / "run")
+    assert cfg.model.kind == "teacher" and cfg.model.arch == "segresnet"
+
+    widget.mode_picker.value = "Adapt to unlabelled scans"
+    assert shown(widget.unlabeled_dir) and shown(widget.unlabeled_weight)
+    from napari_brats_kd.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="Unlabelled folder"):
+        widget.build_config(tmp_path / "run")
+    widget.unlabeled_dir.value = data["dir"]
+    assert widget.build_config(tmp_path / "run").unlabeled_dir == str(data["dir"])
+
+    # Back to distillation: the values set for it earlier come back.
+    widget.mode_picker.value = "Distil student"
+    assert widget.epochs.value == 2 and not widget.modality_boxes["t1"].value
+    widget.epochs.value = 7
+    widget._save_settings()
+
+    # A new widget (a new napari session) starts where this one left off.
+    viewer2 = make_napari_viewer()
+    again = open_widget(viewer2)
+    assert again.mode.key == "distill" and again.epochs.value == 7
+    assert str(again.data_dir.value) == str(data["dir"])
+    assert again.model_picker.value == "tiny-teacher"
+    assert not again.modality_boxes["t2"].value and again.modality_boxes["flair"].value
+
+
+def test_fine_tune_mode_trains_from_a_checkpoint(make_napari_viewer, qtbot, data, tmp_path):
+    from napari_brats_kd.models import load_checkpoint
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    configure(widget, data, tmp_path, epochs=1, extra="steps_per_epoch=1", mode="Fine-tune")
+    task = widget.start()
+    wait_done(qtbot, task)
+    result = widget.last_result
+    assert result is not None and result.epochs_done == 1
+    tuned = load_checkpoint(result.best_checkpoint or result.last_checkpoint)
+    assert tuned.config.provenance["kind"] == "finetune"
+    assert widget.trained_model.startswith("finetuned-")
+    assert widget.reference_model == str(data["teacher"])
