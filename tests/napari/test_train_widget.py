@@ -335,3 +335,31 @@ def test_fine_tune_mode_trains_from_a_checkpoint(make_napari_viewer, qtbot, data
     assert tuned.config.provenance["kind"] == "finetune"
     assert widget.trained_model.startswith("finetuned-")
     assert widget.reference_model == str(data["teacher"])
+
+
+def test_out_of_memory_is_explained_and_the_checkpoint_kept(
+    make_napari_viewer, qtbot, data, tmp_path, monkeypatch
+):
+    from napari_brats_kd.models import load_checkpoint
+    from napari_brats_kd.training import engine
+
+    real_step = engine.train_step
+    calls = {"n": 0}
+
+    def step_then_oom(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the second epoch's step: as when memory runs out mid-run
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", step_then_oom)
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    configure(widget, data, tmp_path, epochs=2, extra="steps_per_epoch=1; val_every=5")
+    start = n_notifications()
+    wait_done(qtbot, widget.start())
+    messages = messages_since(start)
+    assert any("Out of memory" in m and "batch_size" in m for m in messages), messages
+    assert "last checkpoint is kept" in widget.status.value.replace("\n", " ")
+    assert load_checkpoint(widget.last_run_dir / "last.safetensors").config.arch == "student"
+    assert widget.resume_button.enabled and widget.start_button.enabled

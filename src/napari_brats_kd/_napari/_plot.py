@@ -35,10 +35,9 @@ class _Figure:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        # A fixed layout: constrained layout would be recomputed on every draw.
+        # Fixed margins (set per size in render): constrained layout would cost every draw.
         self.figure = Figure(figsize=(4.0, 4.6), dpi=DPI)
         self.canvas = FigureCanvasAgg(self.figure)
-        self.figure.subplots_adjust(left=0.17, right=0.97, top=0.97, bottom=0.1, hspace=0.38)
         self.ax_loss, self.ax_dice = self.figure.subplots(2, 1)
         ax = self.ax_loss
         (self.step_line,) = ax.plot([], [], lw=0.8, color="0.55", label="step")
@@ -60,7 +59,7 @@ class _Figure:
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation Dice")
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize="small")
+        ax.legend(loc="best", fontsize="small")
         ax.xaxis.get_major_locator().set_params(integer=True)
         self.dice_hint = ax.text(0.5, 0.5, "Dice appears after the\nfirst validated epoch",
                                  ha="center", va="center", transform=ax.transAxes,
@@ -68,8 +67,16 @@ class _Figure:
 
     def render(self, snap: dict[str, Any]) -> tuple[bytes, int, int]:
         """RGBA pixels (and width, height) of the figure drawn with the snapshot's points."""
-        width, height = snap["size"]
-        self.figure.set_size_inches(max(width, 200) / DPI, max(height, 200) / DPI)
+        width, height = max(snap["size"][0], 200), max(snap["size"][1], 200)
+        self.figure.set_size_inches(width / DPI, height / DPI)
+        # Margins in pixels (axis labels keep their room whatever the widget's size).
+        self.figure.subplots_adjust(
+            left=58 / width,
+            right=1 - 10 / width,
+            top=1 - 10 / height,
+            bottom=42 / height,
+            hspace=60 / max((height - 52 - 60) / 2, 1),  # 60 px between the panels
+        )
         self.step_line.set_data(snap["steps"], snap["step_losses"])
         self.epoch_line.set_data(snap["epoch_steps"], snap["epoch_losses"])
         self.loss_hint.set_visible(not (snap["steps"] or snap["epoch_steps"]))

@@ -143,7 +143,7 @@ class TrainWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = viewer
         self.task: Task | None = None
         self.segment_task: Task | None = None
@@ -381,7 +381,6 @@ class TrainWidget(Container):
             "region (WT whole tumour, TC tumour core, ET enhancing tumour)."
         )
         self.results = Label(
-            label="Validation",
             value="",
             tooltip="Validation Dice per region of the last run; * marks the checkpoint kept.",
         )
@@ -398,11 +397,12 @@ class TrainWidget(Container):
         self.model_buttons = Container(
             widgets=[self.load_button, self.bundle_button], layout="horizontal", labels=False
         )
-        # The matplotlib canvas is a plain QWidget: a label-less Container places it in the
-        # column (magicgui counts only its own widgets when it inserts more below).
+        # The plot is a plain QWidget: a label-less Container places it in magicgui's column.
         self.plot_box = Container(labels=False)
         self.plot_box.native.layout().addWidget(self.plot)
-        self.extend(
+        # Settings in a labelled form; progress, plot and results below it at full width.
+        self.form = Container(labels=True)
+        self.form.extend(
             [
                 self.mode_picker,
                 self.data_dir,
@@ -432,12 +432,9 @@ class TrainWidget(Container):
                     labels=False,
                 ),
                 self.progress_bar,
-                self.status,
-                self.plot_box,
-                self.results,
-                self.segment_button,
             ]
         )
+        self.extend([self.form, self.status, self.plot_box, self.results, self.segment_button])
         self._control_widgets = {
             "data_dir": [self.data_dir],
             "unlabeled": [self.unlabeled_dir],
@@ -1163,7 +1160,7 @@ def format_validation(history: list[dict], best_epoch: int = 0, last: int = 6) -
     if best and best[0] not in shown:
         shown = best + shown
     header = "epoch " + " ".join(f"{r:>5}" for r in REPORT_REGIONS) + "  mean"
-    lines = [header]
+    lines = ["Validation Dice (* = the checkpoint kept)", header]
     for r in shown:
         mark = "*" if int(r["epoch"]) == best_epoch else " "
         cells = " ".join(f"{float(r[f'val_dice_{g}']):5.3f}" for g in REPORT_REGIONS)
