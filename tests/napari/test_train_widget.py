@@ -363,3 +363,30 @@ def test_out_of_memory_is_explained_and_the_checkpoint_kept(
     assert "last checkpoint is kept" in widget.status.value.replace("\n", " ")
     assert load_checkpoint(widget.last_run_dir / "last.safetensors").config.arch == "student"
     assert widget.resume_button.enabled and widget.start_button.enabled
+
+
+def test_adapt_to_the_case_open_in_the_viewer(make_napari_viewer, qtbot, data, tmp_path):
+    from napari_brats_kd.io import load_case
+    from napari_brats_kd.models import load_checkpoint
+
+    viewer = make_napari_viewer()
+    viewer.open(str(data["case"]), plugin=PLUGIN)
+    widget = open_widget(viewer)
+    mode = "Adapt to unlabelled scans"
+    configure(widget, data, tmp_path, epochs=1, extra="steps_per_epoch=1", mode=mode)
+    widget.use_viewer_case.value = True
+    assert not widget.use_viewer_case.native.isHidden()
+    wait_done(qtbot, widget.start())
+    result = widget.last_result
+    assert result is not None and result.epochs_done == 1
+    assert load_checkpoint(result.last_checkpoint).config.provenance["n_unlabeled"] == 1
+    # The open case was written as a case folder that reads back as the same scans.
+    written = load_case(result.run_dir / "viewer_cases" / data["case"].name)
+    original = load_case(data["case"])
+    for modality in ("t1", "t1c", "t2", "flair"):
+        np.testing.assert_allclose(
+            written.images[modality].data, original.images[modality].data, rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            written.images[modality].affine, original.images[modality].affine
+        )

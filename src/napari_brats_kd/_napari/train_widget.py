@@ -59,9 +59,13 @@ if TYPE_CHECKING:
     import napari
 
     from ..training import TrainConfig, TrainResult
+    from ..volume import Case
 
 #: Name of the persisted settings file (see :mod:`._settings`).
 SETTINGS_NAME = "train_widget"
+
+#: Subfolder of a run where the case open in the viewer is written (Adapt mode).
+VIEWER_CASES = "viewer_cases"
 
 #: Default folder of run folders.
 DEFAULT_OUTPUT_DIR = Path.home() / "brats-kd-runs"
@@ -199,6 +203,13 @@ class TrainWidget(Container):
             tooltip=(
                 "Cases from the new site without segmentations: the student learns from the "
                 "teacher's predictions on them."
+            ),
+        )
+        self.use_viewer_case = CheckBox(
+            text="Use the case open in the viewer instead",
+            tooltip=(
+                "Adapt to the scans open in napari (e.g. a new hospital's case) instead of a "
+                "folder: they are written to the run folder and used as the unlabelled set."
             ),
         )
         self.model_picker = ComboBox(
@@ -407,6 +418,7 @@ class TrainWidget(Container):
                 self.mode_picker,
                 self.data_dir,
                 self.unlabeled_dir,
+                self.use_viewer_case,
                 self.model_picker,
                 self.model_buttons,
                 self.model_info,
@@ -437,7 +449,7 @@ class TrainWidget(Container):
         self.extend([self.form, self.status, self.plot_box, self.results, self.segment_button])
         self._control_widgets = {
             "data_dir": [self.data_dir],
-            "unlabeled": [self.unlabeled_dir],
+            "unlabeled": [self.unlabeled_dir, self.use_viewer_case],
             "unlabeled_w": [self.unlabeled_weight],
             "model": [self.model_picker, self.model_buttons, self.model_info],
             "student": [self.student_preset],
@@ -713,8 +725,13 @@ class TrainWidget(Container):
                 }
             )
         if mode.key == "adapt":
-            unlabeled = _folder(self.unlabeled_dir.value)
-            if unlabeled is None or not unlabeled.is_dir():
+            # The open case is written there by the run (see start()).
+            unlabeled = (
+                run_dir / VIEWER_CASES
+                if self.use_viewer_case.value
+                else _folder(self.unlabeled_dir.value)
+            )
+            if not self.use_viewer_case.value and (unlabeled is None or not unlabeled.is_dir()):
                 raise TrainingError(
                     f"Unlabelled folder {str(self.unlabeled_dir.value)!r} does not exist: pick "
                     "the folder of the new site's cases in 'Unlabelled folder'."
@@ -742,6 +759,22 @@ class TrainWidget(Container):
         apply_overrides(data, values)
         apply_overrides(data, self._extra_overrides())
         return load_config(data)
+
+    def _viewer_case(self) -> Case:
+        """The case open in the viewer (every modality layer found), for the unlabelled set."""
+        from ..errors import CaseError
+        from .case_from_layers import case_from_layers, find_modality_layers
+
+        found = find_modality_layers(self.viewer.layers)
+        if not found:
+            raise CaseError(
+                "The viewer holds no scan (T1, T1c, T2, FLAIR) to adapt to: open a case "
+                "(File > Open) or untick 'Use the case open in the viewer'."
+            )
+        case, warnings = case_from_layers(found)
+        for warning in warnings:
+            show_warning(warning)
+        return case
 
     def _model_label(self, spec: str) -> str:
         """Short name of a model for layer names: its list name, else the file or folder name."""
@@ -775,13 +808,26 @@ class TrainWidget(Container):
         except BratsKDError as exc:
             notify_error(exc, "Training")
             return None
-        self._save_settings()
         mode = self.mode
+        case = None
+        if mode.key == "adapt" and self.use_viewer_case.value:
+            try:
+                case = self._viewer_case()
+            except BratsKDError as exc:
+                notify_error(exc, "Training")
+                return None
+        self._save_settings()
         reference = getattr(cfg, "teacher", None) or cfg.init_from
         self.plot.clear()
         self.results.value = ""
+
+        def work(progress, stop, emit):
+            if case is not None:
+                write_case_folder(case, Path(cfg.unlabeled_dir))
+            return _train(cfg, progress, stop, emit)
+
         return self._launch(
-            lambda progress, stop, emit: _train(cfg, progress, stop, emit),
+            work,
             Path(cfg.run_dir),
             cfg.epochs,
             f"{mode.title}: run {Path(cfg.run_dir).name}",
@@ -1166,6 +1212,26 @@ def format_validation(history: list[dict], best_epoch: int = 0, last: int = 6) -
         cells = " ".join(f"{float(r[f'val_dice_{g}']):5.3f}" for g in REPORT_REGIONS)
         lines.append(f"{int(r['epoch']):>4}{mark} {cells} {float(r['val_mean_dice']):5.3f}")
     return "\n".join(lines)
+
+
+def write_case_folder(case: Case, root: Path) -> Path:
+    """Write ``case``'s scans as a BraTS 2021-named case folder under ``root``; returns it.
+
+    Scans keep their source affine (file voxel order), as float32: the training data loader reads
+    the folder like any dataset.
+    """
+    import nibabel as nib
+
+    from ..naming import BRATS2021_TOKENS
+
+    token_of = {modality: token for token, modality in BRATS2021_TOKENS.items()}
+    folder = root / case.case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for modality, volume in case.images.items():
+        data = np.asarray(volume.file_data(), dtype=np.float32)
+        image = nib.Nifti1Image(data, volume.affine)
+        nib.save(image, str(folder / f"{case.case_id}_{token_of[modality]}.nii.gz"))
+    return folder
 
 
 def _train(cfg: TrainConfig, progress: Any, should_stop: Any, on_event: Any) -> TrainResult:
