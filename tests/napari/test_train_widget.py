@@ -30,9 +30,10 @@ def data(tmp_path_factory) -> dict[str, Path]:
     """Four phantom cases (40x40x26 voxels) and a tiny teacher trained for one short epoch.
 
     Training the teacher here also performs the engine's one-off lazy imports (MONAI transforms,
-    torch's compiler stack on the first optimizer step). Their first import triggers a full
-    garbage collection that holds the interpreter for about 0.4 s whichever thread runs it; the
-    responsiveness test measures training, not that once-per-process pause.
+    torch's compiler stack on the first optimizer step). In the pytest process their first import
+    triggers a full garbage collection that holds the interpreter for 0.35-0.5 s whichever thread
+    runs it (a fresh napari session showed no such pause); the responsiveness test measures
+    training, not that once-per-process pause.
     """
     import torch
 

@@ -262,7 +262,10 @@ class TrainWidget(Container):
             layout="horizontal",
             labels=False,
             label="Input scans",
-            tooltip="Modalities the trained model will take as input.",
+            tooltip=(
+                "Modalities the trained model will take as input. For a student, all four ticked "
+                "means the teacher's own inputs."
+            ),
         )
         self.epochs = SpinBox(
             label="Epochs",
