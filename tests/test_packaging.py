@@ -48,7 +48,9 @@ def test_installed_metadata_is_what_the_plugin_manager_needs() -> None:
     requires = dist.requires or []
     core = [r for r in requires if "extra ==" not in r]
     for qt in ("pyqt5", "pyqt6", "pyside2", "pyside6"):
-        assert not any(r.lower().startswith(qt) for r in core), f"{qt} must not be a hard dependency"
+        assert not any(r.lower().startswith(qt) for r in core), (
+            f"{qt} must not be a hard dependency"
+        )
     eps = {ep.name: ep.value for ep in dist.entry_points if ep.group == "napari.manifest"}
     assert eps == {"napari-brats-kd": "napari_brats_kd:napari.yaml"}
     scripts = {ep.name for ep in dist.entry_points if ep.group == "console_scripts"}
@@ -68,8 +70,18 @@ def test_manifest_validates() -> None:
 def test_wheel_ships_manifest_and_assets(tmp_path: Path) -> None:
     """A wheel built from the repo carries the manifest (a real file) and installs its plugin."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         timeout=600,
     )
@@ -78,13 +90,24 @@ def test_wheel_ships_manifest_and_assets(tmp_path: Path) -> None:
         names = set(zf.namelist())
         assert "napari_brats_kd/napari.yaml" in names
         assert zf.read("napari_brats_kd/napari.yaml") == (ROOT / "napari.yaml").read_bytes()
-        assert any(n.startswith("napari_brats_kd/assets/") for n in names), "phantom anatomy missing"
+        assert any(n.startswith("napari_brats_kd/assets/") for n in names), (
+            "phantom anatomy missing"
+        )
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "napari_brats_kd:napari.yaml" in zf.read(entry_points).decode()
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-         str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
     )
     # The installed copy is a plain file (the repo's is a symlink) and npe2 accepts it.

@@ -310,9 +310,7 @@ def labels_to_regions(
     present = set(np.unique(labels).tolist()) - {0}
     unknown = present - set(spec.values.values())
     if unknown:
-        raise LabelConventionError(
-            f"Label values {sorted(unknown)} are not part of {spec.title}."
-        )
+        raise LabelConventionError(f"Label values {sorted(unknown)} are not part of {spec.title}.")
     out = np.zeros((len(regions), *labels.shape), dtype=bool)
     for i, region in enumerate(regions):
         members = [spec.values[c] for c in REGION_CLASSES[region] if c in spec.values]
@@ -396,7 +394,8 @@ def label_names(convention: LabelConvention | str) -> dict[int, str]:
     """``{value: "ET (enhancing tumour)"}`` for a convention, for legends and layer metadata."""
     spec = get_convention(convention)
     return {
-        value: f"{spec.names[cls]} ({CLASS_DESCRIPTIONS[cls]})" for cls, value in spec.values.items()
+        value: f"{spec.names[cls]} ({CLASS_DESCRIPTIONS[cls]})"
+        for cls, value in spec.values.items()
     }
 
 

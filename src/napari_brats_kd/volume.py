@@ -6,7 +6,7 @@ exactly where it came from: the file's affine and header. A :class:`Case` groups
 of one patient with its optional segmentation and the label convention it uses.
 
 Models never see display order: :meth:`Case.model_input` returns the channels stacked in
-:data:`~napari_brats_kd.orientation.MODEL_AXCODES` order, and :meth:`Case.labels_from_model` brings a
+:data:`~napari_brats_kd.orientation.MODEL_AXCODES` order, and :meth:`Case.from_model_order` brings a
 model's label map back to display order.
 """
 
@@ -149,12 +149,16 @@ class Case:
         ref = self.reference
         src = orient.DISPLAY_AXCODES
         dst = orient.MODEL_AXCODES
-        return np.stack(
-            [
-                np.ascontiguousarray(orient.reorient(self.images[m].data, src, dst), np.float32)
-                for m in modalities
-            ]
-        ) if modalities else np.empty((0, *orient.reoriented_shape(ref.data.shape, src, dst)))
+        return (
+            np.stack(
+                [
+                    np.ascontiguousarray(orient.reorient(self.images[m].data, src, dst), np.float32)
+                    for m in modalities
+                ]
+            )
+            if modalities
+            else np.empty((0, *orient.reoriented_shape(ref.data.shape, src, dst)))
+        )
 
     @staticmethod
     def to_model_order(data: np.ndarray) -> np.ndarray:
