@@ -9,6 +9,7 @@ never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -281,6 +282,8 @@ def _run_training(args: argparse.Namespace, kind: str, extra: dict) -> int:
         cfg = load_config(args.config, overrides, kind=kind)
         run = distill if kind == "distill" else train_teacher
         result = run(cfg, progress=progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 validates, saves and reports
     best = f"{result.best_metric:.4f} (epoch {result.best_epoch})" if result.best_epoch else "n/a"
     print(f"Run folder: {result.run_dir}")
     print(f"Best mean validation Dice: {best}")
