@@ -51,6 +51,19 @@ CHECKPOINT_FILTER = (
 )
 
 
+def ask_model_path(parent: Any, bundle: bool) -> str | None:
+    """Ask for a checkpoint file (or, with ``bundle``, a MONAI bundle folder); ``None`` if cancelled."""
+    from qtpy.QtWidgets import QFileDialog
+
+    if bundle:
+        path = QFileDialog.getExistingDirectory(parent, "Load a MONAI bundle folder")
+    else:
+        path, _filter = QFileDialog.getOpenFileName(
+            parent, "Load a model checkpoint", "", CHECKPOINT_FILTER
+        )
+    return path or None
+
+
 def available_devices() -> list[str]:
     """``"auto"``, ``"cpu"`` and the accelerators torch can use on this machine."""
     import torch
@@ -269,18 +282,12 @@ class SegmentWidget(Container):
             picker.enabled = needed
 
     def _on_load_clicked(self, *_: Any) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        path, _filter = QFileDialog.getOpenFileName(
-            self.native, "Load a model checkpoint", "", CHECKPOINT_FILTER
-        )
+        path = ask_model_path(self.native, bundle=False)
         if path:
             self.load_model(path)
 
     def _on_bundle_clicked(self, *_: Any) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        path = QFileDialog.getExistingDirectory(self.native, "Load a MONAI bundle folder")
+        path = ask_model_path(self.native, bundle=True)
         if path:
             self.load_model(path)
 

@@ -53,7 +53,7 @@ from ..labels import BUNDLE_MODALITY_ORDER, MODALITIES, MODALITY_NAMES, REPORT_R
 from ._plot import TrainingPlot
 from ._settings import load_settings, save_settings
 from ._workers import Task, notify_error, start_task
-from .segment_widget import CHECKPOINT_FILTER, available_devices
+from .segment_widget import ask_model_path, available_devices
 
 if TYPE_CHECKING:
     import napari
@@ -615,18 +615,12 @@ class TrainWidget(Container):
         )
 
     def _on_load_clicked(self, *_: Any) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        path, _filter = QFileDialog.getOpenFileName(
-            self.native, "Load a model checkpoint", "", CHECKPOINT_FILTER
-        )
+        path = ask_model_path(self.native, bundle=False)
         if path:
             self.load_model(path)
 
     def _on_bundle_clicked(self, *_: Any) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        path = QFileDialog.getExistingDirectory(self.native, "Load a MONAI bundle folder")
+        path = ask_model_path(self.native, bundle=True)
         if path:
             self.load_model(path)
 
