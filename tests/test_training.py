@@ -79,6 +79,16 @@ def teacher_ckpt(data_dir, tmp_path_factory) -> Path:
     assert result.out == out and out.is_file()
     types = [e["type"] for e in events]
     assert types.count("step") == 2 and types.count("epoch") == 2 and types.count("val") == 2
+    # "start" comes first (so UIs show "Epoch 1/2" before the first step), once.
+    assert types[0] == "start" and types.count("start") == 1
+    start = events[0]
+    assert (start["epochs"], start["start_epoch"], start["steps_per_epoch"]) == (2, 0, 1)
+    assert (start["n_train"], start["n_val"], start["kind"]) == (2, 1, "train")
+    assert start["run_dir"] == str(run)
+    # One val_progress per validation case, just before each epoch's "val" summary.
+    progress = [e for e in events if e["type"] == "val_progress"]
+    assert [(e["epoch"], e["done"], e["total"]) for e in progress] == [(1, 1, 1), (2, 1, 1)]
+    assert types.index("val_progress") < types.index("val")
     return out
 
 
@@ -152,12 +162,33 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path
     assert load_checkpoint(result.last_checkpoint).model is not None
     assert torch.load(run / "last_state.pt", weights_only=True)["epoch"] == 1
     steps.clear()
-    resumed = resume_run(run, on_event=on_event)
+    starts: list[dict] = []
+    resumed = resume_run(
+        run, on_event=lambda e: starts.append(e) if e["type"] == "start" else on_event(e)
+    )
+    assert [(e["start_epoch"], e["epochs"]) for e in starts] == [(1, 2)]
     assert not resumed.stopped and resumed.epochs_done == 2
     assert steps == [4, 5]  # the interrupted epoch is redone, continuing the step count
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     rows = list(csv.DictReader((run / "log.csv").open()))
     assert len(rows) == 2
+
+
+def test_stop_during_validation_skips_the_rest_and_keeps_a_checkpoint(data_dir, tmp_path) -> None:
+    run = tmp_path / "run"
+    cfg = _teacher_cfg(data_dir, run, "val_fraction=0.67")  # 1 training case, 2 validation cases
+    events: list[dict] = []
+    # Stop once the first validation case is done: the second is never validated.
+    stop = lambda: any(e["type"] == "val_progress" for e in events)  # noqa: E731
+    result = train_teacher(cfg, should_stop=stop, on_event=events.append)
+    types = [e["type"] for e in events]
+    assert events[0]["type"] == "start" and events[0]["n_val"] == 2
+    assert [(e["done"], e["total"]) for e in events if e["type"] == "val_progress"] == [(1, 2)]
+    assert "val" not in types
+    assert result.stopped and result.epochs_done == 0 and result.best_checkpoint is None
+    assert load_checkpoint(result.last_checkpoint).model is not None
+    # As for a stop during the steps, the interrupted epoch is redone on resume.
+    assert torch.load(run / "last_state.pt", weights_only=True)["epoch"] == 0
 
 
 def test_fine_tune_freezes_encoder(data_dir, teacher_ckpt, tmp_path) -> None:

@@ -904,7 +904,7 @@ class TrainWidget(Container):
         """Ask the run to stop after its current step (a checkpoint is saved)."""
         if self.task is not None and self.task.is_running:
             self.task.cancel()
-            self.status.value = "Stopping after the current step..."
+            self.status.value = "Stopping after the current step or validation case..."
 
     def _busy(self) -> bool:
         return self.task is not None and self.task.is_running
@@ -965,7 +965,19 @@ class TrainWidget(Container):
         if self._closed:
             return
         kind = event.get("type")
-        if kind == "step":
+        if kind == "start":
+            # Sent before the first (possibly slow) step: show the epoch right away.
+            self._epoch = int(event["start_epoch"]) + 1
+            self._epochs_total = int(event["epochs"])
+            self.status.value = (
+                f"Epoch {self._epoch}/{self._epochs_total} · preparing first step..."
+            )
+        elif kind == "val_progress":
+            self.status.value = (
+                f"Epoch {event['epoch']}/{self._epochs_total} · validating case "
+                f"{event['done']}/{event['total']}"
+            )
+        elif kind == "step":
             self._epoch = int(event["epoch"])
             self.plot.add_step(int(event["step"]), float(event["loss"]))
         elif kind == "epoch":

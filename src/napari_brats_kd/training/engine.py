@@ -10,12 +10,16 @@ sliding_window_inference). What it guarantees:
   and dicts, loadable with ``torch.load(..., weights_only=True)``).
 - **Atomic checkpoints** after every epoch (temporary file + ``os.replace``): a crash or a stop
   loses at most one epoch and never leaves a half-written file.
-- **Stop**: ``should_stop()`` is polled after every step; when it returns True the step finishes, a
-  checkpoint is written and the function returns a :class:`TrainResult` with ``stopped=True``.
-  Resuming (``resume=True`` or :func:`resume_run`) restarts the interrupted epoch.
+- **Stop**: ``should_stop()`` is polled after every step and between validation cases; when it
+  returns True the step (or case) finishes, the rest of validation is skipped, a checkpoint is
+  written and the function returns a :class:`TrainResult` with ``stopped=True``. Resuming
+  (``resume=True`` or :func:`resume_run`) restarts the interrupted epoch.
 - **Callbacks**: ``progress(done, total, message)`` per step, and ``on_event(event)`` with
-  ``{"type": "step", "epoch", "step", "loss", "lr"}``, ``{"type": "epoch", "epoch", "loss", ...}``
-  and ``{"type": "val", "epoch", "dice": {region: value}, "mean_dice"}`` for live plots.
+  ``{"type": "start", "epochs", "start_epoch", "steps_per_epoch", "n_train", "n_val", "run_dir",
+  "kind"}`` once before the first step (``start_epoch`` is 0-based: the epochs already done),
+  ``{"type": "step", "epoch", "step", "loss", "lr"}``, ``{"type": "epoch", "epoch", "loss", ...}``,
+  ``{"type": "val_progress", "epoch", "done", "total"}`` after each validation case and
+  ``{"type": "val", "epoch", "dice": {region: value}, "mean_dice"}`` for live plots.
 - **Determinism**: Python, numpy, torch and MONAI transforms are seeded from ``seed`` per epoch
   (and rank); ``deterministic: true`` also asks PyTorch for deterministic kernels.
 - **Distributed**: under ``torchrun`` the same functions train with DDP (see
@@ -42,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BratsKDError, CheckpointError, ResourceError, TrainingError
+from ..errors import BratsKDError, Cancelled, CheckpointError, ResourceError, TrainingError
 from ..labels import MODALITIES, MODALITY_NAMES
 from . import distributed as dd
 from .config import ENCODER_PREFIXES, DistillConfig, TrainConfig, load_config, save_config
@@ -202,6 +206,8 @@ def validate(
     sw_batch_size: int = 2,
     amp_dtype: torch.dtype | None = None,
     region_names: Sequence[str] = ("TC", "WT", "ET"),
+    should_stop: StopFn | None = None,
+    on_case: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Mean Dice per region over whole cases with sliding-window inference (threshold 0.5).
 
@@ -215,11 +221,20 @@ def validate(
         Inference settings.
     region_names
         Names of the output channels.
+    should_stop
+        Polled before every case; True raises :class:`~napari_brats_kd.errors.Cancelled`.
+    on_case
+        ``on_case(done, total)`` after every case (``total`` is 0 when ``cases`` has no length).
 
     Returns
     -------
     dict
         ``{region: mean Dice}`` plus ``"mean"``.
+
+    Raises
+    ------
+    Cancelled
+        ``should_stop`` returned True; no partial result is returned.
     """
     from monai.inferers import sliding_window_inference
 
@@ -228,7 +243,10 @@ def validate(
     model.eval()
     totals = torch.zeros(len(region_names), dtype=torch.float64)
     n = 0
+    total = len(cases) if hasattr(cases, "__len__") else 0
     for item in cases:
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"Validation stopped after {n} of {total or '?'} case(s).")
         image = torch.as_tensor(item["image"]).float()[None]
         if channels is not None:
             image = image[:, list(channels)]
@@ -245,6 +263,8 @@ def validate(
         target = torch.as_tensor(item["label"])[None].bool()
         totals += dice_torch(pred, target).cpu()
         n += 1
+        if on_case is not None:
+            on_case(n, total)
     out = {r: float(totals[i] / max(n, 1)) for i, r in enumerate(region_names)}
     out["mean"] = float(np.mean([out[r] for r in region_names]))
     return out
@@ -755,6 +775,18 @@ def _run_in_context(
 
     # ---------------------------------------------------------------- the loop
     last_metrics: dict | None = None
+    if emit is not None:
+        # Before the first step (which may take long: caching, compiling) so UIs can say "Epoch x/y".
+        emit({
+            "type": "start",
+            "epochs": cfg.epochs,
+            "start_epoch": start_epoch,
+            "steps_per_epoch": steps,
+            "n_train": len(train_entries),
+            "n_val": len(val_entries),
+            "run_dir": str(run_dir),
+            "kind": provenance["kind"],
+        })  # fmt: skip
     for epoch in range(start_epoch, cfg.epochs):
         epoch_seed = cfg.seed + 1000 * epoch + ctx.rank
         _seed_everything(epoch_seed, cfg.deterministic)
@@ -820,11 +852,29 @@ def _run_in_context(
         do_val = val_entries and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
         improved = 0.0
         if do_val:
+            val_stopped = 0.0
+            dice: dict[str, float] | None = None
             if ctx.is_main:
-                dice = validate(
-                    model, val_ds, device, val_roi, channels, cfg.val_overlap,
-                    cfg.val_sw_batch_size, amp_dtype, model_cfg.regions,
-                )  # fmt: skip
+
+                def val_case(done: int, total: int, epoch: int = epoch + 1) -> None:
+                    if emit is not None:
+                        emit({"type": "val_progress", "epoch": epoch, "done": done, "total": total})
+
+                try:
+                    dice = validate(
+                        model, val_ds, device, val_roi, channels, cfg.val_overlap,
+                        cfg.val_sw_batch_size, amp_dtype, model_cfg.regions,
+                        should_stop, val_case,
+                    )  # fmt: skip
+                except Cancelled:
+                    val_stopped = 1.0
+            # Only rank 0 validates (and polls should_stop meanwhile): all ranks stop together.
+            if dd.broadcast_float(val_stopped, ctx):
+                # As a stop during the steps: the epoch (its validation unfinished) is redone on
+                # resume; the weights trained so far are kept.
+                save(epoch, metrics=last_metrics)
+                return result(stopped=True)
+            if dice is not None:
                 row.update({f"val_dice_{r}": dice[r] for r in model_cfg.regions})
                 row["val_mean_dice"] = dice["mean"]
                 last_metrics = {
@@ -880,9 +930,10 @@ def train_teacher(
     progress
         ``progress(done_steps, total_steps, message)``.
     should_stop
-        Polled after every step; True finishes the step, saves a checkpoint and returns.
+        Polled after every step and between validation cases; True finishes the step (or case),
+        skips the rest of validation, saves a checkpoint and returns.
     on_event
-        Receives step / epoch / val event dicts (see the module docstring).
+        Receives start / step / epoch / val_progress / val event dicts (see the module docstring).
     resume
         Continue the run in ``config.run_dir`` from its ``last_state.pt``.
 
