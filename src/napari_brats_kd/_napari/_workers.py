@@ -11,6 +11,7 @@ traceback.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -151,3 +152,31 @@ def notify_error(exc: BaseException, what: str = "The task") -> None:
     else:
         logger.error("%s failed unexpectedly", what, exc_info=exc)
         show_error(f"{what} failed unexpectedly ({type(exc).__name__}: {exc}). See the log.")
+
+
+class FrozenHeap:
+    """Keep Python's full garbage collections off napari's heap while long work runs.
+
+    A full collection walks every live object; with napari's large heap that blocks the GUI
+    thread for 0.4-0.5 s (measured during training, in the middle of a run, with no import
+    involved). ``gc.freeze()`` moves the objects alive at the start of a run into a permanent
+    generation that collections skip; objects made during the run are still collected. Nested
+    runs (segmenting while training) share one freeze, undone when the last one ends.
+    """
+
+    _depth = 0
+
+    @classmethod
+    def enter(cls) -> None:
+        if cls._depth == 0:
+            gc.collect()
+            gc.freeze()
+        cls._depth += 1
+
+    @classmethod
+    def exit(cls) -> None:
+        if cls._depth == 0:
+            return
+        cls._depth -= 1
+        if cls._depth == 0:
+            gc.unfreeze()

@@ -52,7 +52,7 @@ from qtpy.QtCore import QObject, Signal
 from ..labels import BUNDLE_MODALITY_ORDER, MODALITIES, MODALITY_NAMES, REPORT_REGIONS
 from ._plot import TrainingPlot
 from ._settings import load_settings, save_settings
-from ._workers import Task, notify_error, start_task
+from ._workers import FrozenHeap, Task, notify_error, start_task
 from .segment_widget import ask_model_path, available_devices
 
 if TYPE_CHECKING:
@@ -890,13 +890,24 @@ class TrainWidget(Container):
         self._epoch = 0
         self._eta_start = None
         self.status.value = message
-        self.task = start_task(
-            work,
-            on_progress=self._on_progress,
-            on_returned=self._on_result,
-            on_error=self._on_error,
-            on_finished=lambda: self._set_running(False),
-        )
+
+        def finished() -> None:
+            FrozenHeap.exit()
+            self._set_running(False)
+
+        # Training runs for minutes: keep full GC passes over napari's heap from stalling the GUI.
+        FrozenHeap.enter()
+        try:
+            self.task = start_task(
+                work,
+                on_progress=self._on_progress,
+                on_returned=self._on_result,
+                on_error=self._on_error,
+                on_finished=finished,
+            )
+        except BaseException:
+            FrozenHeap.exit()
+            raise
         self._set_running(True)
         return self.task
 
