@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .._files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +61,10 @@ def save_settings(name: str, values: dict[str, Any]) -> Path | None:
     A read-only home or a full disk must not break training: failures are logged, not raised.
     """
     path = settings_path(name)
-    tmp: str | None = None
     try:
         text = json.dumps(values, indent=1, sort_keys=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda tmp: tmp.write_text(text))
     except (OSError, TypeError, ValueError) as exc:
         logger.warning("Could not save settings to %s: %s", path, exc)
         return None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     return path

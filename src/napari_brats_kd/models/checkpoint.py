@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._files import atomic_write
 from ..errors import CheckpointError
 from .config import ModelConfig
 from .networks import build_model
@@ -127,27 +127,15 @@ def save_checkpoint(
     # safetensors refuses shared or strided storage; copies are cheap next to a training run.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     metadata = {META_FORMAT: FORMAT_NAME, META_CONFIG: config.to_json(), META_EXTRA: extra_json}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target, then rename: a crash (or a reader in another process) never sees
-    # a half-written checkpoint.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     except OSError as exc:
         raise CheckpointError(f"Cannot write checkpoint {path}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     if sidecar:
-        side = path.with_suffix(".json")
         text = json.dumps(
             {"config": config.to_dict(), "extra": json.loads(extra_json)}, indent=2, sort_keys=True
         )
-        tmp_side = side.with_name(f".{side.name}.tmp")
-        tmp_side.write_text(text + "\n")
-        os.replace(tmp_side, side)
+        atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
     return path
 
 

@@ -31,10 +31,8 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -46,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._files import atomic_write
 from ..errors import BratsKDError, Cancelled, CheckpointError, ResourceError, TrainingError
 from ..labels import MODALITIES, MODALITY_NAMES
 from . import distributed as dd
@@ -338,24 +337,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _write_log(history: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(LOG_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(LOG_COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            for row in history:
+                writer.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+
+    atomic_write(path, write)
 
 
 def _default_run_dir(cfg: TrainConfig) -> Path:
@@ -751,11 +744,7 @@ def _run_in_context(
         out = None
         if ctx.is_main and cfg.out and not stopped:
             src = best if best.is_file() else run_dir / LAST_CKPT
-            out = Path(cfg.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, out)
+            out = atomic_write(cfg.out, lambda tmp: shutil.copyfile(src, tmp))
             side = src.with_suffix(".json")
             if side.is_file():
                 shutil.copyfile(side, out.with_suffix(".json"))

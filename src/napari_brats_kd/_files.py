@@ -1,0 +1,39 @@
+"""Atomic file writes: the one place that knows how to replace a file without a torn state."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` through ``write(tmp)`` on a temporary file beside it, then rename it in place.
+
+    A crash, a stop or a reader in another process never sees a half-written file: the rename
+    is atomic on one file system, and the temporary file is removed if ``write`` fails.
+
+    Parameters
+    ----------
+    path
+        Final file.
+    write
+        Callable that writes the whole content to the temporary path it is given.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
