@@ -91,3 +91,21 @@ def test_alpha_mixes_supervised_and_kd() -> None:
     assert unl["supervised"].item() == 0.0
     with pytest.raises(ValueError):
         DistillationLoss(alpha=1.5)
+
+
+def test_kd_dice_term_makes_a_missed_small_region_count() -> None:
+    # The teacher finds a 2x2x2 "ET" in a 16^3 patch; the student finds nothing there but agrees
+    # elsewhere. Voxel-averaged KL barely notices (8 of 4096 voxels); the Dice term does.
+    t = torch.full((1, 3, 16, 16, 16), -12.0)
+    t[:, 2, 7:9, 7:9, 7:9] = 12.0
+    s = torch.full_like(t, -12.0)
+    kl_only = DistillationLoss(alpha=0.0, temperature=1.0)(s, t)["kd"].item()
+    with_dice = DistillationLoss(alpha=0.0, temperature=1.0, dice_weight=1.0)(s, t)["kd"].item()
+    assert kl_only < 0.02
+    # The only region the teacher finds is entirely missed: Dice loss about 1 (empty regions of
+    # the teacher are left to the KL term).
+    assert with_dice > kl_only + 0.9
+    # Matching the teacher zeroes both terms.
+    assert DistillationLoss(alpha=0.0, dice_weight=1.0)(t.clone(), t)["kd"].item() < 0.01
+    with pytest.raises(ValueError):
+        DistillationLoss(dice_weight=-1.0)

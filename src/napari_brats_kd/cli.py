@@ -302,7 +302,12 @@ def _add_train(sub: argparse._SubParsersAction) -> Runner:
         ),
     )
     _add_training_options(p)
-    p.add_argument("--arch", default=None, help="segresnet, segresnet-large, unet, swinunetr")
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="teacher architecture: segresnet (the bundle network), segresnet-large, segresnet-halfres "
+        "(half resolution, trainable on CPU), unet, swinunetr",
+    )
     p.add_argument("--modalities", default=None, help="input modalities, e.g. t1c,t1,t2,flair")
     p.add_argument("--init-from", default=None, help="checkpoint to start from (fine-tuning)")
     p.add_argument("--freeze", default=None, help="'encoder' or comma-separated name prefixes")

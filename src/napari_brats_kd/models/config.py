@@ -35,6 +35,9 @@ TEACHER_ARCHS: dict[str, dict[str, Any]] = {
     "segresnet": dict(BUNDLE_SEGRESNET_ARGS),
     # A wider SegResNet (about 4x the bundle's parameters) for a stronger teacher.
     "segresnet-large": {**BUNDLE_SEGRESNET_ARGS, "init_filters": 32},
+    # The bundle network on an input pooled to half resolution: 8x cheaper, so a teacher can be
+    # trained on a laptop CPU (1.3 s per step of two 96^3 patches on 2 cores, against 13 s).
+    "segresnet-halfres": {**BUNDLE_SEGRESNET_ARGS, "downsample": 2},
     "unet": {
         "channels": [16, 32, 64, 128, 256],
         "strides": [2, 2, 2, 2],
@@ -214,8 +217,9 @@ def teacher_config(
     modalities
         Input channel order (default: the MONAI bundle's T1c, T1, T2, FLAIR).
     arch
-        ``"segresnet"`` (the bundle network), ``"segresnet-large"`` (init_filters 32), ``"unet"``
-        or ``"swinunetr"``.
+        ``"segresnet"`` (the bundle network), ``"segresnet-large"`` (init_filters 32),
+        ``"segresnet-halfres"`` (the bundle network at half resolution), ``"unet"`` or
+        ``"swinunetr"``.
     **arch_overrides
         Builder arguments replacing the defaults, e.g. ``init_filters=32``.
 

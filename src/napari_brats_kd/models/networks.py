@@ -18,13 +18,17 @@ _RESERVED_ARGS = ("in_channels", "out_channels", "spatial_dims")
 def _segresnet(cfg: ModelConfig) -> nn.Module:
     from monai.networks.nets import SegResNet
 
+    from .student import PooledSegResNet
+
     args = dict(cfg.arch_args)
     for key in ("blocks_down", "blocks_up"):
         if key in args:
             args[key] = tuple(args[key])
-    return SegResNet(
-        spatial_dims=3, in_channels=cfg.in_channels, out_channels=cfg.out_channels, **args
-    )
+    # ``downsample`` > 1: same network and parameter names, run on a pooled input.
+    cls = PooledSegResNet if int(args.get("downsample", 1)) != 1 else SegResNet
+    if cls is SegResNet:
+        args.pop("downsample", None)
+    return cls(spatial_dims=3, in_channels=cfg.in_channels, out_channels=cfg.out_channels, **args)
 
 
 def _student(cfg: ModelConfig) -> nn.Module:
@@ -101,7 +105,9 @@ def network_stride(config: ModelConfig) -> int:
     """Factor every spatial input size must be a multiple of for the network to run."""
     args: dict[str, Any] = config.arch_args
     if config.arch == "segresnet":
-        return 2 ** (len(args.get("blocks_down", (1, 2, 2, 4))) - 1)
+        return int(args.get("downsample", 1)) * 2 ** (
+            len(args.get("blocks_down", (1, 2, 2, 4))) - 1
+        )
     if config.arch == "student":
         return int(args.get("downsample", 2)) * 2 ** (
             len(args.get("blocks_down", (1, 1, 1, 1))) - 1
@@ -120,7 +126,7 @@ def first_stage_width(config: ModelConfig) -> tuple[int, float]:
     """
     args = config.arch_args
     if config.arch == "segresnet":
-        return int(args.get("init_filters", 8)), 1.0
+        return int(args.get("init_filters", 8)), 1.0 / int(args.get("downsample", 1)) ** 3
     if config.arch == "student":
         return int(args.get("init_filters", 8)), 1.0 / int(args.get("downsample", 2)) ** 3
     if config.arch == "unet":

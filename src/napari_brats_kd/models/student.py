@@ -60,7 +60,32 @@ class HalfResSegResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample == 1:
             return self.net(x)
-        size = x.shape[2:]
-        y = F.avg_pool3d(x, kernel_size=self.downsample, stride=self.downsample)
-        y = self.net(y)
-        return F.interpolate(y, size=size, mode="trilinear", align_corners=False)
+        return pooled_forward(self.net, x, self.downsample)
+
+
+def pooled_forward(net: nn.Module, x: torch.Tensor, downsample: int) -> torch.Tensor:
+    """Run ``net`` on ``x`` average-pooled by ``downsample``; upsample the logits back."""
+    size = x.shape[2:]
+    y = F.avg_pool3d(x, kernel_size=downsample, stride=downsample)
+    y = net(y)
+    return F.interpolate(y, size=size, mode="trilinear", align_corners=False)
+
+
+class PooledSegResNet(SegResNet):
+    """MONAI SegResNet that works on an input pooled by ``downsample``; logits upsampled back.
+
+    Unlike :class:`HalfResSegResNet` it *is* a SegResNet, so its parameter names are the bundle
+    network's: checkpoints of either load into the other, and encoder freezing uses the same
+    prefixes. Used by the ``segresnet-halfres`` teacher, trainable on CPU in reasonable time.
+    """
+
+    def __init__(self, *args, downsample: int = 2, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if downsample < 1:
+            raise ValueError(f"downsample must be >= 1, got {downsample}")
+        self.downsample = int(downsample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.downsample == 1:
+            return super().forward(x)
+        return pooled_forward(super().forward, x, self.downsample)

@@ -46,7 +46,7 @@ class ModelSpec:
     kind
         ``"teacher"`` or ``"student"``.
     arch
-        Teacher architecture (``segresnet``, ``segresnet-large``, ``unet``, ``swinunetr``) or
+        Teacher architecture (a key of :data:`~napari_brats_kd.models.TEACHER_ARCHS`) or
         student preset (``student-small``, ``student-tiny``).
     modalities
         Input channels in order; ``None`` = the bundle order (T1c, T1, T2, FLAIR) for teachers, the
@@ -247,6 +247,10 @@ class DistillConfig(TrainConfig):
         Weight of the ground-truth loss; ``1 - alpha`` goes to the teacher (binary KL).
     temperature
         Softening temperature T of teacher and student logits.
+    kd_dice_weight
+        Weight of a soft Dice loss between student and teacher probabilities, added to the
+        teacher term; 0 leaves the binary KL alone (see :mod:`.losses` for why it helps small
+        regions).
     unlabeled_dir
         Folder of unlabelled cases (e.g. another site): learnt from the teacher only.
     unlabeled_weight
@@ -257,6 +261,7 @@ class DistillConfig(TrainConfig):
     teacher: str = ""
     alpha: float = 0.5
     temperature: float = 2.0
+    kd_dice_weight: float = 0.0
     unlabeled_dir: str | None = None
     unlabeled_weight: float = 1.0
 
@@ -271,6 +276,10 @@ class DistillConfig(TrainConfig):
         if self.temperature <= 0:
             raise TrainingError(
                 f"Invalid setting: temperature must be > 0, got {self.temperature}."
+            )
+        if self.kd_dice_weight < 0:
+            raise TrainingError(
+                f"Invalid setting: kd_dice_weight must be >= 0, got {self.kd_dice_weight}."
             )
         if not self.teacher:
             raise TrainingError("Distillation needs a teacher: set 'teacher' (a checkpoint).")

@@ -663,7 +663,9 @@ def _run_in_context(
     )
     supervised = SupervisedLoss(cfg.dice_weight, cfg.bce_weight)
     loss_fn: nn.Module = (
-        DistillationLoss(cfg.alpha, cfg.temperature, supervised) if distill else supervised
+        DistillationLoss(cfg.alpha, cfg.temperature, supervised, cfg.kd_dice_weight)
+        if distill
+        else supervised
     )
     amp_dtype, scaler = _amp_settings(cfg, device)
 
@@ -700,6 +702,7 @@ def _run_in_context(
             teacher_path=str(cfg.teacher),
             alpha=cfg.alpha,
             temperature=cfg.temperature,
+            kd_dice_weight=cfg.kd_dice_weight,
         )
     if pretrained:
         provenance["init_from"] = str(cfg.init_from)

@@ -16,6 +16,12 @@ cross-entropy with soft targets minus the teacher's own entropy, so its gradient
 BCE-with-soft-targets, but it is exactly 0 when the student matches the teacher (which makes the
 loss readable in logs). ``T**2`` keeps the gradient scale independent of the temperature.
 
+Optionally (``dice_weight`` > 0) the teacher term also holds a soft Dice loss between the student's
+and the teacher's probabilities (at T = 1). Why: the voxel-averaged KL is dominated by the many
+background voxels, like plain BCE, so on its own it teaches small regions (ET, TC) slowly; the Dice
+term weighs each region by its size, as the supervised Dice does for the ground truth. It counts
+only the regions the teacher finds in a patch.
+
 The supervised term is counted only for samples with ground truth (``labelled`` mask), so batches
 that mix labelled cases and unlabelled cases of another site learn from the teacher everywhere
 and from labels where they exist.
@@ -127,6 +133,9 @@ class DistillationLoss(nn.Module):
         Softening temperature ``T`` of both outputs (>= 1 softens).
     supervised
         The ground-truth loss (default :class:`SupervisedLoss`).
+    dice_weight
+        Weight of a soft Dice loss between student and teacher probabilities, added to the
+        teacher term (0 = binary KL alone).
     """
 
     def __init__(
@@ -134,6 +143,7 @@ class DistillationLoss(nn.Module):
         alpha: float = 0.5,
         temperature: float = 2.0,
         supervised: nn.Module | None = None,
+        dice_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -143,6 +153,10 @@ class DistillationLoss(nn.Module):
         self.alpha = float(alpha)
         self.temperature = float(temperature)
         self.supervised = supervised if supervised is not None else SupervisedLoss()
+        if dice_weight < 0:
+            raise ValueError(f"dice_weight must be >= 0, got {dice_weight}.")
+        self.dice_weight = float(dice_weight)
+        self.soft_dice = DiceLoss(sigmoid=True, reduction="none", smooth_nr=1e-5, smooth_dr=1e-5)
 
     def forward(
         self,
@@ -171,6 +185,14 @@ class DistillationLoss(nn.Module):
         teacher_logits = teacher_logits.detach()
         kd = binary_kl_divergence(teacher_logits, student_logits, self.temperature).mean()
         kd = kd * self.temperature**2
+        if self.dice_weight > 0:
+            soft_target = torch.sigmoid(teacher_logits.float())
+            dice = self.soft_dice(student_logits.float(), soft_target).flatten(2).mean(2)
+            # Only regions the teacher finds in the patch: the Dice of two near-empty soft masks
+            # is about 1 whatever the student does, noise the KL term already handles better.
+            present = (teacher_logits > 0).flatten(2).any(2).to(dice.dtype)  # (B, R)
+            dice = (dice * present).sum() / present.sum().clamp_min(1.0)
+            kd = kd + self.dice_weight * dice
         if target is None or self.alpha == 0.0:
             sup = student_logits.sum() * 0.0
         else:

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Reproduce the shipped demo models (src/napari_brats_kd/weights/) from scratch with the
+# project's own commands: phantoms -> `brats-kd train` (teacher) -> `brats-kd distill` (student,
+# KL + soft Dice to the teacher) and two baselines for the results table, the same student
+# distilled with the KL term alone and trained without a teacher -> `brats-kd evaluate` on
+# held-out phantom seeds of every site.
+#
+# Sized for a 2-core CPU in about an hour (the shipped models were made that way; see their model
+# cards). On a GPU, raise the epochs, e.g. TEACHER_EPOCHS=200 STUDENT_EPOCHS=150 DEVICE=cuda.
+#
+#   bash scripts/train_shipped_models.sh            # writes runs/shipped/
+#   SHIP_DIR=/tmp/x TEACHER_EPOCHS=4 bash scripts/train_shipped_models.sh   # a quick smoke run
+#
+# Then `python scripts/package_weights.py runs/shipped` copies the models into the package with
+# their model cards and index entries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -n "${SKIP_SETUP:-}" ] || bash scripts/setup.sh
+export PATH="$PWD/${VENV:-.venv}/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+out=${SHIP_DIR:-runs/shipped}
+n_train=${N_TRAIN:-14}            # labelled cases per site (sites A, B and C)
+n_test=${N_TEST:-4}               # held-out cases per site
+teacher_epochs=${TEACHER_EPOCHS:-36}
+student_epochs=${STUDENT_EPOCHS:-30}
+steps=${STEPS_PER_EPOCH:-25}
+device=${DEVICE:-cpu}
+workers=${NUM_WORKERS:-1}
+mkdir -p "$out"
+log() { echo "==> $(date -u +%H:%M:%S) $*"; }
+
+# Seeds: training cases 0.., 1000.., 2000.. (site A, B, C); held-out test cases from 9000 on,
+# so no anatomy placement or lesion of a test case was ever seen in training.
+if [ ! -f "$out/data/.complete" ]; then
+  rm -rf "$out/data"
+  log "phantoms: $n_train labelled cases per site (A, B, C), $n_test held-out per site, 1 mm"
+  for i in 0 1 2; do
+    site=$(echo A B C | cut -d' ' -f$((i + 1)))
+    brats-kd phantom "$out/data/train" --n "$n_train" --seed $((i * 1000)) --site "$site"
+    brats-kd phantom "$out/data/test_$site" --n "$n_test" --seed $((9000 + i * 100)) --site "$site"
+  done
+  touch "$out/data/.complete"
+fi
+
+common=(--patch-size 96 96 96 --batch-size 2 --num-workers "$workers" --device "$device"
+        --seed 0 --set steps_per_epoch="$steps" --set val_fraction=0.12
+        --set val_roi_size=[192,192,160] --set cache=memory)
+
+log "teacher: the bundle SegResNet at half resolution, $teacher_epochs epochs x $steps steps"
+brats-kd train "$out/data/train" --out "$out/teacher.safetensors" --arch segresnet-halfres \
+  --epochs "$teacher_epochs" --lr 1e-3 --augment light --set val_every=4 "${common[@]}"
+
+student_common=(--student student-small --alpha "${ALPHA:-0.5}" --temperature "${TEMPERATURE:-2}"
+                --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5)
+log "student, distilled from the teacher (KL + soft Dice to the teacher)"
+brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
+  --out "$out/student.safetensors" --set kd_dice_weight=1 "${student_common[@]}" "${common[@]}"
+
+log "the same student distilled with the KL term alone (the textbook loss)"
+brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
+  --out "$out/student_kl.safetensors" --set kd_dice_weight=0 "${student_common[@]}" "${common[@]}"
+
+log "the same student without distillation (labels only, same steps): the baseline"
+brats-kd train "$out/data/train" --out "$out/student_nokd.safetensors" \
+  --set model.kind=student --arch student-small \
+  --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5 "${common[@]}"
+
+for model in teacher student student_kl student_nokd; do
+  for site in A B C; do
+    log "evaluate $model on held-out site $site"
+    brats-kd segment "$out/data/test_$site" -o "$out/pred/$model/$site" \
+      --model "$out/$model.safetensors" --device "$device"
+    brats-kd evaluate "$out/pred/$model/$site" "$out/data/test_$site" \
+      --csv "$out/scores_${model}_$site.csv"
+  done
+done
+log "done: models, run folders and per-case scores in $out/"
