@@ -85,8 +85,20 @@ def _gflops(model, x) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def worker(row: str, input_path: str, runs: int, threads: int, device: str = "cpu") -> dict:
-    """Time one row in this (fresh) process; returns a JSON-able dict."""
+def worker(
+    row: str,
+    input_path: str,
+    runs: int,
+    threads: int,
+    device: str = "cpu",
+    checkpoint: str | None = None,
+    backend: str = "auto",
+) -> dict:
+    """Time one row in this (fresh) process; returns a JSON-able dict.
+
+    ``row`` names an entry of :data:`ALL_ROWS` (untrained network), or, with ``checkpoint``, is
+    a free label for that trained model run with ``backend``.
+    """
     import numpy as np
     import torch
 
@@ -101,11 +113,20 @@ def worker(row: str, input_path: str, runs: int, threads: int, device: str = "cp
         teacher_config,
     )
 
-    spec = ALL_ROWS[row]
     image = np.load(input_path)
     torch.manual_seed(0)
-    cfg = student_config(preset=spec["preset"]) if spec["kind"] == "student" else teacher_config()
-    loaded = LoadedModel(build_model(cfg).eval(), cfg)
+    if checkpoint:
+        from napari_brats_kd.models import load_checkpoint
+
+        loaded = load_checkpoint(checkpoint)
+        cfg = loaded.config
+        spec = {"backend": backend}
+    else:
+        spec = ALL_ROWS[row]
+        cfg = (
+            student_config(preset=spec["preset"]) if spec["kind"] == "student" else teacher_config()
+        )
+        loaded = LoadedModel(build_model(cfg).eval(), cfg)
     rss_before = _maxrss_mb()
     times: list[float] = []
     seg_kw = dict(spec.get("segment", {}))
@@ -114,6 +135,7 @@ def worker(row: str, input_path: str, runs: int, threads: int, device: str = "cp
     # warm-up: oneDNN primitive creation, or the ONNX export + session for onnxruntime
     first = segment(image, loaded, device=device, **seg_kw)
     info["first_s"] = first.seconds
+    info["backend"] = first.backend
     info["strategy"] = first.strategy
     info["device"] = first.device
     if device != "cpu":
@@ -145,7 +167,38 @@ def worker(row: str, input_path: str, runs: int, threads: int, device: str = "cp
     }
 
 
-def _load_case_array(case: Path | None) -> tuple:
+def run_in_subprocess(
+    row: str,
+    input_path: Path,
+    runs: int,
+    teacher_runs: int,
+    threads: int,
+    device: str = "cpu",
+    checkpoint: Path | None = None,
+    backend: str = "auto",
+) -> dict | None:
+    """:func:`worker` in a fresh process (so its peak RSS is the model's alone); None if it failed."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, __file__, "--worker", row, "--input", str(input_path),
+           "--runs", str(runs), "--teacher-runs", str(teacher_runs),
+           "--threads", str(threads), "--device", device, "--backend", backend]  # fmt: skip
+    if checkpoint is not None:
+        cmd += ["--checkpoint", str(checkpoint)]
+    load_before = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"{row}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    res = json.loads(lines[-1][len("RESULT ") :])
+    res["load_avg"] = (load_before, os.getloadavg()[0])
+    print(f"{row}: median {res['median_s']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB",
+          file=sys.stderr)  # fmt: skip
+    return res
+
+
+def load_case_array(case: Path | None) -> tuple:
+    """Model-order input of ``case`` (default: the first real case, else a 1 mm phantom)."""
     from napari_brats_kd.labels import BUNDLE_MODALITY_ORDER
 
     if case is None and REAL.is_dir():
@@ -163,7 +216,7 @@ def _load_case_array(case: Path | None) -> tuple:
     return make_phantom(0, spacing=1.0).model_input(BUNDLE_MODALITY_ORDER), "1 mm phantom seed 0"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -184,11 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        runs = args.teacher_runs if ALL_ROWS[args.worker]["kind"] == "teacher" else args.runs
-        res = worker(args.worker, args.input, runs, args.threads, args.device)
+        teacher = args.checkpoint is None and ALL_ROWS[args.worker]["kind"] == "teacher"
+        runs = args.teacher_runs if teacher else args.runs
+        res = worker(
+            args.worker, args.input, runs, args.threads, args.device, args.checkpoint, args.backend
+        )
         print("RESULT " + json.dumps(res))
         return 0
     gpu = args.device == "cuda"
@@ -198,28 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    image, source = _load_case_array(args.case)
+    image, source = load_case_array(args.case)
     if image.shape[1:] != (240, 240, 155):
         print(f"note: case shape {image.shape[1:]} is not 240x240x155", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp()) / "case.npy"
     np.save(tmp, image)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     results = {}
     for row in rows:
-        cmd = [sys.executable, __file__, "--worker", row, "--input", str(tmp),
-               "--runs", str(args.runs), "--teacher-runs", str(args.teacher_runs),
-               "--threads", str(args.threads), "--device", args.device]  # fmt: skip
-        load_before = os.getloadavg()[0]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            print(f"{row}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        res = json.loads(lines[-1][len("RESULT ") :])
-        res["load_avg"] = (load_before, os.getloadavg()[0])
-        results[row] = res
-        print(f"{row}: median {res['median_s']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB",
-              file=sys.stderr)  # fmt: skip
+        res = run_in_subprocess(row, tmp, args.runs, args.teacher_runs, args.threads, args.device)
+        if res is not None:
+            results[row] = res
     tmp.unlink()
 
     def ref(name: str) -> float | None:
@@ -235,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         where = (
             f"{args.threads} threads (`torch.set_num_threads({args.threads})`), torch "
-            f"{torch.__version__}, {_cpu_name()}, {os.cpu_count()} logical CPUs"
+            f"{torch.__version__}, {cpu_name()}, {os.cpu_count()} logical CPUs"
         )
     lines = [
         f"# {'GPU' if gpu else 'CPU'} inference benchmark",

@@ -54,6 +54,17 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temp file
 
 
+def test_fp16_file_is_half_the_size_and_loads_into_float32(tmp_path):
+    loaded = tiny_student()
+    full = save_checkpoint(tmp_path / "full", loaded.model, loaded.config)
+    half = save_checkpoint(tmp_path / "half", loaded.model, loaded.config, dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    again = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in again.model.parameters())
+    ref, out = _outputs(loaded.model), _outputs(again.model)
+    assert torch.allclose(out, ref, atol=1e-2 * float(ref.abs().max()))
+
+
 def test_wrapped_model_is_saved_without_prefix(tmp_path):
     loaded = tiny_student()
     wrapped = torch.nn.DataParallel(loaded.model)  # adds "module." to every key

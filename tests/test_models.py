@@ -70,6 +70,23 @@ def test_teacher_is_the_bundle_segresnet():
     assert net.conv_final[-1].conv.out_channels == 3
 
 
+def test_halfres_teacher_shares_the_bundle_parameter_names():
+    bundle = build_model(teacher_config())
+    cfg = teacher_config(arch="segresnet-halfres")
+    pooled = build_model(cfg)
+    # Same names and shapes: bundle weights load into it (and freezing uses the same prefixes).
+    pooled.load_state_dict(bundle.state_dict(), strict=True)
+    assert network_stride(cfg) == 2 * network_stride(teacher_config())
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.inference_mode():
+        y = pooled.eval()(x)
+        # It runs the same network on the input pooled by 2, logits upsampled back.
+        ref = bundle.eval()(torch.nn.functional.avg_pool3d(x, 2))
+    assert y.shape == (1, 3, 32, 32, 32)
+    up = torch.nn.functional.interpolate(ref, size=(32, 32, 32), mode="trilinear")
+    assert torch.allclose(y, up, atol=1e-5)
+
+
 @pytest.mark.parametrize("preset", sorted(STUDENT_PRESETS))
 def test_student_is_at_least_ten_times_smaller(preset):
     teacher = count_parameters(build_model(teacher_config()))

@@ -88,6 +88,7 @@ def save_checkpoint(
     config: ModelConfig,
     extra: dict | None = None,
     sidecar: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write weights and config to ``path`` (a ``.safetensors`` file) atomically.
 
@@ -103,6 +104,9 @@ def save_checkpoint(
         JSON-serialisable extras (epoch, losses, ...), returned as ``LoadedModel.extra``.
     sidecar
         Also write ``<name>.json`` with the config and extras, for people to read.
+    dtype
+        Store floating-point weights in this type (e.g. ``torch.float16`` halves a shipped file);
+        :func:`load_checkpoint` casts them back to the network's own type.
 
     Returns
     -------
@@ -126,6 +130,8 @@ def save_checkpoint(
     state = _clean_state_dict(unwrap_model(model).state_dict())
     # safetensors refuses shared or strided storage; copies are cheap next to a training run.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     metadata = {META_FORMAT: FORMAT_NAME, META_CONFIG: config.to_json(), META_EXTRA: extra_json}
     try:
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -1,0 +1,155 @@
+"""Results table of the shipped models: teacher vs distilled student vs the same student without KD.
+
+Reads the run folder written by ``scripts/train_shipped_models.sh`` (checkpoints, run logs and the
+per-case ``scores_<model>_<site>.csv`` of held-out phantoms, made there with ``brats-kd segment``
+and ``brats-kd evaluate``), and times each model on one full 240x240x155 case with
+:func:`napari_brats_kd.inference.segment` in a fresh subprocess per model (2 threads, peak RSS),
+through :func:`bench_inference.run_in_subprocess`.
+
+Columns: parameters, GFLOPs per forward (on the brain crop of the timed case), CPU seconds per
+case (median), peak RSS, training time, and Dice / HD95 for WT, TC and ET over every held-out
+case of every site.
+
+Usage::
+
+    python benchmarks/bench_shipped.py [--run runs/shipped] [--case CASE_DIR] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_inference import cpu_name, load_case_array, run_in_subprocess  # noqa: E402
+
+RESULTS = HERE / "results" / "shipped_models.md"
+REGIONS = ("WT", "TC", "ET")
+#: Rows: label -> (checkpoint stem in the run folder, what it is).
+MODELS = {
+    "teacher": ("teacher", "segresnet-halfres (the bundle SegResNet at half resolution)"),
+    "student, distilled (shipped)": ("student", "student-small, KD: KL + soft Dice to teacher"),
+    "student, distilled with KL only": ("student_kl", "student-small, KD: KL alone"),
+    "student, no KD": ("student_nokd", "student-small, labels only, same steps"),
+}
+
+
+def read_scores(run: Path, stem: str) -> dict[str, float]:
+    """Mean Dice and HD95 per region over all held-out cases of all sites (and per site Dice)."""
+    per_case: list[dict[str, str]] = []
+    sites: dict[str, list[float]] = {}
+    for path in sorted(run.glob(f"scores_{stem}_*.csv")):
+        site = path.stem.rsplit("_", 1)[-1]
+        with path.open() as fh:
+            rows = [r for r in csv.DictReader(fh) if r["case_id"] not in ("mean", "std", "median")]
+        per_case += rows
+        sites[site] = [np.mean([float(r[f"dice_{g}"]) for g in REGIONS]) for r in rows]
+    if not per_case:
+        return {}
+    out = {"n": float(len(per_case))}
+    for g in REGIONS:
+        out[f"dice_{g}"] = float(np.mean([float(r[f"dice_{g}"]) for r in per_case]))
+        out[f"hd95_{g}"] = float(np.mean([float(r[f"hd95_{g}"]) for r in per_case]))
+    out["dice_mean"] = float(np.mean([out[f"dice_{g}"] for g in REGIONS]))
+    for site, values in sites.items():
+        out[f"site_{site}"] = float(np.mean(values))
+    return out
+
+
+def train_seconds(run: Path, stem: str) -> float | None:
+    """Sum of epoch times in ``<stem>_run/log.csv`` (the CLI's default run folder)."""
+    log = run / f"{stem}_run" / "log.csv"
+    if not log.is_file():
+        return None
+    with log.open() as fh:
+        return sum(float(r["epoch_time_s"]) for r in csv.DictReader(fh))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/shipped"), help="run folder")
+    parser.add_argument("--case", type=Path, default=None, help="timed case (default: real)")
+    parser.add_argument("--runs", type=int, default=5, help="timed calls per model (median)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    image, source = load_case_array(args.case)
+    tmp = Path(tempfile.mkdtemp()) / "case.npy"
+    np.save(tmp, image)
+    rows = {}
+    for label, (stem, what) in MODELS.items():
+        ckpt = args.run / f"{stem}.safetensors"
+        if not ckpt.is_file():
+            print(f"{label}: {ckpt} missing, skipped", file=sys.stderr)
+            continue
+        speed = run_in_subprocess(
+            label, tmp, args.runs, args.runs, args.threads, checkpoint=ckpt, backend="auto"
+        )
+        rows[label] = {
+            "what": what,
+            "speed": speed or {},
+            "scores": read_scores(args.run, stem),
+            "train_s": train_seconds(args.run, stem),
+            "size_mb": ckpt.stat().st_size / 1e6,
+        }
+    tmp.unlink()
+
+    import torch
+
+    n_cases = next((int(r["scores"]["n"]) for r in rows.values() if r["scores"]), 0)
+    lines = [
+        "# Shipped models: teacher vs distilled student vs no-KD student",
+        "",
+        f"Written by `benchmarks/bench_shipped.py` on {time.strftime('%Y-%m-%d %H:%M')} UTC from "
+        f"`{args.run}`. Speed: {source}, {'x'.join(map(str, image.shape[1:]))}, through "
+        f"`segment()` (default back end), {args.threads} threads, {cpu_name()}, "
+        f"{os.cpu_count()} logical CPUs, torch {torch.__version__}; median of {args.runs} calls "
+        "after a warm-up, each model in its own process. No GPU was lent to the session that "
+        f"made this table. Quality: {n_cases} held-out phantom cases (sites A, B, C), 1 mm, "
+        "scored with `brats-kd evaluate`; HD95 in mm.",
+        "",
+        "| model | what | params | file MB | GFLOPs | CPU s/case | peak RSS MB | train min "
+        "| Dice WT | Dice TC | Dice ET | mean Dice | HD95 WT | HD95 TC | HD95 ET |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in rows.items():
+        sp, sc = r["speed"], r["scores"]
+
+        def f(key: str, fmt: str = ".3f", d: dict = sc) -> str:
+            return format(d[key], fmt) if key in d else "-"
+
+        train = f"{r['train_s'] / 60:.0f}" if r["train_s"] else "-"
+        params = f"{sp['parameters'] / 1e6:.2f} M" if "parameters" in sp else "-"
+        lines.append(
+            f"| {label} | {r['what']} | {params} | {r['size_mb']:.1f} | {f('gflops', '.0f', sp)} "
+            f"| {f('median_s', '.2f', sp)} ({sp.get('backend', '-')}) "
+            f"| {f('peak_rss_mb', '.0f', sp)} | {train} | {f('dice_WT')} | {f('dice_TC')} "
+            f"| {f('dice_ET')} | {f('dice_mean')} | {f('hd95_WT', '.1f')} | {f('hd95_TC', '.1f')} "
+            f"| {f('hd95_ET', '.1f')} |"
+        )
+    teacher = rows.get("teacher", {}).get("scores", {}).get("dice_mean")
+    lines += ["", "Mean Dice per held-out site, and relative to the teacher:", ""]
+    for label, r in rows.items():
+        sc = r["scores"]
+        per_site = ", ".join(f"{k[5:]} {v:.3f}" for k, v in sc.items() if k.startswith("site_"))
+        rel = f" ({sc['dice_mean'] / teacher:.0%} of the teacher)" if teacher and sc else ""
+        lines.append(f"- {label}: {per_site}{rel}")
+    lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
