@@ -11,6 +11,9 @@
 #   bash scripts/train_shipped_models.sh            # writes runs/shipped/
 #   SHIP_DIR=/tmp/x TEACHER_EPOCHS=4 bash scripts/train_shipped_models.sh   # a quick smoke run
 #
+# A stage whose model already exists is skipped, so an interrupted run continues where it stopped
+# (delete a model to redo its stage).
+#
 # Then `python scripts/package_weights.py runs/shipped` copies the models into the package with
 # their model cards and index entries.
 set -euo pipefail
@@ -22,12 +25,17 @@ out=${SHIP_DIR:-runs/shipped}
 n_train=${N_TRAIN:-14}            # labelled cases per site (sites A, B and C)
 n_test=${N_TEST:-4}               # held-out cases per site
 teacher_epochs=${TEACHER_EPOCHS:-36}
-student_epochs=${STUDENT_EPOCHS:-30}
+student_epochs=${STUDENT_EPOCHS:-20}
 steps=${STEPS_PER_EPOCH:-25}
 device=${DEVICE:-cpu}
 workers=${NUM_WORKERS:-1}
 mkdir -p "$out"
 log() { echo "==> $(date -u +%H:%M:%S) $*"; }
+# stage MODEL_STEM MESSAGE: false (skip) when the stage's model exists already
+stage() {
+  if [ -f "$out/$1.safetensors" ]; then log "$2: $out/$1.safetensors exists, skipped"; return 1; fi
+  log "$2"
+}
 
 # Seeds: training cases 0.., 1000.., 2000.. (site A, B, C); held-out test cases from 9000 on,
 # so no anatomy placement or lesion of a test case was ever seen in training.
@@ -46,21 +54,21 @@ common=(--patch-size 96 96 96 --batch-size 2 --num-workers "$workers" --device "
         --seed 0 --set steps_per_epoch="$steps" --set val_fraction=0.12
         --set val_roi_size=[192,192,160] --set cache=memory)
 
-log "teacher: the bundle SegResNet at half resolution, $teacher_epochs epochs x $steps steps"
+stage teacher "teacher: the bundle SegResNet at half resolution, $teacher_epochs epochs x $steps steps" &&
 brats-kd train "$out/data/train" --out "$out/teacher.safetensors" --arch segresnet-halfres \
   --epochs "$teacher_epochs" --lr 1e-3 --augment light --set val_every=4 "${common[@]}"
 
 student_common=(--student student-small --alpha "${ALPHA:-0.5}" --temperature "${TEMPERATURE:-2}"
                 --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5)
-log "student, distilled from the teacher (KL + soft Dice to the teacher)"
+stage student "student, distilled from the teacher (KL + soft Dice to the teacher)" &&
 brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
   --out "$out/student.safetensors" --set kd_dice_weight=1 "${student_common[@]}" "${common[@]}"
 
-log "the same student distilled with the KL term alone (the textbook loss)"
+stage student_kl "the same student distilled with the KL term alone (the textbook loss)" &&
 brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
   --out "$out/student_kl.safetensors" --set kd_dice_weight=0 "${student_common[@]}" "${common[@]}"
 
-log "the same student without distillation (labels only, same steps): the baseline"
+stage student_nokd "the same student without distillation (labels only, same steps)" &&
 brats-kd train "$out/data/train" --out "$out/student_nokd.safetensors" \
   --set model.kind=student --arch student-small \
   --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5 "${common[@]}"

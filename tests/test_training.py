@@ -273,8 +273,11 @@ def test_bad_settings_are_named(data_dir, tmp_path) -> None:
         train_teacher(_teacher_cfg(data_dir, tmp_path / "r", "patch_size=[20,16,16]"))
     with pytest.raises(TrainingError, match="epochz"):
         load_config("teacher", ["epochz=3"])
-    with pytest.raises(TrainingError, match="teacher"):
-        load_config("distill", [f"data_dir={data_dir}"])
+    # The shipped defaults load without a teacher; distilling without one is refused.
+    defaults = load_config("distill", [f"data_dir={data_dir}"])
+    assert defaults.teacher == "" and defaults.alpha == 0.5
+    with pytest.raises(TrainingError, match="needs a teacher"):
+        distill(defaults)
     with pytest.raises(TrainingError, match="Teacher"):
         distill(load_config("distill", [f"data_dir={data_dir}", "teacher=/no/such.safetensors"]))
 

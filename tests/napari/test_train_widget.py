@@ -262,7 +262,7 @@ def test_modes_show_their_controls_and_settings_persist(make_napari_viewer, data
         return not w.native.isHidden()
 
     # Defaults come from the shipped configs.
-    distill_defaults = load_config("distill", {"teacher": "x"})
+    distill_defaults = load_config("distill")
     assert widget.mode.key == "distill"
     assert widget.epochs.value == distill_defaults.epochs
     assert widget.temperature.value == distill_defaults.temperature

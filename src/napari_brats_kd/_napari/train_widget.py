@@ -114,9 +114,7 @@ def mode_defaults(mode: Mode) -> TrainConfig:
     """The shipped defaults of ``mode`` (``configs/<name>.yaml`` over the dataclass defaults)."""
     from ..training import load_config
 
-    # A distillation config is only valid with a teacher; the placeholder is never used.
-    overrides = {"teacher": "<picked in the widget>"} if mode.config == "distill" else {}
-    return load_config(mode.config, overrides)
+    return load_config(mode.config)
 
 
 class _EventRelay(QObject):

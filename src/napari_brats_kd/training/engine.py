@@ -971,6 +971,11 @@ def distill(
     """
     if not isinstance(config, DistillConfig):
         raise TrainingError("distill needs a DistillConfig (with a teacher).")
+    if not config.teacher:
+        raise TrainingError(
+            "Distillation needs a teacher: set 'teacher' (a checkpoint, model name or MONAI "
+            "bundle folder; --teacher on the command line)."
+        )
     return _run(config, progress, should_stop, on_event, resume)
 
 

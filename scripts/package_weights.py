@@ -1,0 +1,197 @@
+"""Copy the models of a `scripts/train_shipped_models.sh` run into the package, with model cards.
+
+    python scripts/package_weights.py runs/shipped
+
+Writes into ``src/napari_brats_kd/weights/``:
+
+- ``teacher.safetensors`` (weights stored in fp16, half the size; loaded back as fp32) and
+  ``student.safetensors`` (fp32), each with its held-out metrics and a "demo, not clinical"
+  description in the embedded model config;
+- ``teacher.md`` and ``student.md``, the model cards (data, config, seed, training time, hardware,
+  held-out metrics, limits);
+- ``index.json`` entries, so ``resolve_model("student")`` and the Segment widgets find them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from napari_brats_kd.models import load_checkpoint, save_checkpoint
+from napari_brats_kd.models.networks import count_parameters
+from napari_brats_kd.models.registry import INDEX_FILE, WEIGHTS_DIR
+
+REGIONS = ("WT", "TC", "ET")
+DISCLAIMER = (
+    "Demo model trained on synthetic phantoms (MNI anatomy with simulated tumours), not on "
+    "patients: not for clinical use. For real data, train your own teacher (or load the MONAI "
+    "bundle's) and distil."
+)
+SHIPPED = {
+    # name in the package -> (checkpoint stem in the run folder, role, stored dtype, one line)
+    "student": ("student", "student", None, "Demo student (0.44 M params, ~1 s on CPU)"),
+    "teacher": ("teacher", "teacher", torch.float16, "Demo teacher (4.7 M params, half-res)"),
+}
+
+
+def held_out(run: Path, stem: str) -> dict:
+    """Per-site and overall mean Dice / HD95 from ``scores_<stem>_<site>.csv``."""
+    out: dict = {}
+    every: list[dict] = []
+    for path in sorted(run.glob(f"scores_{stem}_*.csv")):
+        with path.open() as fh:
+            rows = [r for r in csv.DictReader(fh) if r["case_id"] not in ("mean", "std", "median")]
+        every += rows
+        out[f"site {path.stem.rsplit('_', 1)[-1]}"] = _mean(rows)
+    out["all"] = _mean(every)
+    return out
+
+
+def _mean(rows: list[dict]) -> dict:
+    d = {f"dice_{g}": float(np.mean([float(r[f"dice_{g}"]) for r in rows])) for g in REGIONS}
+    d.update(
+        {f"hd95_{g}": float(np.mean([float(r[f"hd95_{g}"]) for r in rows])) for g in REGIONS}
+    )
+    d["dice_mean"] = float(np.mean([d[f"dice_{g}"] for g in REGIONS]))
+    d["n_cases"] = len(rows)
+    return d
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def model_card(name: str, role: str, loaded, run: Path, stem: str, metrics: dict) -> str:
+    run_dir = run / f"{stem}_run"
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    with (run_dir / "log.csv").open() as fh:
+        log = list(csv.DictReader(fh))
+    train_min = sum(float(r["epoch_time_s"]) for r in log) / 60
+    split = json.loads((run_dir / "split.json").read_text())
+    prov = loaded.config.provenance
+    c = loaded.config
+    lines = [
+        f"# Model card: shipped `{name}` (napari-brats-kd)",
+        "",
+        f"**{DISCLAIMER}**",
+        "",
+        "## What it is",
+        f"- Role: {role}. Architecture: `{c.arch}` {json.dumps(c.arch_args)}; "
+        f"{count_parameters(loaded.model):,} parameters"
+        + ("; weights stored in fp16 (loaded as fp32)." if role == "teacher" else "."),
+        f"- Input: {', '.join(c.modalities)} (this channel order), z-score normalised over the "
+        f"brain; output: sigmoid channels {', '.join(c.regions)} (BraTS regions), written as "
+        f"labels in the `{c.convention}` convention.",
+        "- Made with `bash scripts/train_shipped_models.sh` (the project's own `brats-kd phantom`, "
+        "`brats-kd train` and `brats-kd distill`), packaged by `scripts/package_weights.py`.",
+        "",
+        "## Data",
+        f"- Training: {len(split['train'])} phantom cases, validation: {len(split['val'])} "
+        "(seeded split of the same folder), from `brats-kd phantom` at 1 mm (240x240x155): "
+        "sites A, B and C (different contrast, bias field, noise, resolution), seeds 0-13, "
+        "1000-1013 and 2000-2013. Labels are exact (the generator draws them).",
+        "- Held-out test: 4 cases per site, seeds 9000+, 9100+, 9200+ (never seen in training).",
+        "",
+        "## Training",
+        f"- Command: `{prov.get('kind', 'train')}` run, {cfg['epochs']} epochs x "
+        f"{cfg['steps_per_epoch']} steps, batch {cfg['batch_size']} cases x "
+        f"{cfg['samples_per_case']} patches of {'x'.join(map(str, cfg['patch_size']))}, lr "
+        f"{cfg['lr']} ({cfg['schedule']}, {cfg['warmup_epochs']} warm-up epochs), augmentation "
+        f"`{cfg['augment']['preset']}`, seed {cfg['seed']}.",
+    ]
+    if cfg.get("teacher"):
+        lines.append(
+            f"- Distillation: alpha {cfg['alpha']} (label loss weight), temperature "
+            f"{cfg['temperature']}, soft-Dice-to-teacher weight {cfg.get('kd_dice_weight', 0)}; "
+            "teacher: the shipped teacher."
+        )
+    lines += [
+        f"- Training time: {train_min:.0f} min on {_cpu_name()} ({torch.get_num_threads()} "
+        f"threads, no GPU: none was lent to the session that trained it), torch "
+        f"{prov.get('torch', torch.__version__)}, napari-brats-kd commit {_git_commit()}.",
+        "",
+        "## Held-out metrics (phantoms)",
+        "",
+        "| test set | cases | Dice WT | Dice TC | Dice ET | mean | HD95 WT | HD95 TC | HD95 ET |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, m in metrics.items():
+        lines.append(
+            f"| {key} | {m['n_cases']} | {m['dice_WT']:.3f} | {m['dice_TC']:.3f} "
+            f"| {m['dice_ET']:.3f} | {m['dice_mean']:.3f} | {m['hd95_WT']:.1f} "
+            f"| {m['hd95_TC']:.1f} | {m['hd95_ET']:.1f} |"
+        )
+    lines += [
+        "",
+        "HD95 in mm, BraTS conventions (373.13 when exactly one of prediction and truth is empty).",
+        "",
+        "## Limits",
+        "- Trained only on synthetic phantoms built on one anatomy (MNI ICBM152): real scans "
+        "differ in anatomy, contrast and tumour appearance. See the README section *Shipped "
+        "models on the real cases* for what it does on two real BraTS cases.",
+        "- Trained on 2 CPU cores for about an hour; a GPU run with more epochs does better "
+        "(`TEACHER_EPOCHS=... DEVICE=cuda bash scripts/train_shipped_models.sh`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="folder written by train_shipped_models.sh")
+    parser.add_argument("--dest", type=Path, default=WEIGHTS_DIR)
+    args = parser.parse_args(argv)
+    index_path = args.dest / INDEX_FILE.name
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    entries = [e for e in index.get("models", []) if e.get("name") not in SHIPPED]
+    for name, (stem, role, dtype, line) in SHIPPED.items():
+        loaded = load_checkpoint(args.run / f"{stem}.safetensors")
+        metrics = held_out(args.run, stem)
+        cfg = loaded.config
+        cfg.name = name
+        cfg.description = f"{line}. {DISCLAIMER}"
+        cfg.metrics = {"held_out_phantoms": metrics}
+        out = save_checkpoint(
+            args.dest / f"{name}.safetensors", loaded.model, cfg, sidecar=False, dtype=dtype
+        )
+        card = args.dest / f"{name}.md"
+        card.write_text(model_card(name, role, loaded, args.run, stem, metrics))
+        entries.append(
+            {
+                "name": name,
+                "file": out.name,
+                "role": role,
+                "card": card.name,
+                "description": cfg.description,
+            }
+        )
+        print(f"{out} ({out.stat().st_size / 1e6:.1f} MB), {card}")
+    index["models"] = sorted(entries, key=lambda e: e["role"] != "student")
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    print(f"{index_path}: {[e['name'] for e in index['models']]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
