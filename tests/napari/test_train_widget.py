@@ -385,3 +385,87 @@ def test_adapt_to_the_case_open_in_the_viewer(make_napari_viewer, qtbot, data, t
         np.testing.assert_allclose(
             written.images[modality].affine, original.images[modality].affine
         )
+
+
+def open_cases(viewer, data, n: int) -> list[str]:
+    """Open the first ``n`` phantom case folders with their segmentations; returns their ids."""
+    folders = sorted(p for p in data["dir"].iterdir() if p.is_dir())[:n]
+    for folder in folders:
+        viewer.open(str(folder), plugin=PLUGIN)
+    return [folder.name for folder in folders]
+
+
+def test_train_on_the_labelled_cases_open_in_the_viewer(make_napari_viewer, qtbot, data, tmp_path):
+    import nibabel as nib
+
+    from napari_brats_kd.models import load_checkpoint
+
+    viewer = make_napari_viewer()
+    ids = open_cases(viewer, data, 3)
+    widget = open_widget(viewer)
+    configure(widget, data, tmp_path, epochs=1, extra="steps_per_epoch=1; val_every=1")
+    widget.data_dir.value = tmp_path / "not_used"  # the open cases replace the folder
+    widget.use_viewer_cases.value = True
+    assert not widget.use_viewer_cases.native.isHidden() and not widget.data_dir.enabled
+    wait_done(qtbot, widget.start())
+    result = widget.last_result
+    assert result is not None and result.epochs_done == 1 and not result.stopped
+
+    # The run trained and validated on exactly the open cases, written into the run folder.
+    split = json.loads((result.run_dir / "split.json").read_text())
+    assert sorted(split["train"] + split["val"]) == ids and len(split["val"]) == 1
+    log = tw_read_log(result.run_dir)
+    assert [int(r["epoch"]) for r in log] == [1] and log[0]["val_mean_dice"] not in ("", None)
+    student = load_checkpoint(result.best_checkpoint or result.last_checkpoint)
+    assert student.config.arch == "student"
+    # Each written ground truth is the case's segmentation file, voxel for voxel.
+    for case_id in ids:
+        written = result.run_dir / "viewer_labelled_cases" / case_id / f"{case_id}_seg.nii.gz"
+        original = data["dir"] / case_id / f"{case_id}_seg.nii.gz"
+        np.testing.assert_array_equal(
+            np.asanyarray(nib.load(written).dataobj), np.asanyarray(nib.load(original).dataobj)
+        )
+    saved = json.loads((Path(tmp_path / "config") / "train_widget.json").read_text())
+    assert saved["use_viewer_cases"] is True
+    assert open_widget(make_napari_viewer()).use_viewer_cases.value  # a new session keeps it
+
+
+def tw_read_log(run_dir: Path) -> list[dict]:
+    from napari_brats_kd._napari.train_widget import _read_log
+
+    return _read_log(run_dir)
+
+
+def test_open_cases_without_enough_labels_are_refused(make_napari_viewer, data, tmp_path):
+    from napari_brats_kd._napari.case_from_layers import labelled_cases_from_layers
+    from napari_brats_kd.labels import LabelConvention
+
+    viewer = make_napari_viewer()
+    first, second = open_cases(viewer, data, 2)
+    # The second case's ground truth is a painted layer without the reader's metadata (labels
+    # 1/2/3: the 2023 convention is detected), the first case lacks its T2 layer.
+    painted = np.array(viewer.layers[f"{second} segmentation"].data)
+    painted[painted == 4] = 3
+    viewer.layers.remove(f"{second} segmentation")
+    viewer.add_labels(painted, name=f"{second} segmentation")
+    viewer.layers.remove(f"{first} T2")
+
+    cases, messages = labelled_cases_from_layers(viewer.layers)
+    assert [c.case_id for c in cases] == [second]
+    assert cases[0].convention == LabelConvention.BRATS2023
+    assert cases[0].seg.data.shape == cases[0].reference.data.shape
+    assert any(first in m and "T2" in m and "skipped" in m for m in messages), messages
+    # Without its T2 the first case still counts for a run that does not need T2.
+    cases, _ = labelled_cases_from_layers(viewer.layers, modalities=("t1c", "flair"))
+    assert [c.case_id for c in cases] == [first, second]
+
+    widget = open_widget(viewer)
+    configure(widget, data, tmp_path, epochs=1, extra="steps_per_epoch=1")
+    widget.use_viewer_cases.value = True
+    start = n_notifications()
+    assert widget.start() is None
+    messages = messages_since(start)
+    assert any("1 labelled case" in m and "at least 2" in m and first in m for m in messages), (
+        messages
+    )
+    assert widget.start_button.enabled and widget.task is None

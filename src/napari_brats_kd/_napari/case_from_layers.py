@@ -196,6 +196,111 @@ def case_from_layers(
     return case, warnings
 
 
+def segmentation_layer_name(case_id: str) -> str:
+    """Name of a case's ground-truth Labels layer: ``"<case_id> segmentation"`` (as the reader
+    names it; a user can name a painted layer so)."""
+    return f"{case_id} segmentation"
+
+
+def layer_case_id(layer: Any) -> str:
+    """Case a modality layer belongs to: ``case_id`` in its metadata, else its name without the
+    modality (``"BraTS_001 FLAIR"`` -> ``"BraTS_001"``)."""
+    return str(layer_meta(layer).get("case_id") or _strip_modality(str(layer.name)) or layer.name)
+
+
+def labelled_cases_from_layers(
+    layers: Iterable[Any],
+    modalities: Sequence[str] = MODALITIES,
+) -> tuple[list[Case], list[str]]:
+    """Every case open in the viewer that has a ground-truth segmentation layer.
+
+    Image layers are grouped by case (:func:`layer_case_id`); within a case one layer per
+    modality is picked as :func:`find_modality_layers` does. The case's ground truth is the Labels
+    layer named :func:`segmentation_layer_name` (what the reader creates); it becomes ``case.seg``
+    on the scans' grid, with the label convention from the layer's metadata, else detected from
+    its values (:func:`~napari_brats_kd.labels.detect_convention`).
+
+    Parameters
+    ----------
+    layers
+        The viewer's layers (``viewer.layers``).
+    modalities
+        Modalities each case must have (the ones training needs); cases lacking one are skipped.
+
+    Returns
+    -------
+    cases, messages
+        The labelled cases in layer order, and sentences for the user: every case skipped and why,
+        and assumptions made (layers without source geometry, a detected label convention).
+    """
+    from ..errors import BratsKDError
+
+    layers = list(layers)
+    groups: dict[str, list[Any]] = {}
+    for layer in layers:
+        if is_image_layer(layer) and layer_modality(layer) is not None:
+            groups.setdefault(layer_case_id(layer), []).append(layer)
+    labels_by_name = {str(layer.name): layer for layer in layers if _is_labels_layer(layer)}
+    cases: list[Case] = []
+    messages: list[str] = []
+    for case_id, members in groups.items():
+        found = find_modality_layers(members)
+        missing = [MODALITY_NAMES[m] for m in modalities if m not in found]
+        if missing:
+            messages.append(
+                f"Case {case_id!r} skipped: it has no layer for {', '.join(missing)} "
+                "(open the case with all the scans training needs)."
+            )
+            continue
+        seg_name = segmentation_layer_name(case_id)
+        seg_layer = labels_by_name.get(seg_name)
+        if seg_layer is None:
+            messages.append(
+                f"Case {case_id!r} skipped: no Labels layer named {seg_name!r} holds its ground "
+                "truth (open the case folder with its segmentation file, or rename a painted "
+                "Labels layer so)."
+            )
+            continue
+        try:
+            case, warnings = case_from_layers(found, case_id=case_id)
+            case.seg, note = _segmentation_volume(seg_layer, case)
+        except BratsKDError as exc:
+            messages.append(f"Case {case_id!r} skipped: {exc}")
+            continue
+        messages += warnings + ([note] if note else [])
+        cases.append(case)
+    return cases, messages
+
+
+def _segmentation_volume(layer: Any, case: Case) -> tuple[Volume, str | None]:
+    """``layer``'s labels as a Volume on ``case``'s grid, setting ``case.convention``.
+
+    Returns the volume and a sentence when the convention had to be detected from the values.
+    """
+    from ..labels import detect_convention
+
+    ref = case.reference
+    # A copy: the user may go on painting while the run writes the case in its thread.
+    data = np.array(layer.data)
+    if data.shape != ref.data.shape:
+        raise CaseError(
+            f"its segmentation layer {layer.name!r} has shape {data.shape}, the scans "
+            f"{ref.data.shape}: the ground truth must lie on the scans' voxel grid."
+        )
+    if not np.issubdtype(data.dtype, np.integer):
+        data = np.rint(data).astype(np.int16)
+    meta = layer_meta(layer)
+    note = None
+    if meta.get("convention"):
+        convention = LabelConvention(meta["convention"])
+        reason = meta.get("convention_reason") or "from the layer's metadata"
+    else:
+        convention, reason = detect_convention(np.unique(data), case.naming)
+        note = f"Segmentation layer {layer.name!r}: label convention {convention.value}, {reason}."
+    case.convention, case.convention_reason = convention, reason
+    return Volume(data, ref.affine, ref.header, None), note
+
+
 def _strip_modality(name: str) -> str:
     """``"BraTS_001 FLAIR"`` -> ``"BraTS_001"``: the layer name without a trailing modality."""
     from ..naming import modality_from_token

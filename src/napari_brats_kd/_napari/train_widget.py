@@ -67,6 +67,12 @@ SETTINGS_NAME = "train_widget"
 #: Subfolder of a run where the case open in the viewer is written (Adapt mode).
 VIEWER_CASES = "viewer_cases"
 
+#: Subfolder of a run where the labelled cases open in the viewer are written (its dataset).
+VIEWER_LABELLED = "viewer_labelled_cases"
+
+#: Labelled cases a run needs: one is held out for validation, at least one trains.
+MIN_LABELLED_CASES = 2
+
 #: Default folder of run folders.
 DEFAULT_OUTPUT_DIR = Path.home() / "brats-kd-runs"
 
@@ -193,6 +199,15 @@ class TrainWidget(Container):
             tooltip=(
                 "Folder of labelled cases (one folder per case with its T1/T1c/T2/FLAIR and "
                 "segmentation files, any BraTS naming). Part of it is held out for validation."
+            ),
+        )
+        self.use_viewer_cases = CheckBox(
+            text="Use the labelled cases open in the viewer instead",
+            tooltip=(
+                "Train on the cases open in napari instead of a folder: every case whose ground "
+                "truth is a Labels layer named '<case> segmentation' (as opening a case folder "
+                "with its segmentation makes it). They are written to the run folder; at least "
+                f"{MIN_LABELLED_CASES} are needed, as one is held out for validation."
             ),
         )
         self.unlabeled_dir = FileEdit(
@@ -418,6 +433,7 @@ class TrainWidget(Container):
             [
                 self.mode_picker,
                 self.data_dir,
+                self.use_viewer_cases,
                 self.unlabeled_dir,
                 self.use_viewer_case,
                 self.model_picker,
@@ -449,7 +465,7 @@ class TrainWidget(Container):
         )
         self.extend([self.form, self.status, self.plot_box, self.results, self.segment_button])
         self._control_widgets = {
-            "data_dir": [self.data_dir],
+            "data_dir": [self.data_dir, self.use_viewer_cases],
             "unlabeled": [self.unlabeled_dir, self.use_viewer_case],
             "unlabeled_w": [self.unlabeled_weight],
             "model": [self.model_picker, self.model_buttons, self.model_info],
@@ -469,6 +485,8 @@ class TrainWidget(Container):
 
     def _connect_signals(self) -> None:
         self.mode_picker.changed.connect(self._on_mode_changed)
+        self.use_viewer_cases.changed.connect(self._on_source_changed)
+        self.use_viewer_case.changed.connect(self._on_source_changed)
         self.model_picker.changed.connect(self._on_model_changed)
         self.load_button.changed.connect(self._on_load_clicked)
         self.bundle_button.changed.connect(self._on_bundle_clicked)
@@ -564,6 +582,12 @@ class TrainWidget(Container):
         if new.key != "teacher":
             self._select_default_model()
         self._on_model_changed()
+
+    def _on_source_changed(self, *_: Any) -> None:
+        # A folder the run will not read is greyed out, so that it is clear what is trained on.
+        running = self._busy()
+        self.data_dir.enabled = not running and not self.use_viewer_cases.value
+        self.unlabeled_dir.enabled = not running and not self.use_viewer_case.value
 
     # ------------------------------------------------------------------------------ models
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
@@ -678,13 +702,23 @@ class TrainWidget(Container):
         from ..training.config import default_config_path
 
         mode = self.mode
-        data_dir = _folder(self.data_dir.value)
-        if data_dir is None or not data_dir.is_dir():
-            raise TrainingError(
-                f"Dataset folder {str(self.data_dir.value)!r} does not exist: pick a folder of "
-                "labelled cases (one folder per case) in 'Dataset folder'."
-            )
         run_dir = run_dir or self._new_run_dir()
+        if self.use_viewer_cases.value:
+            if mode.key == "adapt" and self.use_viewer_case.value:
+                raise TrainingError(
+                    "Both 'Use the labelled cases open in the viewer' and 'Use the case open in "
+                    "the viewer' are ticked: untick one, and give the other set as a folder."
+                )
+            # The open cases are written there by the run (see start()).
+            data_dir = run_dir / VIEWER_LABELLED
+        else:
+            data_dir = _folder(self.data_dir.value)
+            if data_dir is None or not data_dir.is_dir():
+                raise TrainingError(
+                    f"Dataset folder {str(self.data_dir.value)!r} does not exist: pick a folder "
+                    "of labelled cases (one folder per case) in 'Dataset folder', or tick 'Use "
+                    "the labelled cases open in the viewer'."
+                )
         values: dict[str, Any] = {
             "data_dir": str(data_dir),
             "run_dir": str(run_dir),
@@ -755,6 +789,46 @@ class TrainWidget(Container):
         apply_overrides(data, self._extra_overrides())
         return load_config(data)
 
+    def _viewer_labelled_cases(self, cfg: TrainConfig) -> list[Case]:
+        """The labelled cases open in the viewer that have the scans ``cfg`` trains on.
+
+        Raises
+        ------
+        TrainingError
+            Fewer than :data:`MIN_LABELLED_CASES` labelled cases are open (the message says which
+            cases were skipped and how to fix it).
+        """
+        from ..errors import TrainingError
+        from .case_from_layers import labelled_cases_from_layers
+
+        cases, messages = labelled_cases_from_layers(self.viewer.layers, self._needed(cfg))
+        if len(cases) < MIN_LABELLED_CASES:
+            skipped = " ".join(messages)
+            raise TrainingError(
+                f"{len(cases)} labelled case(s) open in the viewer; training needs at least "
+                f"{MIN_LABELLED_CASES}, as one is held out for validation. Open more case folders "
+                "with their segmentations (File > Open), name a painted Labels layer "
+                "'<case> segmentation', or untick 'Use the labelled cases open in the viewer' "
+                "and pick a dataset folder." + (f" {skipped}" if skipped else "")
+            )
+        for message in messages:
+            show_warning(message)
+        return cases
+
+    def _needed(self, cfg: TrainConfig) -> list[str]:
+        """Modalities a run of ``cfg`` reads from every case (the model's and its teacher's)."""
+        from ..errors import BratsKDError
+
+        needed = set(cfg.model.modalities or ())
+        for spec in (getattr(cfg, "teacher", None), cfg.init_from):
+            if not spec:
+                continue
+            try:
+                needed |= set(self._model_config(spec).modalities)
+            except BratsKDError:
+                return list(MODALITIES)  # the engine explains a model it cannot read
+        return [m for m in MODALITIES if m in needed] or list(MODALITIES)
+
     def _viewer_case(self) -> Case:
         """The case open in the viewer (every modality layer found), for the unlabelled set."""
         from ..errors import CaseError
@@ -805,18 +879,26 @@ class TrainWidget(Container):
             return None
         mode = self.mode
         case = None
-        if mode.key == "adapt" and self.use_viewer_case.value:
-            try:
+        labelled: list[Case] = []
+        try:
+            if self.use_viewer_cases.value:
+                labelled = self._viewer_labelled_cases(cfg)
+            if mode.key == "adapt" and self.use_viewer_case.value:
                 case = self._viewer_case()
-            except BratsKDError as exc:
-                notify_error(exc, "Training")
-                return None
+        except BratsKDError as exc:
+            notify_error(exc, "Training")
+            return None
         self._save_settings()
         reference = getattr(cfg, "teacher", None) or cfg.init_from
         self.plot.clear()
         self.results.value = ""
 
         def work(progress, stop, emit):
+            # Writing cases takes seconds: it happens here, in the worker thread.
+            # (Not through progress(): the ETA is measured from the first training step.)
+            for i, item in enumerate(labelled):
+                emit({"type": "note", "message": f"Writing open case {i + 1}/{len(labelled)}..."})
+                write_case_folder(item, Path(cfg.data_dir))
             if case is not None:
                 write_case_folder(case, Path(cfg.unlabeled_dir))
             return _train(cfg, progress, stop, emit)
@@ -934,8 +1016,8 @@ class TrainWidget(Container):
         self.resume_button.enabled = not running and can_resume
         for widget in (
             self.mode_picker,
-            self.data_dir,
-            self.unlabeled_dir,
+            self.use_viewer_cases,
+            self.use_viewer_case,
             self.model_picker,
             self.load_button,
             self.bundle_button,
@@ -943,6 +1025,8 @@ class TrainWidget(Container):
             self.extra,
         ):
             widget.enabled = not running
+        self.data_dir.enabled = not running and not self.use_viewer_cases.value
+        self.unlabeled_dir.enabled = not running and not self.use_viewer_case.value
         seg_busy = self.segment_task is not None and self.segment_task.is_running
         self.segment_button.enabled = (
             not running and not seg_busy and self.trained_model is not None
@@ -981,6 +1065,8 @@ class TrainWidget(Container):
             self.status.value = (
                 f"Epoch {self._epoch}/{self._epochs_total} · preparing first step..."
             )
+        elif kind == "note":  # the widget's own steps before training (writing open cases)
+            self.status.value = str(event["message"])
         elif kind == "val_progress":
             self.status.value = (
                 f"Epoch {event['epoch']}/{self._epochs_total} · validating case "
@@ -1148,6 +1234,8 @@ class TrainWidget(Container):
             "mode": self.mode.key,
             "data_dir": _path_text(self.data_dir.value),
             "unlabeled_dir": _path_text(self.unlabeled_dir.value),
+            "use_viewer_cases": bool(self.use_viewer_cases.value),
+            "use_viewer_case": bool(self.use_viewer_case.value),
             "model": self._model_path(model) if model else None,
             "device": self.device_picker.value,
             "output_dir": _path_text(self.output_dir.value),
@@ -1175,6 +1263,8 @@ class TrainWidget(Container):
                 widget.value = saved[key]
         if saved.get("extra"):
             self.extra.value = str(saved["extra"])
+        self.use_viewer_cases.value = bool(saved.get("use_viewer_cases", False))
+        self.use_viewer_case.value = bool(saved.get("use_viewer_case", False))
         if saved.get("device") in self.device_picker.choices:
             self.device_picker.value = saved["device"]
         if saved.get("last_run_dir") and Path(saved["last_run_dir"]).is_dir():
@@ -1233,22 +1323,32 @@ def format_validation(history: list[dict], best_epoch: int = 0, last: int = 6) -
 
 
 def write_case_folder(case: Case, root: Path) -> Path:
-    """Write ``case``'s scans as a BraTS 2021-named case folder under ``root``; returns it.
+    """Write ``case`` as a BraTS 2021-named case folder under ``root``; returns it.
 
-    Scans keep their source affine (file voxel order), as float32: the training data loader reads
-    the folder like any dataset.
+    Scans keep their source affine (file voxel order), as float32; the segmentation, if the case
+    has one, is written as ``<case>_seg.nii.gz`` in the BraTS 2021 label convention (1, 2, 4: the
+    one its file name stands for; one convention for every case of a folder, as the data loader
+    asks). A case id that is no safe file name (spaces, slashes) is written with those characters
+    replaced by ``_``. The training data loader reads the folder like any dataset.
     """
+    import re
+
     import nibabel as nib
 
+    from ..labels import LabelConvention, convert_labels
     from ..naming import BRATS2021_TOKENS
 
     token_of = {modality: token for token, modality in BRATS2021_TOKENS.items()}
-    folder = root / case.case_id
+    name = re.sub(r"[^0-9A-Za-z_.-]+", "_", case.case_id).strip("._") or "case"
+    folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     for modality, volume in case.images.items():
         data = np.asarray(volume.file_data(), dtype=np.float32)
         image = nib.Nifti1Image(data, volume.affine)
-        nib.save(image, str(folder / f"{case.case_id}_{token_of[modality]}.nii.gz"))
+        nib.save(image, str(folder / f"{name}_{token_of[modality]}.nii.gz"))
+    if case.seg is not None:
+        labels = convert_labels(case.seg.file_data(), case.convention, LabelConvention.BRATS2021)
+        nib.save(nib.Nifti1Image(labels, case.seg.affine), str(folder / f"{name}_seg.nii.gz"))
     return folder
 
 
