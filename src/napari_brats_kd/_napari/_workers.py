@@ -162,6 +162,10 @@ class FrozenHeap:
     involved). ``gc.freeze()`` moves the objects alive at the start of a run into a permanent
     generation that collections skip; objects made during the run are still collected. Nested
     runs (segmenting while training) share one freeze, undone when the last one ends.
+
+    No ``gc.collect()`` before the freeze: on napari's heap that collection is itself a 0.3-0.5 s
+    stall at Start (measured by ``benchmarks/bench_widget_responsiveness.py``). Garbage frozen
+    with the live objects is only kept until the run ends, when ``gc.unfreeze()`` hands it back.
     """
 
     _depth = 0
@@ -169,7 +173,6 @@ class FrozenHeap:
     @classmethod
     def enter(cls) -> None:
         if cls._depth == 0:
-            gc.collect()
             gc.freeze()
         cls._depth += 1
 
