@@ -60,26 +60,34 @@ brats-kd train "$out/data/train" --out "$out/teacher.safetensors" --arch segresn
 
 student_common=(--student student-small --alpha "${ALPHA:-0.5}" --temperature "${TEMPERATURE:-2}"
                 --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5)
+
+# evaluate MODEL_STEM: segment every held-out site with the model and score it
+evaluate() {
+  for site in A B C; do
+    if [ -f "$out/scores_${1}_$site.csv" ]; then continue; fi
+    log "evaluate $1 on held-out site $site"
+    brats-kd segment "$out/data/test_$site" -o "$out/pred/$1/$site" \
+      --model "$out/$1.safetensors" --device "$device"
+    brats-kd evaluate "$out/pred/$1/$site" "$out/data/test_$site" \
+      --csv "$out/scores_${1}_$site.csv"
+  done
+}
+evaluate teacher
+
 stage student "student, distilled from the teacher (KL + soft Dice to the teacher)" &&
 brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
   --out "$out/student.safetensors" --set kd_dice_weight=1 "${student_common[@]}" "${common[@]}"
-
-stage student_kl "the same student distilled with the KL term alone (the textbook loss)" &&
-brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
-  --out "$out/student_kl.safetensors" --set kd_dice_weight=0 "${student_common[@]}" "${common[@]}"
+evaluate student
 
 stage student_nokd "the same student without distillation (labels only, same steps)" &&
 brats-kd train "$out/data/train" --out "$out/student_nokd.safetensors" \
   --set model.kind=student --arch student-small \
   --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5 "${common[@]}"
+evaluate student_nokd
 
-for model in teacher student student_kl student_nokd; do
-  for site in A B C; do
-    log "evaluate $model on held-out site $site"
-    brats-kd segment "$out/data/test_$site" -o "$out/pred/$model/$site" \
-      --model "$out/$model.safetensors" --device "$device"
-    brats-kd evaluate "$out/pred/$model/$site" "$out/data/test_$site" \
-      --csv "$out/scores_${model}_$site.csv"
-  done
-done
+stage student_kl "the same student distilled with the KL term alone (the textbook loss)" &&
+brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
+  --out "$out/student_kl.safetensors" --set kd_dice_weight=0 "${student_common[@]}" "${common[@]}"
+evaluate student_kl
+
 log "done: models, run folders and per-case scores in $out/"

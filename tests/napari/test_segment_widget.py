@@ -180,9 +180,14 @@ def test_pickers_follow_model_modalities_and_layer_names(make_napari_viewer, tmp
         clear_session_models()
 
 
-def test_missing_shipped_model_and_bad_checkpoint_notify(make_napari_viewer, qtbot, tmp_path):
-    from napari_brats_kd.models import available_models
+def test_missing_shipped_model_and_bad_checkpoint_notify(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    from napari_brats_kd.models import registry
 
+    # An install whose weights are gone (e.g. a trimmed package): an empty shipped index.
+    (tmp_path / "index.json").write_text('{"models": []}')
+    monkeypatch.setattr(registry, "INDEX_FILE", tmp_path / "index.json")
     viewer = make_napari_viewer()
     open_case(viewer, make_case())
     widget = open_widget(viewer, TEACHER_WIDGET)
@@ -195,8 +200,6 @@ def test_missing_shipped_model_and_bad_checkpoint_notify(make_napari_viewer, qtb
     messages = [str(n.message) for n in notifications_since(start)]
     assert any("broken.safetensors" in m for m in messages), messages
 
-    if any(info.role == "teacher" for info in available_models()):
-        pytest.skip("teacher weights are installed: the missing-model path cannot be exercised")
     widget.model_picker.value = "teacher"
     start = n_notifications()
     task = widget.run()
