@@ -3,20 +3,14 @@
 #
 #   bash examples/segment_cli.sh [MODEL]
 #
-# MODEL: student (shipped weights, once installed), teacher, a .safetensors checkpoint or a MONAI
-# bundle folder. Without one, an untrained student checkpoint is written first so the commands run
-# anywhere (its labels are meaningless).
+# MODEL: student (the shipped demo weights, the default), teacher, a .safetensors checkpoint or a
+# MONAI bundle folder.
 set -euo pipefail
 work=$(mktemp -d)
-model=${1:-}
+model=${1:-student}
 
-# 1. Three synthetic cases (BraTS 2021 naming, 2 mm voxels to keep it quick).
-brats-kd phantom "$work/cases" --n 3 --spacing 2
-
-if [[ -z "$model" ]]; then
-  model="$work/untrained_student.safetensors"
-  python -c "import sys; from napari_brats_kd.models import *; c = student_config(); save_checkpoint(sys.argv[1], build_model(c), c)" "$model"
-fi
+# 1. Three synthetic cases (BraTS 2021 naming, 1 mm voxels: the BraTS grid the models expect).
+brats-kd phantom "$work/cases" --n 3 --seed 9500
 
 # 2. One case -> one file, aligned with the input scans (same affine and voxel order).
 first=$(ls -d "$work"/cases/*/ | head -n 1)

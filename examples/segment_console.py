@@ -2,10 +2,11 @@
 
     python examples/segment_console.py CASE_DIR [MODEL]
 
-MODEL is ``student`` (shipped weights, once installed), ``teacher``, a ``.safetensors`` checkpoint
-written by napari-brats-kd, or a MONAI bundle folder such as ``brats_mri_segmentation``. Without a
-CASE_DIR a 2 mm phantom case is made; without a model, an *untrained* student is used so the script
-runs anywhere (its labels are meaningless: it only shows the calls).
+MODEL is ``student`` (the shipped demo weights, the default), ``teacher``, a ``.safetensors``
+checkpoint written by napari-brats-kd, or a MONAI bundle folder such as ``brats_mri_segmentation``.
+Without a CASE_DIR a 1 mm phantom case (the BraTS grid) is made. Should the shipped weights be
+missing (a trimmed install), an *untrained* student stands in so the calls still run (its labels
+are then meaningless).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> None:
     else:
         from napari_brats_kd.phantom import make_phantom
 
-        case = make_phantom(seed=0, spacing=2.0)
+        case = make_phantom(seed=0, spacing=1.0)
     try:
         model = resolve_model(sys.argv[2] if len(sys.argv) > 2 else "student")
     except CheckpointError as exc:

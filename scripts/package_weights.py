@@ -58,9 +58,7 @@ def held_out(run: Path, stem: str) -> dict:
 
 def _mean(rows: list[dict]) -> dict:
     d = {f"dice_{g}": float(np.mean([float(r[f"dice_{g}"]) for r in rows])) for g in REGIONS}
-    d.update(
-        {f"hd95_{g}": float(np.mean([float(r[f"hd95_{g}"]) for r in rows])) for g in REGIONS}
-    )
+    d.update({f"hd95_{g}": float(np.mean([float(r[f"hd95_{g}"]) for r in rows])) for g in REGIONS})
     d["dice_mean"] = float(np.mean([d[f"dice_{g}"] for g in REGIONS]))
     d["n_cases"] = len(rows)
     return d

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _screenshot import close_toasts
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     process_events_for(1.0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    close_toasts(viewer)
     viewer.screenshot(str(args.out), canvas_only=False)
     print(f"Wrote {args.out} at epoch {len(plot.epochs)}; {widget.status.value}")
     widget.stop()
