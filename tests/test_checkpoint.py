@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -52,6 +53,10 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     assert not again.model.training
     assert torch.equal(_outputs(again.model, 2), _outputs(loaded.model, 2))
     assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temp file
+    # Readable like any file the user writes (not mkstemp's 0600): shared installs and clusters.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_fp16_file_is_half_the_size_and_loads_into_float32(tmp_path):

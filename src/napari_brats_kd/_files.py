@@ -8,6 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of finished files: what ``open()`` would give (``mkstemp`` makes them 0600, which would
+#: leave checkpoints and shipped weights unreadable to other users of a shared install).
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Write ``path`` through ``write(tmp)`` on a temporary file beside it, then rename it in place.
 
@@ -32,6 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
