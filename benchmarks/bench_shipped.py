@@ -33,12 +33,13 @@ from bench_inference import cpu_name, load_case_array, run_in_subprocess  # noqa
 
 RESULTS = HERE / "results" / "shipped_models.md"
 REGIONS = ("WT", "TC", "ET")
-#: Rows: label -> (checkpoint stem in the run folder, what it is).
+#: Rows: checkpoint stem in the run folder -> (label, what it is). Missing checkpoints are skipped.
 MODELS = {
     "teacher": ("teacher", "segresnet-halfres (the bundle SegResNet at half resolution)"),
-    "student, distilled (shipped)": ("student", "student-small, KD: KL + soft Dice to teacher"),
-    "student, distilled with KL only": ("student_kl", "student-small, KD: KL alone"),
-    "student, no KD": ("student_nokd", "student-small, labels only, same steps"),
+    "student_lr1": ("student, KD, lr 1e-3", "student-small, KL + soft Dice to the teacher"),
+    "student": ("student, KD, lr 2e-3", "student-small, KL + soft Dice to the teacher"),
+    "student_kl": ("student, KD (KL only)", "student-small, KL alone"),
+    "student_nokd": ("student, no KD, lr 2e-3", "student-small, labels only, same steps"),
 }
 
 
@@ -47,6 +48,8 @@ def read_scores(run: Path, stem: str) -> dict[str, float]:
     per_case: list[dict[str, str]] = []
     sites: dict[str, list[float]] = {}
     for path in sorted(run.glob(f"scores_{stem}_*.csv")):
+        if "_" in path.stem[len(f"scores_{stem}_") :]:
+            continue  # another model whose name starts with this one (student_nokd)
         site = path.stem.rsplit("_", 1)[-1]
         with path.open() as fh:
             rows = [r for r in csv.DictReader(fh) if r["case_id"] not in ("mean", "std", "median")]
@@ -80,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed calls per model (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--shipped", default="student", help="stem of the student that ships")
     args = parser.parse_args(argv)
 
     image, source = load_case_array(args.case)
     tmp = Path(tempfile.mkdtemp()) / "case.npy"
     np.save(tmp, image)
     rows = {}
-    for label, (stem, what) in MODELS.items():
+    for stem, (label, what) in MODELS.items():
+        if stem in (args.shipped, "teacher"):
+            label += " (shipped)"
         ckpt = args.run / f"{stem}.safetensors"
         if not ckpt.is_file():
             print(f"{label}: {ckpt} missing, skipped", file=sys.stderr)
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {f('dice_ET')} | {f('dice_mean')} | {f('hd95_WT', '.1f')} | {f('hd95_TC', '.1f')} "
             f"| {f('hd95_ET', '.1f')} |"
         )
-    teacher = rows.get("teacher", {}).get("scores", {}).get("dice_mean")
+    teacher = rows.get("teacher (shipped)", {}).get("scores", {}).get("dice_mean")
     lines += ["", "Mean Dice per held-out site, and relative to the teacher:", ""]
     for label, r in rows.items():
         sc = r["scores"]

@@ -58,6 +58,8 @@ def held_out(run: Path, stem: str) -> dict:
     out: dict = {}
     every: list[dict] = []
     for path in sorted(run.glob(f"scores_{stem}_*.csv")):
+        if "_" in path.stem[len(f"scores_{stem}_") :]:
+            continue  # another model whose name starts with this one (student_nokd)
         with path.open() as fh:
             rows = [r for r in csv.DictReader(fh) if r["case_id"] not in ("mean", "std", "median")]
         every += rows

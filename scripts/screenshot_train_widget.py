@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from napari_brats_kd._napari._settings import CONFIG_DIR_ENV
-    from napari_brats_kd.models import shipped_models
+    from napari_brats_kd.models.registry import shipped_models
     from napari_brats_kd.phantom import write_phantom_dataset
 
     teacher = args.teacher

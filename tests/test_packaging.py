@@ -93,6 +93,12 @@ def test_wheel_ships_manifest_and_assets(tmp_path: Path) -> None:
         assert any(n.startswith("napari_brats_kd/assets/") for n in names), (
             "phantom anatomy missing"
         )
+        shipped = {
+            f"napari_brats_kd/weights/{n}" for n in ("index.json", "student.md", "teacher.md")
+        }
+        shipped |= {"napari_brats_kd/weights/student.safetensors"}
+        shipped |= {"napari_brats_kd/weights/teacher.safetensors"}
+        assert shipped <= names, "shipped weights or model cards missing from the wheel"
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "napari_brats_kd:napari.yaml" in zf.read(entry_points).decode()
     target = tmp_path / "site"

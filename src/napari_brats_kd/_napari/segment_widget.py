@@ -273,7 +273,7 @@ class SegmentWidget(Container):
         else:
             self._required = tuple(config.modalities)
             needs = ", ".join(MODALITY_NAMES[m] for m in config.modalities)
-            text = f"{config.description or config.display_name}. Needs {needs}."
+            text = f"{(config.description or config.display_name).rstrip('.')}. Needs {needs}."
             self.model_info.value = text
             self.model_info.tooltip = text
         for modality, picker in self.modality_pickers.items():

@@ -633,7 +633,7 @@ class TrainWidget(Container):
             return
         needs = ", ".join(MODALITY_NAMES[m] for m in config.modalities)
         self.model_info.value = _wrap(
-            f"{config.description or config.display_name}. Takes {needs}."
+            f"{(config.description or config.display_name).rstrip('.')}. Takes {needs}."
         )
 
     def _on_load_clicked(self, *_: Any) -> None:
