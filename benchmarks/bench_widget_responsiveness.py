@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from bench_inference import cpu_name  # noqa: E402
+
 RESULTS = ROOT / "results" / "widget_responsiveness.md"
 
 #: A tiny SegResNet teacher (stride 8), as in the widget's GUI tests.
@@ -58,16 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=RESULTS, help="markdown file to write")
     return p.parse_args(argv)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_data(root: Path, args: argparse.Namespace) -> tuple[Path, Path]:
@@ -292,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             + " ".join(argv if argv is not None else sys.argv[1:])
             + "`.",
             "",
-            f"Machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()}, "
+            f"Machine: {cpu_name()}, {os.cpu_count()} logical cores, {platform.system()}, "
             f"Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads).",
             f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; "
