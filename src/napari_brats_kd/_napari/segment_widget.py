@@ -64,6 +64,12 @@ def ask_model_path(parent: Any, bundle: bool) -> str | None:
     return path or None
 
 
+def model_summary(config: Any, verb: str) -> str:
+    """``"<description>. <verb> T1c, FLAIR."``: a model's one-line description for a widget."""
+    needs = ", ".join(MODALITY_NAMES[m] for m in config.modalities)
+    return f"{(config.description or config.display_name).rstrip('.')}. {verb} {needs}."
+
+
 def available_devices() -> list[str]:
     """``"auto"``, ``"cpu"`` and the accelerators torch can use on this machine."""
     import torch
@@ -272,8 +278,7 @@ class SegmentWidget(Container):
             self.model_info.tooltip = str(exc)
         else:
             self._required = tuple(config.modalities)
-            needs = ", ".join(MODALITY_NAMES[m] for m in config.modalities)
-            text = f"{(config.description or config.display_name).rstrip('.')}. Needs {needs}."
+            text = model_summary(config, "Needs")
             self.model_info.value = text
             self.model_info.tooltip = text
         for modality, picker in self.modality_pickers.items():

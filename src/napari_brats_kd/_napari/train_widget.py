@@ -53,7 +53,7 @@ from ..labels import BUNDLE_MODALITY_ORDER, MODALITIES, MODALITY_NAMES, REPORT_R
 from ._plot import TrainingPlot
 from ._settings import load_settings, save_settings
 from ._workers import FrozenHeap, Task, notify_error, start_task
-from .segment_widget import ask_model_path, available_devices
+from .segment_widget import ask_model_path, available_devices, model_summary
 
 if TYPE_CHECKING:
     import napari
@@ -631,10 +631,7 @@ class TrainWidget(Container):
         except BratsKDError as exc:
             self.model_info.value = _wrap(str(exc))
             return
-        needs = ", ".join(MODALITY_NAMES[m] for m in config.modalities)
-        self.model_info.value = _wrap(
-            f"{(config.description or config.display_name).rstrip('.')}. Takes {needs}."
-        )
+        self.model_info.value = _wrap(model_summary(config, "Takes"))
 
     def _on_load_clicked(self, *_: Any) -> None:
         path = ask_model_path(self.native, bundle=False)
