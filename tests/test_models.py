@@ -94,6 +94,22 @@ def test_student_is_at_least_ten_times_smaller(preset):
     assert teacher / student >= 10
 
 
+@pytest.mark.parametrize("preset", sorted(STUDENT_PRESETS))
+def test_student_presets_never_normalise_a_channel_on_its_own(preset):
+    # One channel per GroupNorm group is an instance norm; at 8 filters it kept the student's TC
+    # and ET outputs just below p = 0.5, so their label maps stayed empty.
+    model = build_model(student_config(preset=preset))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 2 for m in norms)
+
+
+def test_student_checkpoints_from_before_num_groups_build_as_trained():
+    cfg = student_config()
+    del cfg.arch_args["num_groups"]  # what a checkpoint saved before the argument holds
+    model = build_model(cfg)
+    assert {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+
+
 def test_subset_modality_student_runs_at_full_resolution():
     loaded = tiny_student(("t1c", "flair"))
     assert loaded.config.in_channels == 2
