@@ -174,6 +174,25 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path
     assert len(rows) == 2
 
 
+def test_resume_with_more_epochs_stretches_the_lr_schedule(data_dir, tmp_path) -> None:
+    from napari_brats_kd.training.engine import lr_lambda
+
+    def record(into: dict[int, float]):
+        return lambda e: into.update({e["step"]: e["lr"]}) if e["type"] == "step" else None
+
+    run = tmp_path / "run"
+    cfg = _teacher_cfg(data_dir, run, "epochs=2", "steps_per_epoch=2", "val_every=5")
+    first: dict[int, float] = {}
+    more: dict[int, float] = {}
+    train_teacher(cfg, on_event=record(first))
+    resume_run(run, ["epochs=4"], on_event=record(more))
+    # What resume_run documents: the remaining steps follow the 8-step schedule from step 5 on,
+    # so the learning rate climbs back up from where the finished 4-step schedule left it.
+    schedule = (cfg.schedule, cfg.min_lr_factor)
+    assert more == pytest.approx({g: cfg.lr * lr_lambda(g, 8, 0, *schedule) for g in range(5, 9)})
+    assert more[5] > first[4]
+
+
 def test_stop_during_validation_skips_the_rest_and_keeps_a_checkpoint(data_dir, tmp_path) -> None:
     run = tmp_path / "run"
     cfg = _teacher_cfg(data_dir, run, "val_fraction=0.67")  # 1 training case, 2 validation cases

@@ -240,7 +240,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="RUN",
-        help="continue the run in folder RUN (its config.yaml; other options override it)",
+        help="continue the run in folder RUN (its config.yaml; other options override it; more "
+        "--epochs stretch the learning-rate schedule to the new length)",
     )
     p.add_argument(
         "--set",

@@ -1026,7 +1026,11 @@ def resume_run(
 ) -> TrainResult:
     """Continue a stopped or crashed run from its folder (``config.yaml`` + ``last_state.pt``).
 
-    ``overrides`` may change settings such as ``epochs`` (to train longer).
+    ``overrides`` may change settings such as ``epochs`` (to train longer). The learning-rate
+    schedule is a function of the step and the *current* ``epochs``, so raising ``epochs`` stretches
+    it: the run goes on as if it had been planned that long, and a finished cosine schedule climbs
+    back to the longer schedule's value at this step (a warm restart). To go on at a low learning
+    rate instead, start a new run from the checkpoint (``init_from``) with a smaller ``lr``.
     """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
