@@ -95,19 +95,27 @@ def test_student_is_at_least_ten_times_smaller(preset):
 
 
 @pytest.mark.parametrize("preset", sorted(STUDENT_PRESETS))
-def test_student_presets_never_normalise_a_channel_on_its_own(preset):
-    # One channel per GroupNorm group is an instance norm; at 8 filters it kept the student's TC
-    # and ET outputs just below p = 0.5, so their label maps stayed empty.
+def test_student_presets_use_leaky_activations_and_grouped_norms(preset):
+    # With ReLU the 8-filter student's head went dead inside the tumour core (all its features
+    # zero there), so TC and ET stayed empty; one channel per norm group is an instance norm.
     model = build_model(student_config(preset=preset))
+    kinds = {type(m) for m in model.modules()}
+    assert torch.nn.LeakyReLU in kinds and torch.nn.ReLU not in kinds
     norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(m.num_channels // m.num_groups >= 2 for m in norms)
+    # An untrained student calls about 1 % of voxels tumour, not half of them.
+    with torch.inference_mode():
+        p = torch.sigmoid(model.eval()(torch.randn(1, 4, 32, 32, 32)))
+    assert 0.001 < float(p.mean()) < 0.05
 
 
-def test_student_checkpoints_from_before_num_groups_build_as_trained():
+def test_student_checkpoints_from_before_these_options_build_as_trained():
     cfg = student_config()
-    del cfg.arch_args["num_groups"]  # what a checkpoint saved before the argument holds
+    for key in ("num_groups", "negative_slope", "head_prior"):  # not in older checkpoints
+        del cfg.arch_args[key]
     model = build_model(cfg)
     assert {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in model.modules())
 
 
 def test_subset_modality_student_runs_at_full_resolution():
