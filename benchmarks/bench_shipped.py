@@ -1,4 +1,4 @@
-"""Results table of the shipped models: teacher vs distilled student vs the same student without KD.
+"""Results table of the shipped models: teacher, distilled student, and the training comparisons.
 
 Reads the run folder written by ``scripts/train_shipped_models.sh`` (checkpoints, run logs and the
 per-case ``scores_<model>_<site>.csv`` of held-out phantoms, made there with ``brats-kd segment``
@@ -8,7 +8,9 @@ through :func:`bench_inference.run_in_subprocess`.
 
 Columns: parameters, GFLOPs per forward (on the brain crop of the timed case), CPU seconds per
 case (median), peak RSS, training time, and Dice / HD95 for WT, TC and ET over every held-out
-case of every site.
+case of every site. Rows: the teacher, the shipped (distilled) student, the same student without
+KD and a T1c + FLAIR student (cross-modal); a second table compares, on held-out site B, students
+distilled on sites A and C with and without unlabelled site-B scans (domain adaptation).
 
 Usage::
 
@@ -36,10 +38,17 @@ REGIONS = ("WT", "TC", "ET")
 #: Rows: checkpoint stem in the run folder -> (label, what it is). Missing checkpoints are skipped.
 MODELS = {
     "teacher": ("teacher", "segresnet-halfres (the bundle SegResNet at half resolution)"),
-    "student_lr1": ("student, KD, lr 1e-3", "student-small, KL + soft Dice to the teacher"),
-    "student": ("student, KD, lr 2e-3", "student-small, KL + soft Dice to the teacher"),
-    "student_kl": ("student, KD (KL only)", "student-small, KL alone"),
-    "student_nokd": ("student, no KD, lr 2e-3", "student-small, labels only, same steps"),
+    "student": ("student, KD", "student-small, KL + soft Dice to the teacher"),
+    "student_nokd": ("student, no KD", "student-small, labels only, same steps"),
+    "student_t1cflair": (
+        "student T1c+FLAIR, KD",
+        "student-small on T1c + FLAIR only (cross-modal)",
+    ),
+}
+#: Domain adaptation rows, scored on held-out site B only: stem -> label.
+ADAPTATION = {
+    "student_AC": "distilled on labelled sites A + C (not adapted)",
+    "student_AC_adaptB": "the same + unlabelled site-B scans (adapted)",
 }
 
 
@@ -97,8 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         if not ckpt.is_file():
             print(f"{label}: {ckpt} missing, skipped", file=sys.stderr)
             continue
-        speed = run_in_subprocess(
-            label, tmp, args.runs, args.runs, args.threads, checkpoint=ckpt, backend="auto"
+        # The timed case holds four modalities in the teacher's order; a student on fewer inputs
+        # is the same network with a narrower first layer, so it is scored but not timed.
+        speed = (
+            run_in_subprocess(
+                label, tmp, args.runs, args.runs, args.threads, checkpoint=ckpt, backend="auto"
+            )
+            if "t1cflair" not in stem
+            else None
         )
         rows[label] = {
             "what": what,
@@ -113,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     n_cases = next((int(r["scores"]["n"]) for r in rows.values() if r["scores"]), 0)
     lines = [
-        "# Shipped models: teacher vs distilled student vs no-KD student",
+        "# Shipped models: teacher, distilled student, and the training comparisons",
         "",
         f"Written by `benchmarks/bench_shipped.py` on {time.strftime('%Y-%m-%d %H:%M')} UTC from "
         f"`{args.run}`. Speed: {source}, {'x'.join(map(str, image.shape[1:]))}, through "
@@ -149,6 +164,25 @@ def main(argv: list[str] | None = None) -> int:
         per_site = ", ".join(f"{k[5:]} {v:.3f}" for k, v in sc.items() if k.startswith("site_"))
         rel = f" ({sc['dice_mean'] / teacher:.0%} of the teacher)" if teacher and sc else ""
         lines.append(f"- {label}: {per_site}{rel}")
+    lines += [
+        "",
+        "Domain adaptation, on the 4 held-out site-B phantoms: students distilled from the same "
+        "teacher, with the same steps, on the labelled cases of sites A and C only, without and "
+        "with unlabelled site-B scans (teacher targets only).",
+        "",
+        "| student | Dice WT | Dice TC | Dice ET | mean Dice | HD95 WT | HD95 TC | HD95 ET |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stem, label in ADAPTATION.items():
+        sc = read_scores(args.run, stem)
+        if not sc:
+            print(f"{label}: no scores_{stem}_B.csv, skipped", file=sys.stderr)
+            continue
+        lines.append(
+            f"| {label} | {sc['dice_WT']:.3f} | {sc['dice_TC']:.3f} | {sc['dice_ET']:.3f} "
+            f"| {sc['dice_mean']:.3f} | {sc['hd95_WT']:.1f} | {sc['hd95_TC']:.1f} "
+            f"| {sc['hd95_ET']:.1f} |"
+        )
     lines.append("")
     text = "\n".join(lines)
     print(text)

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo models (src/napari_brats_kd/weights/) from scratch with the
 # project's own commands: phantoms -> `brats-kd train` (teacher) -> `brats-kd distill` (student,
-# KL + soft Dice to the teacher) and two baselines for the results table, the same student
-# distilled with the KL term alone and trained without a teacher -> `brats-kd evaluate` on
-# held-out phantom seeds of every site.
+# KL + soft Dice to the teacher) -> `brats-kd evaluate` on held-out phantom seeds of every site,
+# and the comparisons of the results table, each with the student's budget:
+#   student_nokd      the same student trained on labels alone (does KD help?);
+#   student_t1cflair  a T1c + FLAIR student distilled from the 4-modality teacher (cross-modal);
+#   student_AC, student_AC_adaptB
+#                     students distilled on labelled sites A and C only, the second also on
+#                     unlabelled site-B scans (teacher targets only): domain adaptation, scored
+#                     on held-out site B.
 #
-# Sized for a 2-core CPU in about an hour (the shipped models were made that way; see their model
-# cards). On a GPU, raise the epochs, e.g. TEACHER_EPOCHS=200 STUDENT_EPOCHS=150 DEVICE=cuda.
+# Sized for a 2-core CPU (the shipped models were made that way; see their model cards): about
+# 40 min for the teacher and 20-25 min per student. On a GPU, raise the epochs, e.g.
+# TEACHER_EPOCHS=200 STUDENT_EPOCHS=150 DEVICE=cuda.
 #
 #   bash scripts/train_shipped_models.sh            # writes runs/shipped/
 #   SHIP_DIR=/tmp/x TEACHER_EPOCHS=4 bash scripts/train_shipped_models.sh   # a quick smoke run
@@ -24,6 +30,7 @@ export PATH="$PWD/${VENV:-.venv}/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-2
 out=${SHIP_DIR:-runs/shipped}
 n_train=${N_TRAIN:-14}            # labelled cases per site (sites A, B and C)
 n_test=${N_TEST:-4}               # held-out cases per site
+n_unlabeled=${N_UNLABELED:-14}    # unlabelled site-B cases for domain adaptation
 teacher_epochs=${TEACHER_EPOCHS:-36}
 student_epochs=${STUDENT_EPOCHS:-20}
 steps=${STEPS_PER_EPOCH:-25}
@@ -47,6 +54,15 @@ if [ ! -f "$out/data/.complete" ]; then
     brats-kd phantom "$out/data/train" --n "$n_train" --seed $((i * 1000)) --site "$site"
     brats-kd phantom "$out/data/test_$site" --n "$n_test" --seed $((9000 + i * 100)) --site "$site"
   done
+  # Domain adaptation data: the labelled cases of sites A and C (links into train/), and site-B
+  # scans whose segmentations are deleted, so only the teacher can teach from them.
+  mkdir -p "$out/data/train_AC"
+  for case in "$out"/data/train/*/; do
+    case_id=$(basename "$case")
+    [[ $case_id == *_P01??? ]] || ln -sfn "../train/$case_id" "$out/data/train_AC/$case_id"
+  done
+  brats-kd phantom "$out/data/unlabeled_B" --n "$n_unlabeled" --seed 1500 --site B
+  find "$out/data/unlabeled_B" -name '*_seg.nii.gz' -delete
   touch "$out/data/.complete"
 fi
 
@@ -61,15 +77,18 @@ brats-kd train "$out/data/train" --out "$out/teacher.safetensors" --arch segresn
 student_common=(--student student-small --alpha "${ALPHA:-0.5}" --temperature "${TEMPERATURE:-2}"
                 --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5)
 
-# evaluate MODEL_STEM: segment every held-out site with the model and score it
+# evaluate MODEL_STEM [SITE...]: segment held-out sites (default all) with the model and score it
 evaluate() {
-  for site in A B C; do
-    if [ -f "$out/scores_${1}_$site.csv" ]; then continue; fi
-    log "evaluate $1 on held-out site $site"
-    brats-kd segment "$out/data/test_$site" -o "$out/pred/$1/$site" \
-      --model "$out/$1.safetensors" --device "$device"
-    brats-kd evaluate "$out/pred/$1/$site" "$out/data/test_$site" \
-      --csv "$out/scores_${1}_$site.csv"
+  local stem=$1 sites=(A B C)
+  shift
+  [ $# -eq 0 ] || sites=("$@")
+  for site in "${sites[@]}"; do
+    if [ -f "$out/scores_${stem}_$site.csv" ]; then continue; fi
+    log "evaluate $stem on held-out site $site"
+    brats-kd segment "$out/data/test_$site" -o "$out/pred/$stem/$site" \
+      --model "$out/$stem.safetensors" --device "$device"
+    brats-kd evaluate "$out/pred/$stem/$site" "$out/data/test_$site" \
+      --csv "$out/scores_${stem}_$site.csv"
   done
 }
 evaluate teacher
@@ -85,9 +104,21 @@ brats-kd train "$out/data/train" --out "$out/student_nokd.safetensors" \
   --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5 "${common[@]}"
 evaluate student_nokd
 
-stage student_kl "the same student distilled with the KL term alone (the textbook loss)" &&
+stage student_AC "domain adaptation, before: the student distilled on labelled sites A and C" &&
+brats-kd distill "$out/data/train_AC" --teacher "$out/teacher.safetensors" \
+  --out "$out/student_AC.safetensors" --set kd_dice_weight=1 "${student_common[@]}" "${common[@]}"
+evaluate student_AC B
+
+stage student_AC_adaptB "domain adaptation, after: the same, plus unlabelled site-B scans" &&
+brats-kd distill "$out/data/train_AC" --teacher "$out/teacher.safetensors" \
+  --out "$out/student_AC_adaptB.safetensors" --unlabeled "$out/data/unlabeled_B" \
+  --set kd_dice_weight=1 "${student_common[@]}" "${common[@]}"
+evaluate student_AC_adaptB B
+
+stage student_t1cflair "cross-modal: a T1c + FLAIR student distilled from the 4-modality teacher" &&
 brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
-  --out "$out/student_kl.safetensors" --set kd_dice_weight=0 "${student_common[@]}" "${common[@]}"
-evaluate student_kl
+  --out "$out/student_t1cflair.safetensors" --modalities t1c,flair --set kd_dice_weight=1 \
+  "${student_common[@]}" "${common[@]}"
+evaluate student_t1cflair
 
 log "done: models, run folders and per-case scores in $out/"
