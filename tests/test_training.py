@@ -193,6 +193,42 @@ def test_resume_with_more_epochs_stretches_the_lr_schedule(data_dir, tmp_path) -
     assert more[5] > first[4]
 
 
+def test_time_budget_ends_the_run_validated_with_the_lr_decayed(data_dir, tmp_path) -> None:
+    out = tmp_path / "timed.safetensors"
+    cfg = _teacher_cfg(
+        data_dir, tmp_path / "run", "epochs=50", "steps_per_epoch=3", "val_every=10",
+        "max_minutes=1e-5", f"out={out}",
+    )  # fmt: skip
+    events: list[dict] = []
+    result = train_teacher(cfg, on_event=events.append)
+    steps = [e for e in events if e["type"] == "step"]
+    # The first step spends the budget: the run ends there as if at its last epoch.
+    assert result.time_limit_reached and not result.stopped
+    assert len(steps) == 1 and result.epochs_done == 1
+    assert [e["epoch"] for e in events if e["type"] == "val"] == [1]
+    assert result.out == out and load_checkpoint(out).config.provenance["epochs"] == 1
+    # The schedule was paced by time: it ended with the budget, not after 150 steps.
+    assert steps[0]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_factor)
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["patches_per_s"]) > 0
+
+
+def test_generous_time_budget_changes_nothing(data_dir, tmp_path) -> None:
+    from napari_brats_kd.training.engine import lr_lambda
+
+    cfg = _teacher_cfg(
+        data_dir, tmp_path / "run", "epochs=2", "steps_per_epoch=2", "val_every=5",
+        "max_minutes=60",
+    )  # fmt: skip
+    lrs: dict[int, float] = {}
+    result = train_teacher(
+        cfg, on_event=lambda e: lrs.update({e["step"]: e["lr"]}) if e["type"] == "step" else None
+    )
+    assert not result.time_limit_reached and result.epochs_done == 2
+    schedule = (cfg.schedule, cfg.min_lr_factor)
+    assert lrs == pytest.approx({g: cfg.lr * lr_lambda(g, 4, 0, *schedule) for g in range(1, 5)})
+
+
 def test_stop_during_validation_skips_the_rest_and_keeps_a_checkpoint(data_dir, tmp_path) -> None:
     run = tmp_path / "run"
     cfg = _teacher_cfg(data_dir, run, "val_fraction=0.67")  # 1 training case, 2 validation cases
@@ -292,6 +328,9 @@ def test_bad_settings_are_named(data_dir, tmp_path) -> None:
         train_teacher(_teacher_cfg(data_dir, tmp_path / "r", "patch_size=[20,16,16]"))
     with pytest.raises(TrainingError, match="epochz"):
         load_config("teacher", ["epochz=3"])
+    with pytest.raises(TrainingError, match="max_minutes must be > 0"):
+        load_config("teacher", ["max_minutes=0"])
+    assert load_config("teacher", ["max_minutes=1e1"]).max_minutes == 10.0  # YAML 1.1 string
     # The shipped defaults load without a teacher; distilling without one is refused.
     defaults = load_config("distill", [f"data_dir={data_dir}"])
     assert defaults.teacher == "" and defaults.alpha == 0.5
@@ -313,3 +352,6 @@ def test_cli_train_runs_and_reports(data_dir, tmp_path, capsys) -> None:
     assert load_checkpoint(out).config.arch == "segresnet"
     assert "Best mean validation Dice" in capsys.readouterr().out
     assert main(["train", str(tmp_path / "nothing")]) == 2
+    capsys.readouterr()
+    assert main([*args, "--epochs", "5", "--max-minutes", "1e-5"]) == 0
+    assert "Time limit reached after 1 epoch(s)." in capsys.readouterr().out

@@ -228,6 +228,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML config file (default: the shipped one)")
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: <out>_run)")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="wall-time budget: the learning rate decays to fit it and the run ends (validated "
+        "and saved) after M minutes, or after --epochs if sooner",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="cases per step")
     p.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"))
     p.add_argument("--lr", type=float, default=None, help="learning rate")
@@ -260,6 +268,7 @@ def _training_overrides(args: argparse.Namespace, extra: dict) -> list[str]:
         "out": args.out,
         "run_dir": args.run_dir,
         "epochs": args.epochs,
+        "max_minutes": args.max_minutes,
         "batch_size": args.batch_size,
         "patch_size": list(args.patch_size) if args.patch_size else None,
         "lr": args.lr,
@@ -286,6 +295,8 @@ def _run_training(args: argparse.Namespace, kind: str, extra: dict) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 validates, saves and reports
     best = f"{result.best_metric:.4f} (epoch {result.best_epoch})" if result.best_epoch else "n/a"
+    if result.time_limit_reached:
+        print(f"Time limit reached after {result.epochs_done} epoch(s).")
     print(f"Run folder: {result.run_dir}")
     print(f"Best mean validation Dice: {best}")
     print(f"Checkpoint: {result.out or result.best_checkpoint or result.last_checkpoint}")

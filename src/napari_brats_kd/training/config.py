@@ -36,6 +36,9 @@ ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
     "swinunetr": ("swinViT.",),
 }
 
+#: Settings that are a number or ``None`` (their default gives no type to check against).
+_OPTIONAL_FLOATS = frozenset({"max_minutes"})
+
 
 @dataclass
 class ModelSpec:
@@ -91,6 +94,12 @@ class TrainConfig:
         layer (``conv_final``) always learns at the full rate.
     epochs, steps_per_epoch
         Training length. ``steps_per_epoch`` ``None`` = one pass over the training patches.
+    max_minutes
+        Wall-time budget of the loop in minutes, counted from the first step and including
+        validation (``None`` = none): for a fixed slot on a shared machine. The learning-rate
+        schedule follows whichever is further along, steps or time, so it has decayed when the
+        budget is spent; the run then ends as at its last epoch (final validation, checkpoints,
+        ``out``). ``epochs`` stays the upper bound. A resumed run counts the time already spent.
     batch_size, patch_size, samples_per_case, pos_fraction
         Patches: ``samples_per_case`` crops per case and pass, centred on tumour with probability
         ``pos_fraction`` (else on brain background).
@@ -132,6 +141,7 @@ class TrainConfig:
     pretrained_lr_factor: float = 1.0
     epochs: int = 100
     steps_per_epoch: int | None = None
+    max_minutes: float | None = None
     batch_size: int = 2
     patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])
     samples_per_case: int = 2
@@ -197,7 +207,8 @@ class TrainConfig:
                 data["model"] = ModelSpec(**model)
         for f in fields(cls):
             # YAML 1.1 reads "1e-4" (no dot) as a string: accept it for float settings.
-            if isinstance(f.default, float) and isinstance(data.get(f.name), str):
+            numeric = isinstance(f.default, float) or f.name in _OPTIONAL_FLOATS
+            if numeric and isinstance(data.get(f.name), str):
                 try:
                     data[f.name] = float(data[f.name])
                 except ValueError:
@@ -217,6 +228,7 @@ class TrainConfig:
         """Raise :class:`TrainingError` naming the first setting out of range."""
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
+            (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (len(self.patch_size) == 3 and min(self.patch_size) > 0, "patch_size needs 3 sizes"),
             (self.samples_per_case >= 1, "samples_per_case must be >= 1"),

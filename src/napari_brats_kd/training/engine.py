@@ -14,6 +14,8 @@ sliding_window_inference). What it guarantees:
   returns True the step (or case) finishes, the rest of validation is skipped, a checkpoint is
   written and the function returns a :class:`TrainResult` with ``stopped=True``. Resuming
   (``resume=True`` or :func:`resume_run`) restarts the interrupted epoch.
+- **Time budget**: ``max_minutes`` ends the run (normally: last validation, checkpoints) when the
+  time is spent, with the learning-rate schedule paced to end there too.
 - **Callbacks**: ``progress(done, total, message)`` per step, and ``on_event(event)`` with
   ``{"type": "start", "epochs", "start_epoch", "steps_per_epoch", "n_train", "n_val", "run_dir",
   "kind"}`` once before the first step (``start_epoch`` is 0-based: the epochs already done),
@@ -107,6 +109,9 @@ class TrainResult:
         Best mean validation Dice and its (1-based) epoch; NaN / 0 without validation.
     stopped
         Whether ``should_stop`` ended the run early.
+    time_limit_reached
+        Whether the run ended because its ``max_minutes`` budget was spent (a normal end: last
+        validation done, ``out`` written).
     history
         One dict per completed epoch (the rows of ``log.csv``).
     """
@@ -119,6 +124,7 @@ class TrainResult:
     best_metric: float = float("nan")
     best_epoch: int = 0
     stopped: bool = False
+    time_limit_reached: bool = False
     history: list[dict] = field(default_factory=list)
 
 
@@ -498,7 +504,7 @@ def _run_in_context(
     resume: bool,
 ) -> TrainResult:
     from monai.data import DataLoader
-    from torch.utils.data import ConcatDataset, DistributedSampler
+    from torch.utils.data import ConcatDataset, DistributedSampler, RandomSampler
 
     from ..models import build_model, network_stride
 
@@ -633,22 +639,26 @@ def _run_in_context(
             val_entries, LoadCased(needed, **loader_kw), None, cfg.cache, cache_dir / "val",
             cfg.num_workers,
         )  # fmt: skip
-    sampler = (
-        DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
-        if ctx.distributed
-        else None
-    )
+    if ctx.distributed:
+        sampler: Any = DistributedSampler(
+            train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed
+        )
+        steps = cfg.steps_per_epoch or max(1, len(sampler) // cfg.batch_size)
+    else:
+        # An epoch is one pass of the DataLoader: `steps` batches drawn from reshuffled passes over
+        # the cases. Worker processes then start once per epoch, not after every pass over a small
+        # dataset (with many workers, those restarts cost as much as the steps).
+        steps = cfg.steps_per_epoch or max(1, math.ceil(len(train_ds) / cfg.batch_size))
+        sampler = RandomSampler(train_ds, num_samples=steps * cfg.batch_size)
     loader = DataLoader(
         train_ds,
         batch_size=cfg.batch_size,
-        shuffle=sampler is None,
         sampler=sampler,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
         drop_last=ctx.distributed,
         persistent_workers=False,
     )
-    steps = cfg.steps_per_epoch or max(1, len(loader))
     total_steps = steps * cfg.epochs
     patches_per_step = cfg.batch_size * cfg.samples_per_case
 
@@ -657,9 +667,20 @@ def _run_in_context(
     groups = _param_groups(model, cfg, model_cfg.arch, pretrained)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_epochs * steps
+    # Under max_minutes the schedule runs on whichever is further along, steps or time, so that
+    # the learning rate has decayed when the budget ends the run. `clock` holds rank 0's training
+    # seconds (broadcast each step: DDP ranks must agree on the learning rate).
+    budget_s = cfg.max_minutes * 60.0 if cfg.max_minutes else None
+    clock = {"before": 0.0, "start": None, "elapsed": 0.0}
+
+    def schedule_step(s: int) -> int:
+        if budget_s is None:
+            return s
+        return max(s, int(total_steps * min(1.0, clock["elapsed"] / budget_s)))
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: lr_lambda(s, total_steps, warmup, cfg.schedule, cfg.min_lr_factor),
+        lambda s: lr_lambda(schedule_step(s), total_steps, warmup, cfg.schedule, cfg.min_lr_factor),
     )
     supervised = SupervisedLoss(cfg.dice_weight, cfg.bce_weight)
     loss_fn: nn.Module = (
@@ -680,6 +701,7 @@ def _run_in_context(
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
         best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         history = list(state["history"])
+        clock["before"] = clock["elapsed"] = float(state.get("train_seconds", 0.0))
         _set_rng_state(state["rng"])
     ddp_model = dd.wrap_model(model, ctx)
 
@@ -738,11 +760,12 @@ def _run_in_context(
             "best_metric": best_metric,
             "best_epoch": best_epoch,
             "history": history,
+            "train_seconds": clock["elapsed"],
             "rng": _rng_state(),
         }
         _atomic_torch_save(state, state_path)
 
-    def result(stopped: bool) -> TrainResult:
+    def result(stopped: bool, time_limit_reached: bool = False) -> TrainResult:
         best = run_dir / BEST_CKPT
         out = None
         if ctx.is_main and cfg.out and not stopped:
@@ -762,6 +785,7 @@ def _run_in_context(
             best_metric=best_metric if best_epoch else float("nan"),
             best_epoch=best_epoch,
             stopped=stopped,
+            time_limit_reached=time_limit_reached,
             history=history,
         )
 
@@ -779,16 +803,20 @@ def _run_in_context(
             "run_dir": str(run_dir),
             "kind": provenance["kind"],
         })  # fmt: skip
+    out_of_time = False
     for epoch in range(start_epoch, cfg.epochs):
         epoch_seed = cfg.seed + 1000 * epoch + ctx.rank
         _seed_everything(epoch_seed, cfg.deterministic)
         _seed_transforms(train_ds, epoch_seed)
-        if sampler is not None:
+        if ctx.distributed:
             sampler.set_epoch(epoch)
         ddp_model.train()
         batches = _cycle(loader)
         sums = {"loss": 0.0, "supervised": 0.0, "kd": 0.0}
         t0 = time.perf_counter()
+        if clock["start"] is None:
+            clock["start"] = t0
+        steps_done = 0
         for step in range(steps):
             try:
                 batch = next(batches)
@@ -810,6 +838,11 @@ def _run_in_context(
                     f"{list(cfg.patch_size)} on {device}: lower batch_size or patch_size. The last "
                     f"finished epoch's checkpoint in {run_dir} is intact (resume from it)."
                 ) from exc
+            steps_done += 1
+            if budget_s is not None:
+                elapsed = clock["before"] + time.perf_counter() - clock["start"]
+                clock["elapsed"] = dd.broadcast_float(elapsed, ctx)
+                out_of_time = clock["elapsed"] >= budget_s
             scheduler.step()
             global_step += 1
             for k in sums:
@@ -830,18 +863,21 @@ def _run_in_context(
                 return result(stopped=True)
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
                 save(epoch, metrics=last_metrics)
+            if out_of_time:
+                break  # the budget is spent: this epoch ends the run
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": global_step,
-            **{k: dd.mean_over_processes(v / steps, ctx) for k, v in sums.items()},
+            **{k: dd.mean_over_processes(v / steps_done, ctx) for k, v in sums.items()},
             "lr": optimizer.param_groups[-1]["lr"],
-            "patches_per_s": steps * patches_per_step * ctx.world_size / max(elapsed, 1e-9),
+            "patches_per_s": steps_done * patches_per_step * ctx.world_size / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
         }
         if emit is not None:
             emit({"type": "epoch", **row})
-        do_val = val_entries and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
+        last_epoch = out_of_time or epoch + 1 == cfg.epochs
+        do_val = val_entries and ((epoch + 1) % cfg.val_every == 0 or last_epoch)
         improved = 0.0
         if do_val:
             val_stopped = 0.0
@@ -901,6 +937,8 @@ def _run_in_context(
         if ctx.is_main:
             _write_log(history, run_dir / LOG_FILE)
         dd.barrier(ctx)
+        if out_of_time:
+            return result(stopped=False, time_limit_reached=True)
     return result(stopped=False)
 
 
