@@ -213,6 +213,34 @@ def test_time_budget_ends_the_run_validated_with_the_lr_decayed(data_dir, tmp_pa
     assert len(rows) == 1 and float(rows[0]["patches_per_s"]) > 0
 
 
+def test_validation_that_spends_the_budget_ends_the_run(data_dir, tmp_path, monkeypatch) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from napari_brats_kd.training import engine
+
+    # A clock that stands still except during validation, which takes "10 minutes".
+    now = [0.0]
+    real_validate = engine.validate
+
+    def slow_validate(*args, **kwargs):
+        now[0] += 600.0
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: now[0],
+                                                        strftime=time.strftime))  # fmt: skip
+    monkeypatch.setattr(engine, "validate", slow_validate)
+    cfg = _teacher_cfg(
+        data_dir, tmp_path / "run", "epochs=5", "steps_per_epoch=2", "val_every=1", "max_minutes=5"
+    )
+    events: list[dict] = []
+    result = train_teacher(cfg, on_event=events.append)
+    # The first epoch's validation spent the budget: no further step, no second validation.
+    assert result.time_limit_reached and result.epochs_done == 1
+    assert [e["type"] for e in events].count("step") == 2
+    assert [e["epoch"] for e in events if e["type"] == "val"] == [1]
+
+
 def test_generous_time_budget_changes_nothing(data_dir, tmp_path) -> None:
     from napari_brats_kd.training.engine import lr_lambda
 

@@ -678,6 +678,14 @@ def _run_in_context(
             return s
         return max(s, int(total_steps * min(1.0, clock["elapsed"] / budget_s)))
 
+    def budget_spent() -> bool:
+        """Update the clock; whether the time budget is spent (False without one)."""
+        if budget_s is None:
+            return False
+        elapsed = clock["before"] + time.perf_counter() - clock["start"]
+        clock["elapsed"] = dd.broadcast_float(elapsed, ctx)
+        return clock["elapsed"] >= budget_s
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_lambda(schedule_step(s), total_steps, warmup, cfg.schedule, cfg.min_lr_factor),
@@ -839,10 +847,7 @@ def _run_in_context(
                     f"finished epoch's checkpoint in {run_dir} is intact (resume from it)."
                 ) from exc
             steps_done += 1
-            if budget_s is not None:
-                elapsed = clock["before"] + time.perf_counter() - clock["start"]
-                clock["elapsed"] = dd.broadcast_float(elapsed, ctx)
-                out_of_time = clock["elapsed"] >= budget_s
+            out_of_time = budget_spent()
             scheduler.step()
             global_step += 1
             for k in sums:
@@ -919,6 +924,9 @@ def _run_in_context(
                     improved = 1.0
             improved = dd.broadcast_float(improved, ctx)
             ddp_model.train()
+            # A validation that spends the budget ends the run here, already validated, rather
+            # than after one more step and a second validation.
+            out_of_time = out_of_time or budget_spent()
         history.append(row)
         if writer is not None:
             for k, v in row.items():
