@@ -10,12 +10,20 @@
 #                     unlabelled site-B scans (teacher targets only): domain adaptation, scored
 #                     on held-out site B.
 #
-# Sized for a 2-core CPU (the shipped models were made that way; see their model cards): about
-# 40 min for the teacher and 20-25 min per student. On a GPU, raise the epochs, e.g.
-# TEACHER_EPOCHS=200 STUDENT_EPOCHS=150 DEVICE=cuda.
+# Sized for a 2-core CPU by default: about 40 min for the teacher and 20-25 min per student. On
+# a GPU machine, give more workers and steps, or a time budget (the learning rate is paced to it),
+# e.g. DEVICE=cuda JOBS=16 NUM_WORKERS=14 TEACHER_ARCH=segresnet TEACHER_PATCH=128
+# TEACHER_MINUTES=4 STEPS_PER_EPOCH=100; the shipped models' cards say how they were made.
 #
 #   bash scripts/train_shipped_models.sh            # writes runs/shipped/
 #   SHIP_DIR=/tmp/x TEACHER_EPOCHS=4 bash scripts/train_shipped_models.sh   # a quick smoke run
+#   STAGES="student student_nokd" bash scripts/train_shipped_models.sh      # only these stages
+#
+# Settings (environment): SHIP_DIR, N_TRAIN, N_TEST, N_UNLABELED (phantoms), TEACHER_ARCH,
+# TEACHER_PATCH, TEACHER_EPOCHS, TEACHER_MINUTES, STUDENT_EPOCHS, STUDENT_MINUTES,
+# STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, STAGES (default all: teacher student
+# student_nokd student_AC student_AC_adaptB student_t1cflair) and JOBS (processes for phantoms and
+# per-site evaluation).
 #
 # A stage whose model already exists is skipped, so an interrupted run continues where it stopped
 # (delete a model to redo its stage).
@@ -31,17 +39,43 @@ out=${SHIP_DIR:-runs/shipped}
 n_train=${N_TRAIN:-14}            # labelled cases per site (sites A, B and C)
 n_test=${N_TEST:-4}               # held-out cases per site
 n_unlabeled=${N_UNLABELED:-14}    # unlabelled site-B cases for domain adaptation
+teacher_arch=${TEACHER_ARCH:-segresnet-halfres}
+teacher_patch=${TEACHER_PATCH:-96}
 teacher_epochs=${TEACHER_EPOCHS:-36}
 student_epochs=${STUDENT_EPOCHS:-20}
 steps=${STEPS_PER_EPOCH:-25}
 device=${DEVICE:-cpu}
 workers=${NUM_WORKERS:-1}
+jobs=${JOBS:-1}
+stages=" ${STAGES:-all} "
+teacher_budget=() student_budget=()
+[ -z "${TEACHER_MINUTES:-}" ] || teacher_budget=(--max-minutes "$TEACHER_MINUTES")
+[ -z "${STUDENT_MINUTES:-}" ] || student_budget=(--max-minutes "$STUDENT_MINUTES")
 mkdir -p "$out"
 log() { echo "==> $(date -u +%H:%M:%S) $*"; }
-# stage MODEL_STEM MESSAGE: false (skip) when the stage's model exists already
+wanted() { [[ $stages == *" all "* || $stages == *" $1 "* ]]; }
+# stage MODEL_STEM MESSAGE: false (skip) when the stage is not wanted or its model exists already
 stage() {
+  wanted "$1" || return 1
   if [ -f "$out/$1.safetensors" ]; then log "$2: $out/$1.safetensors exists, skipped"; return 1; fi
   log "$2"
+}
+# wait_all PID...: wait for background jobs, failing if any failed
+wait_all() {
+  local pid status=0
+  for pid in "$@"; do wait "$pid" || status=1; done
+  return $status
+}
+# phantoms DIR N SEED SITE: N labelled cases, seeds SEED.., in up to $jobs parallel processes
+phantoms() {
+  local dir=$1 n=$2 seed=$3 site=$4 size i pids=()
+  size=$(((n + jobs - 1) / jobs))
+  for ((i = 0; i < n; i += size)); do
+    brats-kd phantom "$dir" --n $((n - i < size ? n - i : size)) --seed $((seed + i)) \
+      --site "$site" >>"$out/phantoms.log" 2>&1 &
+    pids+=($!)
+  done
+  wait_all "${pids[@]}"
 }
 
 # Seeds: training cases 0.., 1000.., 2000.. (site A, B, C); held-out test cases from 9000 on,
@@ -51,8 +85,8 @@ if [ ! -f "$out/data/.complete" ]; then
   log "phantoms: $n_train labelled cases per site (A, B, C), $n_test held-out per site, 1 mm"
   for i in 0 1 2; do
     site=$(echo A B C | cut -d' ' -f$((i + 1)))
-    brats-kd phantom "$out/data/train" --n "$n_train" --seed $((i * 1000)) --site "$site"
-    brats-kd phantom "$out/data/test_$site" --n "$n_test" --seed $((9000 + i * 100)) --site "$site"
+    phantoms "$out/data/train" "$n_train" $((i * 1000)) "$site"
+    phantoms "$out/data/test_$site" "$n_test" $((9000 + i * 100)) "$site"
   done
   # Domain adaptation data: the labelled cases of sites A and C (links into train/), and site-B
   # scans whose segmentations are deleted, so only the teacher can teach from them.
@@ -61,35 +95,43 @@ if [ ! -f "$out/data/.complete" ]; then
     case_id=$(basename "$case")
     [[ $case_id == *_P01??? ]] || ln -sfn "../train/$case_id" "$out/data/train_AC/$case_id"
   done
-  brats-kd phantom "$out/data/unlabeled_B" --n "$n_unlabeled" --seed 1500 --site B
+  phantoms "$out/data/unlabeled_B" "$n_unlabeled" 1500 B
   find "$out/data/unlabeled_B" -name '*_seg.nii.gz' -delete
   touch "$out/data/.complete"
 fi
 
-common=(--patch-size 96 96 96 --batch-size 2 --num-workers "$workers" --device "$device"
+common=(--batch-size 2 --num-workers "$workers" --device "$device"
         --seed 0 --set steps_per_epoch="$steps" --set val_fraction=0.12
         --set val_roi_size=[192,192,160] --set cache=memory)
 
-stage teacher "teacher: the bundle SegResNet at half resolution, $teacher_epochs epochs x $steps steps" &&
-brats-kd train "$out/data/train" --out "$out/teacher.safetensors" --arch segresnet-halfres \
-  --epochs "$teacher_epochs" --lr 1e-3 --augment light --set val_every=4 "${common[@]}"
+stage teacher "teacher: $teacher_arch, patches of $teacher_patch^3, $teacher_epochs epochs x $steps steps ${teacher_budget[*]}" &&
+brats-kd train "$out/data/train" --out "$out/teacher.safetensors" --arch "$teacher_arch" \
+  --patch-size "$teacher_patch" "$teacher_patch" "$teacher_patch" \
+  --epochs "$teacher_epochs" "${teacher_budget[@]}" --lr 1e-3 --augment light --set val_every=4 \
+  "${common[@]}"
 
+common+=(--patch-size 96 96 96 "${student_budget[@]}")
 student_common=(--student student-small --alpha "${ALPHA:-0.5}" --temperature "${TEMPERATURE:-2}"
                 --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5)
 
 # evaluate MODEL_STEM [SITE...]: segment held-out sites (default all) with the model and score it
+# (the sites $jobs at a time)
 evaluate() {
-  local stem=$1 sites=(A B C)
+  local stem=$1 sites=(A B C) pids=()
   shift
   [ $# -eq 0 ] || sites=("$@")
+  wanted "$stem" && [ -f "$out/$stem.safetensors" ] || return 0
   for site in "${sites[@]}"; do
     if [ -f "$out/scores_${stem}_$site.csv" ]; then continue; fi
     log "evaluate $stem on held-out site $site"
-    brats-kd segment "$out/data/test_$site" -o "$out/pred/$stem/$site" \
-      --model "$out/$stem.safetensors" --device "$device"
-    brats-kd evaluate "$out/pred/$stem/$site" "$out/data/test_$site" \
-      --csv "$out/scores_${stem}_$site.csv"
+    (brats-kd segment "$out/data/test_$site" -o "$out/pred/$stem/$site" \
+       --model "$out/$stem.safetensors" --device "$device" &&
+     brats-kd evaluate "$out/pred/$stem/$site" "$out/data/test_$site" \
+       --csv "$out/scores_${stem}_$site.csv") &
+    pids+=($!)
+    [ "${#pids[@]}" -lt "$jobs" ] || { wait_all "${pids[@]}"; pids=(); }
   done
+  wait_all "${pids[@]}"
 }
 evaluate teacher
 
