@@ -37,7 +37,7 @@ RESULTS = HERE / "results" / "shipped_models.md"
 REGIONS = ("WT", "TC", "ET")
 #: Rows: checkpoint stem in the run folder -> (label, what it is). Missing checkpoints are skipped.
 MODELS = {
-    "teacher": ("teacher", "segresnet-halfres (the bundle SegResNet at half resolution)"),
+    "teacher": ("teacher", ""),  # described from its checkpoint (see `network`)
     "student": ("student, KD", "student-small, KL + soft Dice to the teacher"),
     "student_nokd": ("student, no KD", "student-small, labels only, same steps"),
     "student_t1cflair": (
@@ -76,6 +76,23 @@ def read_scores(run: Path, stem: str) -> dict[str, float]:
     return out
 
 
+def network(ckpt: Path) -> str:
+    """What a teacher checkpoint is: architecture, and whether it runs at half resolution."""
+    from napari_brats_kd.models import load_checkpoint
+
+    cfg = load_checkpoint(ckpt).config
+    half = " at half resolution" if cfg.arch_args.get("downsample", 1) > 1 else ""
+    return f"`{cfg.arch}`{half}"
+
+
+def trained_on(ckpt: Path) -> str:
+    """``GPU`` or ``CPU``: where the checkpoint was trained (its provenance)."""
+    from napari_brats_kd.models import load_checkpoint
+
+    device = str(load_checkpoint(ckpt).config.provenance.get("device", "cpu"))
+    return "GPU" if device.startswith("cuda") else "CPU"
+
+
 def train_seconds(run: Path, stem: str) -> float | None:
     """Sum of epoch times in ``<stem>_run/log.csv`` (the CLI's default run folder)."""
     log = run / f"{stem}_run" / "log.csv"
@@ -93,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--shipped", default="student", help="stem of the student that ships")
+    parser.add_argument("--note", default="", help="a remark on the run, printed under the title")
     args = parser.parse_args(argv)
 
     image, source = load_case_array(args.case)
@@ -116,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             else None
         )
         rows[label] = {
-            "what": what,
+            "what": what or network(ckpt),
+            "on": trained_on(ckpt),
             "speed": speed or {},
             "scores": read_scores(args.run, stem),
             "train_s": train_seconds(args.run, stem),
@@ -134,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         f"`{args.run}`. Speed: {source}, {'x'.join(map(str, image.shape[1:]))}, through "
         f"`segment()` (default back end), {args.threads} threads, {cpu_name()}, "
         f"{os.cpu_count()} logical CPUs, torch {torch.__version__}; median of {args.runs} calls "
-        "after a warm-up, each model in its own process. No GPU was lent to the session that "
-        f"made this table. Quality: {n_cases} held-out phantom cases (sites A, B, C), 1 mm, "
-        "scored with `brats-kd evaluate`; HD95 in mm.",
+        "after a warm-up, each model in its own process. Training minutes (steps, without "
+        "validation) from the run logs, on the device the checkpoint records. Quality: "
+        f"{n_cases} held-out phantom cases (sites A, B, C), 1 mm, scored with `brats-kd "
+        "evaluate`; HD95 in mm.",
+        *(["", args.note] if args.note else []),
         "",
         "| model | what | params | file MB | GFLOPs | CPU s/case | peak RSS MB | train min "
         "| Dice WT | Dice TC | Dice ET | mean Dice | HD95 WT | HD95 TC | HD95 ET |",
@@ -148,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         def f(key: str, fmt: str = ".3f", d: dict = sc) -> str:
             return format(d[key], fmt) if key in d else "-"
 
-        train = f"{r['train_s'] / 60:.0f}" if r["train_s"] else "-"
+        train = f"{r['train_s'] / 60:.1f} ({r['on']})" if r["train_s"] else "-"
         params = f"{sp['parameters'] / 1e6:.2f} M" if "parameters" in sp else "-"
         lines.append(
             f"| {label} | {r['what']} | {params} | {r['size_mb']:.1f} | {f('gflops', '.0f', sp)} "
@@ -164,25 +185,32 @@ def main(argv: list[str] | None = None) -> int:
         per_site = ", ".join(f"{k[5:]} {v:.3f}" for k, v in sc.items() if k.startswith("site_"))
         rel = f" ({sc['dice_mean'] / teacher:.0%} of the teacher)" if teacher and sc else ""
         lines.append(f"- {label}: {per_site}{rel}")
+    adaptation = []
+    for stem, label in ADAPTATION.items():
+        sc = read_scores(args.run, stem)
+        if not sc:
+            print(f"{label}: no scores_{stem}_B.csv, skipped", file=sys.stderr)
+            continue
+        adaptation.append(
+            f"| {label} | {sc['dice_WT']:.3f} | {sc['dice_TC']:.3f} | {sc['dice_ET']:.3f} "
+            f"| {sc['dice_mean']:.3f} | {sc['hd95_WT']:.1f} | {sc['hd95_TC']:.1f} "
+            f"| {sc['hd95_ET']:.1f} |"
+        )
     lines += [
         "",
         "Domain adaptation, on the 4 held-out site-B phantoms: students distilled from the same "
         "teacher, with the same steps, on the labelled cases of sites A and C only, without and "
         "with unlabelled site-B scans (teacher targets only).",
         "",
-        "| student | Dice WT | Dice TC | Dice ET | mean Dice | HD95 WT | HD95 TC | HD95 ET |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for stem, label in ADAPTATION.items():
-        sc = read_scores(args.run, stem)
-        if not sc:
-            print(f"{label}: no scores_{stem}_B.csv, skipped", file=sys.stderr)
-            continue
-        lines.append(
-            f"| {label} | {sc['dice_WT']:.3f} | {sc['dice_TC']:.3f} | {sc['dice_ET']:.3f} "
-            f"| {sc['dice_mean']:.3f} | {sc['hd95_WT']:.1f} | {sc['hd95_TC']:.1f} "
-            f"| {sc['hd95_ET']:.1f} |"
-        )
+    if adaptation:
+        lines += [
+            "| student | Dice WT | Dice TC | Dice ET | mean Dice | HD95 WT | HD95 TC | HD95 ET |",
+            "|---|---|---|---|---|---|---|---|",
+            *adaptation,
+        ]
+    else:
+        lines.append("Not part of this run (no `student_AC` / `student_AC_adaptB` scores).")
     lines.append("")
     text = "\n".join(lines)
     print(text)

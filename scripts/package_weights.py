@@ -44,13 +44,16 @@ SHIPPED = {
         None,
         "Student-small (0.44 M parameters, ~1 s per case on CPU)",
     ),
-    "teacher": (
-        "teacher",
-        "teacher",
-        torch.float16,
-        "Teacher: the bundle SegResNet at half resolution (4.7 M parameters)",
-    ),
+    "teacher": ("teacher", "teacher", torch.float16, None),  # None: described from its config
 }
+
+
+def describe_teacher(loaded) -> str:
+    """One line naming the teacher's network, e.g. "Teacher: the bundle SegResNet (4.7 M ...)"."""
+    c = loaded.config
+    name = "the bundle SegResNet" if c.arch == "segresnet" else f"`{c.arch}`"
+    half = " at half resolution" if c.arch_args.get("downsample", 1) > 1 else ""
+    return f"Teacher: {name}{half} ({count_parameters(loaded.model) / 1e6:.1f} M parameters)"
 
 
 def held_out(run: Path, stem: str) -> dict:
@@ -92,7 +95,9 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def model_card(name: str, role: str, loaded, run: Path, stem: str, metrics: dict) -> str:
+def model_card(
+    name: str, role: str, loaded, run: Path, stem: str, metrics: dict, hardware: str | None
+) -> str:
     run_dir = run / f"{stem}_run"
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     with (run_dir / "log.csv").open() as fh:
@@ -101,6 +106,20 @@ def model_card(name: str, role: str, loaded, run: Path, stem: str, metrics: dict
     split = json.loads((run_dir / "split.json").read_text())
     prov = loaded.config.provenance
     c = loaded.config
+    on_gpu = str(prov.get("device", "cpu")).startswith("cuda")
+    if hardware is None:
+        hardware = (
+            "a CUDA GPU (not named: pass --hardware)"
+            if on_gpu
+            else f"{_cpu_name()} ({torch.get_num_threads()} threads, no GPU)"
+        )
+    length = f"{cfg['epochs']} epochs x {cfg['steps_per_epoch']} steps"
+    if cfg.get("max_minutes"):
+        length = (
+            f"{log[-1]['step']} steps in {len(log)} epochs of up to {cfg['steps_per_epoch']} (a "
+            f"{cfg['max_minutes']:g}-minute budget, `max_minutes`, ended it; the learning rate was "
+            "paced to it)"
+        )
     lines = [
         f"# Model card: shipped `{name}` (napari-brats-kd)",
         "",
@@ -124,8 +143,7 @@ def model_card(name: str, role: str, loaded, run: Path, stem: str, metrics: dict
         "- Held-out test: 4 cases per site, seeds 9000+, 9100+, 9200+ (never seen in training).",
         "",
         "## Training",
-        f"- Command: `{prov.get('kind', 'train')}` run, {cfg['epochs']} epochs x "
-        f"{cfg['steps_per_epoch']} steps, batch {cfg['batch_size']} cases x "
+        f"- Command: `{prov.get('kind', 'train')}` run, {length}, batch {cfg['batch_size']} cases x "
         f"{cfg['samples_per_case']} patches of {'x'.join(map(str, cfg['patch_size']))}, lr "
         f"{cfg['lr']} ({cfg['schedule']}, {cfg['warmup_epochs']} warm-up epochs), augmentation "
         f"`{cfg['augment']['preset']}`, seed {cfg['seed']}.",
@@ -137,8 +155,7 @@ def model_card(name: str, role: str, loaded, run: Path, stem: str, metrics: dict
             "teacher: the shipped teacher."
         )
     lines += [
-        f"- Training time: {train_min:.0f} min on {_cpu_name()} ({torch.get_num_threads()} "
-        f"threads, no GPU: none was lent to the session that trained it), torch "
+        f"- Training time (steps, without validation): {train_min:.1f} min on {hardware}, torch "
         f"{prov.get('torch', torch.__version__)}; packaged at napari-brats-kd commit {_git_commit()}.",
         "",
         "## Held-out metrics (phantoms)",
@@ -160,9 +177,9 @@ def model_card(name: str, role: str, loaded, run: Path, stem: str, metrics: dict
         "- Trained only on synthetic phantoms built on one anatomy (MNI ICBM152): real scans "
         "differ in anatomy, contrast and tumour appearance. See the README section *Shipped "
         "models on the real cases* for what it does on two real BraTS cases.",
-        f"- Trained on 2 CPU cores in {train_min:.0f} min, a short budget; a GPU run with more "
-        "epochs should do better (`TEACHER_EPOCHS=200 STUDENT_EPOCHS=150 DEVICE=cuda bash "
-        "scripts/train_shipped_models.sh`).",
+        f"- Trained for {train_min:.0f} min, a short budget: longer runs (more epochs, or a larger "
+        "`TEACHER_MINUTES` / `STUDENT_MINUTES` in `scripts/train_shipped_models.sh`) should do "
+        "better.",
         "",
     ]
     return "\n".join(lines)
@@ -173,11 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="folder written by train_shipped_models.sh")
     parser.add_argument("--dest", type=Path, default=WEIGHTS_DIR)
     parser.add_argument(
+        "--hardware",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help="what a model was trained on, for its card (e.g. 'teacher=one NVIDIA H200'); "
+        "default: this machine's CPU",
+    )
+    parser.add_argument(
         "--student-stem",
         default="student",
         help="which student of the run folder ships (its checkpoint stem)",
     )
     args = parser.parse_args(argv)
+    hardware = dict(item.split("=", 1) for item in args.hardware)
     index_path = args.dest / INDEX_FILE.name
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     entries = [e for e in index.get("models", []) if e.get("name") not in SHIPPED]
@@ -187,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         metrics = held_out(args.run, stem)
         cfg = loaded.config
         cfg.name = name
-        cfg.description = f"{line}. {DISCLAIMER}"
+        cfg.description = f"{line or describe_teacher(loaded)}. {DISCLAIMER}"
         cfg.metrics = {"held_out_phantoms": metrics}
         out = save_checkpoint(
             args.dest / f"{name}.safetensors", loaded.model, cfg, sidecar=False, dtype=dtype
         )
         card = args.dest / f"{name}.md"
-        card.write_text(model_card(name, role, loaded, args.run, stem, metrics))
+        card.write_text(model_card(name, role, loaded, args.run, stem, metrics, hardware.get(name)))
         entries.append(
             {
                 "name": name,
