@@ -53,17 +53,24 @@ def test_the_package_stays_lean():
     assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in params)
 
 
-def test_shipped_student_segments_a_held_out_phantom():
-    case = make_phantom(9999, "A")  # a seed no shipped model was trained or tested on
-    result = segment(case, "student", device="cpu")
+@pytest.fixture(scope="module")
+def held_out_phantom():
+    return make_phantom(9999, "A")  # a seed no shipped model was trained or tested on
+
+
+# What the demo models do (their model cards): they find the whole tumour, the core and the
+# enhancing rim; on this case, when shipped, the student scored WT / TC / ET Dice of 0.90 / 0.93 /
+# 0.91 and the teacher 0.97 / 0.98 / 0.96. A regression to an empty map, an everywhere-tumour map or a model blind to TC / ET
+# (as the student was before its fix) fails here.
+@pytest.mark.parametrize(("role", "floor"), [("student", 0.7), ("teacher", 0.85)])
+def test_shipped_models_segment_a_held_out_phantom(held_out_phantom, role, floor):
+    case = held_out_phantom
+    result = segment(case, role, device="cpu")
     assert result.labels.shape == case.seg.data.shape
-    assert set(resolve_model("student").config.modalities) == set(MODALITIES)
+    assert set(resolve_model(role).config.modalities) == set(MODALITIES)
     scores = evaluate_labels(result.labels, case.seg.data, result.convention)
-    # What the demo student does (its model card): it finds the whole tumour, the core and the
-    # enhancing rim (0.91 / 0.97 / 0.92 on this case when shipped). A regression to an empty map,
-    # an everywhere-tumour map or a student blind to TC / ET (as before its fix) fails here.
     for region in ("WT", "TC", "ET"):
-        assert scores.dice[region] > 0.7, scores.dice
+        assert scores.dice[region] > floor, scores.dice
     assert 0.5 < result.volumes_ml["WT"] / float(np.count_nonzero(case.seg.data) / 1000) < 2
 
 
