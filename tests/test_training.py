@@ -160,7 +160,9 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path
     result = train_teacher(cfg, should_stop=lambda: len(steps) >= 3, on_event=on_event)
     assert result.stopped and result.epochs_done == 1
     assert load_checkpoint(result.last_checkpoint).model is not None
-    assert torch.load(run / "last_state.pt", weights_only=True)["epoch"] == 1
+    state = torch.load(run / "last_state.pt", weights_only=True)
+    # The training time so far is kept, so that a time budget set on resume counts it.
+    assert state["epoch"] == 1 and state["train_seconds"] > 0
     steps.clear()
     starts: list[dict] = []
     resumed = resume_run(

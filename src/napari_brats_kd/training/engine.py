@@ -679,10 +679,12 @@ def _run_in_context(
         return max(s, int(total_steps * min(1.0, clock["elapsed"] / budget_s)))
 
     def budget_spent() -> bool:
-        """Update the clock; whether the time budget is spent (False without one)."""
-        if budget_s is None:
-            return False
+        """Update the clock (kept in the state even without a budget, so that one set on resume
+        counts the time already spent); whether the time budget is spent."""
         elapsed = clock["before"] + time.perf_counter() - clock["start"]
+        if budget_s is None:
+            clock["elapsed"] = elapsed
+            return False
         clock["elapsed"] = dd.broadcast_float(elapsed, ctx)
         return clock["elapsed"] >= budget_s
 
@@ -926,7 +928,7 @@ def _run_in_context(
             ddp_model.train()
             # A validation that spends the budget ends the run here, already validated, rather
             # than after one more step and a second validation.
-            out_of_time = out_of_time or budget_spent()
+            out_of_time = budget_spent() or out_of_time
         history.append(row)
         if writer is not None:
             for k, v in row.items():
