@@ -77,12 +77,11 @@ def read_scores(run: Path, stem: str) -> dict[str, float]:
 
 
 def network(ckpt: Path) -> str:
-    """What a teacher checkpoint is: architecture, and whether it runs at half resolution."""
+    """What a teacher checkpoint is: its named architecture (e.g. ``segresnet-halfres``)."""
     from napari_brats_kd.models import load_checkpoint
 
     cfg = load_checkpoint(ckpt).config
-    half = " at half resolution" if cfg.arch_args.get("downsample", 1) > 1 else ""
-    return f"`{cfg.arch}`{half}"
+    return f"`{cfg.preset or cfg.arch}`"
 
 
 def trained_on(ckpt: Path) -> str:

@@ -49,11 +49,11 @@ SHIPPED = {
 
 
 def describe_teacher(loaded) -> str:
-    """One line naming the teacher's network, e.g. "Teacher: the bundle SegResNet (4.7 M ...)"."""
+    """One line naming the teacher's network, e.g. "Teacher: `segresnet` (4.7 M parameters)"."""
     c = loaded.config
-    name = "the bundle SegResNet" if c.arch == "segresnet" else f"`{c.arch}`"
-    half = " at half resolution" if c.arch_args.get("downsample", 1) > 1 else ""
-    return f"Teacher: {name}{half} ({count_parameters(loaded.model) / 1e6:.1f} M parameters)"
+    return (
+        f"Teacher: `{c.preset or c.arch}` ({count_parameters(loaded.model) / 1e6:.1f} M parameters)"
+    )
 
 
 def held_out(run: Path, stem: str) -> dict:

@@ -163,3 +163,15 @@ def test_backend_imports_no_qt():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_config_names_the_architecture_it_builds():
+    from napari_brats_kd.models.config import TEACHER_ARCHS
+
+    for arch in TEACHER_ARCHS:
+        assert teacher_config(arch=arch).preset == arch
+    for preset in STUDENT_PRESETS:
+        assert student_config(preset=preset).preset == preset
+    # Changed arguments match no named architecture.
+    assert teacher_config(arch="segresnet", init_filters=8).preset is None
+    assert student_config(preset="student-small", init_filters=16).preset is None

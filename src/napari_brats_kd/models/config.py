@@ -154,6 +154,18 @@ class ModelConfig:
         return len(self.regions)
 
     @property
+    def preset(self) -> str | None:
+        """The named architecture this config builds: a key of :data:`TEACHER_ARCHS` or
+        :data:`STUDENT_PRESETS` (e.g. ``"segresnet-halfres"``), or ``None`` if its arguments
+        match none."""
+        table = STUDENT_PRESETS if self.arch == "student" else TEACHER_ARCHS
+        for name, args in table.items():
+            base = "student" if self.arch == "student" else name.split("-")[0]
+            if base == self.arch and args == self.arch_args:
+                return name
+        return None
+
+    @property
     def display_name(self) -> str:
         """``name`` or, failing that, the architecture and modalities."""
         return self.name or f"{self.arch} ({'+'.join(self.modalities)})"
