@@ -490,7 +490,11 @@ def _run(
     cfg.validate()
     ctx = dd.init_distributed(cfg.device)
     try:
-        return _run_in_context(cfg, ctx, progress, should_stop, on_event, resume)
+        result = _run_in_context(cfg, ctx, progress, should_stop, on_event, resume)
+        # Every rank leaves together (rank 0 still writes `out` after the last epoch): a rank
+        # that destroys the group while a peer still works in it can abort.
+        dd.barrier(ctx)
+        return result
     finally:
         dd.cleanup(ctx)
 
