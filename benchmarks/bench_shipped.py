@@ -76,20 +76,14 @@ def read_scores(run: Path, stem: str) -> dict[str, float]:
     return out
 
 
-def network(ckpt: Path) -> str:
-    """What a teacher checkpoint is: its named architecture (e.g. ``segresnet-halfres``)."""
+def describe(ckpt: Path) -> tuple[str, str]:
+    """What a checkpoint is (its named architecture, e.g. ``segresnet-halfres``) and where it was
+    trained (``GPU`` or ``CPU``, from its provenance)."""
     from napari_brats_kd.models import load_checkpoint
 
     cfg = load_checkpoint(ckpt).config
-    return f"`{cfg.preset or cfg.arch}`"
-
-
-def trained_on(ckpt: Path) -> str:
-    """``GPU`` or ``CPU``: where the checkpoint was trained (its provenance)."""
-    from napari_brats_kd.models import load_checkpoint
-
-    device = str(load_checkpoint(ckpt).config.provenance.get("device", "cpu"))
-    return "GPU" if device.startswith("cuda") else "CPU"
+    device = str(cfg.provenance.get("device", "cpu"))
+    return f"`{cfg.preset or cfg.arch}`", "GPU" if device.startswith("cuda") else "CPU"
 
 
 def train_seconds(run: Path, stem: str) -> float | None:
@@ -132,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             if "t1cflair" not in stem
             else None
         )
+        network, trained_on = describe(ckpt)
         rows[label] = {
-            "what": what or network(ckpt),
-            "on": trained_on(ckpt),
+            "what": what or network,
+            "on": trained_on,
             "speed": speed or {},
             "scores": read_scores(args.run, stem),
             "train_s": train_seconds(args.run, stem),

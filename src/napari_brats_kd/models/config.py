@@ -30,6 +30,12 @@ BUNDLE_SEGRESNET_ARGS: dict[str, Any] = {
 #: Sliding-window ROI of the bundle (model orientation), the default for teachers.
 BUNDLE_ROI_SIZE: tuple[int, int, int] = (240, 240, 160)
 
+
+def _network_of(arch: str) -> str:
+    """The network a teacher architecture builds (``segresnet-halfres`` -> ``segresnet``)."""
+    return "segresnet" if arch.startswith("segresnet") else arch
+
+
 #: Default arguments of each teacher architecture.
 TEACHER_ARCHS: dict[str, dict[str, Any]] = {
     "segresnet": dict(BUNDLE_SEGRESNET_ARGS),
@@ -158,12 +164,11 @@ class ModelConfig:
         """The named architecture this config builds: a key of :data:`TEACHER_ARCHS` or
         :data:`STUDENT_PRESETS` (e.g. ``"segresnet-halfres"``), or ``None`` if its arguments
         match none."""
-        table = STUDENT_PRESETS if self.arch == "student" else TEACHER_ARCHS
-        for name, args in table.items():
-            base = "student" if self.arch == "student" else name.split("-")[0]
-            if base == self.arch and args == self.arch_args:
-                return name
-        return None
+        if self.arch == "student":
+            named = STUDENT_PRESETS.items()
+        else:
+            named = ((n, a) for n, a in TEACHER_ARCHS.items() if _network_of(n) == self.arch)
+        return next((name for name, args in named if args == self.arch_args), None)
 
     @property
     def display_name(self) -> str:
@@ -253,7 +258,7 @@ def teacher_config(
             f"Unknown teacher architecture {arch!r}: expected one of {', '.join(TEACHER_ARCHS)}."
         )
     args = {**TEACHER_ARCHS[arch], **arch_overrides}
-    base = "segresnet" if arch.startswith("segresnet") else arch
+    base = _network_of(arch)
     mods = canonical_modalities(modalities)
     return ModelConfig(
         arch=base,
