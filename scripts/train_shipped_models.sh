@@ -21,7 +21,7 @@
 #
 # Settings (environment): SHIP_DIR, N_TRAIN, N_TEST, N_UNLABELED (phantoms), TEACHER_ARCH,
 # TEACHER_PATCH, TEACHER_EPOCHS, TEACHER_MINUTES, STUDENT_EPOCHS, STUDENT_MINUTES,
-# STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, STAGES (default all: teacher student
+# STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, TEACHER_TARGETS, STAGES (default all: teacher student
 # student_nokd student_AC student_AC_adaptB student_t1cflair) and JOBS (processes for phantoms and
 # per-site evaluation).
 #
@@ -111,8 +111,11 @@ brats-kd train "$out/data/train" --out "$out/teacher.safetensors" --arch "$teach
   "${common[@]}"
 
 common+=(--patch-size 96 96 96 "${student_budget[@]}")
+# Teacher outputs: TEACHER_TARGETS=auto caches them on a CPU (once per case, shared by the
+# students through one cache folder) and runs the teacher on every patch on a GPU.
 student_common=(--student student-small --alpha "${ALPHA:-0.5}" --temperature "${TEMPERATURE:-2}"
-                --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5)
+                --epochs "$student_epochs" --lr 2e-3 --augment light --set val_every=5
+                --teacher-targets "${TEACHER_TARGETS:-auto}" --set cache_dir="$out/cache")
 
 # evaluate MODEL_STEM [SITE...]: segment held-out sites (default all) with the model and score it
 # (the sites $jobs at a time)

@@ -76,3 +76,27 @@ def test_config_from_dict_overrides_and_errors() -> None:
         AugmentConfig.from_preset("extreme")
     with pytest.raises(TrainingError, match="noise_probability"):
         AugmentConfig.from_dict({"noise_probability": 0.1})
+
+
+def test_cached_teacher_targets_move_with_the_image_and_skip_intensity_changes() -> None:
+    sample = _sample()
+    # Teacher logits that are a smooth function of position: a copy of a blurred image channel.
+    field = torch.from_numpy(np.asarray(sample["label"][1]) * 4.0 - 2.0)
+    sample["image"][0] = field
+    sample["teacher"] = field[None].repeat(3, 1, 1, 1).clone()
+    cfg = AugmentConfig.from_preset("none", flip_prob=1.0, affine_prob=1.0, rotate=0.3)
+    t = Compose(build_augmentation(cfg, target_keys=("teacher",)))
+    t.set_random_state(5)
+    out = t(dict(sample))
+    img, tgt = np.asarray(out["image"][0]), np.asarray(out["teacher"])
+    assert tgt.shape == (3, 24, 24, 16)
+    # Both resampled bilinearly with the same transform: equal wherever no padding came in
+    # (the image pads with 0, the targets repeat their edge, not logit 0 = "unsure").
+    inside = np.zeros_like(img, bool)
+    inside[6:18, 6:18, 4:12] = True
+    assert np.allclose(img[inside], tgt[1][inside], atol=1e-4)
+    assert not np.allclose(tgt, np.asarray(sample["teacher"]))  # it did move
+
+    cfg = AugmentConfig.from_preset("none", intensity_prob=1.0, noise_prob=1.0, gamma_prob=1.0)
+    out = Compose(build_augmentation(cfg, target_keys=("teacher",)))(dict(sample))
+    assert np.array_equal(np.asarray(out["teacher"]), np.asarray(sample["teacher"]))

@@ -109,3 +109,43 @@ def test_kd_dice_term_makes_a_missed_small_region_count() -> None:
     assert DistillationLoss(alpha=0.0, dice_weight=1.0)(t.clone(), t)["kd"].item() < 0.01
     with pytest.raises(ValueError):
         DistillationLoss(dice_weight=-1.0)
+
+
+def test_attention_transfer_compares_where_encoders_look_across_widths_and_grids() -> None:
+    from napari_brats_kd.training.losses import attention_transfer_loss
+
+    teacher = torch.randn(2, 32, 8, 8, 8)
+    # Same spatial attention up to scale and width: zero loss.
+    same = teacher.pow(2).mean(1, keepdim=True).sqrt().repeat(1, 8, 1, 1, 1) * 3.0
+    assert attention_transfer_loss([same], [teacher]).item() == pytest.approx(0.0, abs=1e-6)
+    # A half-resolution student map is upsampled to the teacher's grid.
+    student = torch.randn(2, 8, 4, 4, 4, requires_grad=True)
+    loss = attention_transfer_loss([student], [teacher.requires_grad_(True)])
+    assert 0.0 < loss.item() <= 4.0
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None  # the teacher is a constant
+
+
+def test_attention_transfer_hooks_record_training_passes_only() -> None:
+    from napari_brats_kd.errors import TrainingError
+    from napari_brats_kd.models import build_model, student_config, teacher_config
+    from napari_brats_kd.training.losses import AttentionTransfer
+
+    student = build_model(student_config(preset="student-tiny"))
+    teacher = build_model(teacher_config(arch="segresnet-halfres", init_filters=8)).eval()
+    at = AttentionTransfer(student, teacher)
+    assert at.n_stages == 3  # student-tiny has 3 encoder stages, the teacher 4: the first 3 pair
+    x = torch.randn(1, 4, 32, 32, 32)
+    student(x)  # outside recording (validation): nothing kept
+    with pytest.raises(RuntimeError, match="without recording"):
+        at()
+    with at.recording():
+        student(x)
+        with torch.no_grad():
+            teacher(x)
+    loss = at()
+    assert loss.item() > 0 and loss.requires_grad
+    at.remove()
+    with pytest.raises(TrainingError, match="SegResNet-family"):
+        AttentionTransfer(torch.nn.Conv3d(4, 3, 1), teacher)

@@ -281,17 +281,23 @@ def _training_overrides(args: argparse.Namespace, extra: dict) -> list[str]:
     return list(args.overrides) + [f"{k}={v}" for k, v in pairs.items() if v is not None]
 
 
+def _print_notes(event: dict) -> None:
+    """Print the engine's notes (steps before training, e.g. caching teacher outputs)."""
+    if event.get("type") == "note":
+        print(event["message"], file=sys.stderr, flush=True)
+
+
 def _run_training(args: argparse.Namespace, kind: str, extra: dict) -> int:
     from .training import distill, load_config, resume_run, train_teacher
 
     overrides = _training_overrides(args, extra)
     progress = _tqdm_progress(kind)
     if args.resume is not None:
-        result = resume_run(args.resume, overrides, progress=progress)
+        result = resume_run(args.resume, overrides, progress=progress, on_event=_print_notes)
     else:
         cfg = load_config(args.config, overrides, kind=kind)
         run = distill if kind == "distill" else train_teacher
-        result = run(cfg, progress=progress)
+        result = run(cfg, progress=progress, on_event=_print_notes)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 validates, saves and reports
     best = f"{result.best_metric:.4f} (epoch {result.best_epoch})" if result.best_epoch else "n/a"
@@ -368,6 +374,20 @@ def _add_distill(sub: argparse._SubParsersAction) -> Runner:
     p.add_argument("--unlabeled", type=Path, default=None, help="folder of unlabelled cases")
     p.add_argument("--alpha", type=float, default=None, help="weight of the label loss (0-1)")
     p.add_argument("--temperature", type=float, default=None, help="softening temperature T")
+    p.add_argument(
+        "--teacher-targets",
+        choices=("auto", "online", "cached"),
+        default=None,
+        help="run the teacher on every patch (online) or once per case, stored on disk "
+        "(cached: several times faster on a CPU); auto (default): cached on CPU, online on GPU",
+    )
+    p.add_argument(
+        "--attention-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="also match the teacher's encoder attention maps, with weight W (default 0: off)",
+    )
     return _run_distill
 
 
@@ -379,6 +399,8 @@ def _run_distill(args: argparse.Namespace) -> int:
         "unlabeled_dir": args.unlabeled,
         "alpha": args.alpha,
         "temperature": args.temperature,
+        "teacher_targets": args.teacher_targets,
+        "attention_weight": args.attention_weight,
     }
     return _run_training(args, "distill", extra)
 

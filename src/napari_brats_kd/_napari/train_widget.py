@@ -1078,6 +1078,13 @@ class TrainWidget(Container):
             self.plot.add_validation(int(event["epoch"]), event["dice"])
 
     def _on_error(self, exc: BaseException) -> None:
+        from ..errors import Cancelled
+
+        if isinstance(exc, Cancelled):  # stopped before the first step (e.g. while caching)
+            if not self._closed:
+                self.status.value = _wrap(f"Stopped. {exc}")
+            notify_error(exc, "Training")
+            return
         if not self._closed:
             kept = ""
             if self.last_run_dir is not None and (self.last_run_dir / "last.safetensors").is_file():

@@ -142,6 +142,7 @@ def build_augmentation(
     config: AugmentConfig,
     image_keys: Sequence[str] = ("image",),
     label_keys: Sequence[str] = ("label",),
+    target_keys: Sequence[str] = (),
 ) -> list:
     """MONAI dictionary transforms for ``config``, to append after patch sampling.
 
@@ -153,6 +154,10 @@ def build_augmentation(
         Keys of float images (interpolated bilinearly; intensity transforms apply).
     label_keys
         Keys of label / mask channels (nearest interpolation; intensity transforms skip them).
+    target_keys
+        Keys of cached teacher logits: moved by spatial transforms (bilinear, edge values
+        repeated where the patch is padded, not logit 0 = "unsure"), untouched by intensity
+        transforms.
 
     Returns
     -------
@@ -163,8 +168,10 @@ def build_augmentation(
 
     img = list(image_keys)
     lab = list(label_keys)
-    both = img + lab
-    modes = ["bilinear"] * len(img) + ["nearest"] * len(lab)
+    tgt = list(target_keys)
+    both = img + lab + tgt
+    modes = ["bilinear"] * len(img) + ["nearest"] * len(lab) + ["bilinear"] * len(tgt)
+    pads = ["zeros"] * (len(img) + len(lab)) + ["border"] * len(tgt)
     out: list = []
     c = config
     if c.flip_prob > 0:
@@ -177,7 +184,7 @@ def build_augmentation(
                 rotate_range=(c.rotate, c.rotate, c.rotate),
                 scale_range=(c.scale, c.scale, c.scale),
                 mode=modes,
-                padding_mode="zeros",
+                padding_mode=pads,
             )
         )
     if c.elastic_prob > 0:
@@ -188,7 +195,7 @@ def build_augmentation(
                 magnitude_range=tuple(c.elastic_magnitude),
                 prob=c.elastic_prob,
                 mode=modes,
-                padding_mode="zeros",
+                padding_mode=pads,
             )
         )
     if c.intensity_prob > 0:

@@ -36,6 +36,9 @@ ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
     "swinunetr": ("swinViT.",),
 }
 
+#: Values of ``DistillConfig.teacher_targets`` (see :mod:`.teacher_targets`).
+TARGET_MODES: tuple[str, ...] = ("auto", "online", "cached")
+
 #: Settings that are a number or ``None`` (their default gives no type to check against).
 _OPTIONAL_FLOATS = frozenset({"max_minutes"})
 
@@ -268,6 +271,16 @@ class DistillConfig(TrainConfig):
     unlabeled_weight
         How many unlabelled patches per labelled patch (sampling ratio; 1 = equal numbers of
         cases drawn from both pools each epoch).
+    teacher_targets
+        ``"online"``: the teacher runs on every augmented training patch. ``"cached"``: it runs
+        once per training case and its outputs are stored on disk under ``cache_dir`` and
+        augmented with the image (see :mod:`.teacher_targets`): several times faster on a CPU.
+        ``"auto"`` (default): cached on a CPU, online on a GPU (and whenever
+        ``attention_weight`` > 0).
+    attention_weight
+        Weight of attention transfer between the encoder stages of student and teacher (see
+        :mod:`.losses`), added to the loss; 0 (default) turns it off. Needs the teacher's
+        activations, so online teacher targets, and SegResNet-family networks.
     """
 
     teacher: str = ""
@@ -276,6 +289,8 @@ class DistillConfig(TrainConfig):
     kd_dice_weight: float = 0.0
     unlabeled_dir: str | None = None
     unlabeled_weight: float = 1.0
+    teacher_targets: str = "auto"
+    attention_weight: float = 0.0
 
     @property
     def kind(self) -> str:
@@ -292,6 +307,21 @@ class DistillConfig(TrainConfig):
         if self.kd_dice_weight < 0:
             raise TrainingError(
                 f"Invalid setting: kd_dice_weight must be >= 0, got {self.kd_dice_weight}."
+            )
+        if self.teacher_targets not in TARGET_MODES:
+            raise TrainingError(
+                f"Invalid setting: teacher_targets must be one of {', '.join(TARGET_MODES)}, got "
+                f"{self.teacher_targets!r}."
+            )
+        if self.attention_weight < 0:
+            raise TrainingError(
+                f"Invalid setting: attention_weight must be >= 0, got {self.attention_weight}."
+            )
+        if self.attention_weight > 0 and self.teacher_targets == "cached":
+            raise TrainingError(
+                "Invalid setting: attention_weight > 0 needs the teacher's activations at every "
+                "step, which cached teacher targets do not keep: set teacher_targets to online "
+                "(or auto)."
             )
         # No teacher is still a valid config (the shipped defaults have none): distill() asks
         # for one when it starts.

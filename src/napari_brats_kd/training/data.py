@@ -30,6 +30,8 @@ from ..labels import REGIONS, labels_to_regions
 
 #: Keys of a loaded case dictionary.
 IMAGE, LABEL, LABELLED, CASE_ID = "image", "label", "labelled", "case_id"
+#: Cached teacher logits (float ``(R, X, Y, Z)``), present when distilling from cached targets.
+TEACHER = "teacher"
 FG, BG = "fg_indices", "bg_indices"
 
 
@@ -264,12 +266,20 @@ def patch_transforms(
     samples_per_case: int,
     pos_fraction: float,
     augment: list,
+    teacher_targets: bool = False,
 ) -> list:
-    """Random transforms turning a loaded case into ``samples_per_case`` augmented patches."""
+    """Random transforms turning a loaded case into ``samples_per_case`` augmented patches.
+
+    ``augment`` comes from :func:`~.augment.build_augmentation`; with ``teacher_targets`` the
+    cached teacher logits (key ``teacher``) are cropped with the image and made float32 before it
+    (build ``augment`` with ``target_keys=("teacher",)`` so spatial transforms move them too).
+    """
     from monai import transforms as mt
 
-    keys = [IMAGE, LABEL]
+    keys = [IMAGE, LABEL] + ([TEACHER] if teacher_targets else [])
     pos = float(pos_fraction)
+    # Stored as float16 (half the cache); resampling and the loss want float32.
+    cast = [mt.CastToTyped(TEACHER, dtype=np.float32)] if teacher_targets else []
     return [
         mt.RandCropByPosNegLabeld(
             keys,
@@ -282,8 +292,9 @@ def patch_transforms(
             bg_indices_key=BG,
         ),
         mt.DeleteItemsd([FG, BG]),
+        *cast,
         *augment,
-        mt.EnsureTyped([IMAGE, LABEL], track_meta=False),
+        mt.EnsureTyped(keys, track_meta=False),
     ]
 
 
@@ -301,7 +312,7 @@ def user_error_in(exc: BaseException) -> BratsKDError | None:
 
 def build_dataset(
     entries: Sequence[CaseEntry],
-    loader: LoadCased,
+    loader: LoadCased | Sequence[Transform],
     random_transforms: Sequence | None,
     cache: str = "memory",
     cache_dir: str | Path | None = None,
@@ -314,7 +325,8 @@ def build_dataset(
     entries
         Cases to include.
     loader
-        The :class:`LoadCased` transform (the cached, deterministic part).
+        The :class:`LoadCased` transform, or it followed by more deterministic transforms (the
+        cached part).
     random_transforms
         Transforms applied on each fetch (patch sampling, augmentation); ``None`` for whole
         volumes (validation).
@@ -329,7 +341,8 @@ def build_dataset(
     from monai import transforms as mt
 
     items = [{CASE_ID: e.case_id, "path": str(e.path)} for e in entries]
-    transforms = mt.Compose([loader, *(random_transforms or [])])
+    loaders = [loader] if isinstance(loader, Transform) else list(loader)
+    transforms = mt.Compose([*loaders, *(random_transforms or [])])
     if cache == "memory":
         try:
             return md.CacheDataset(
@@ -341,7 +354,11 @@ def build_dataset(
         if cache_dir is None:
             raise TrainingError("cache: disk needs cache_dir (a folder for the cached cases).")
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return md.PersistentDataset(items, transforms, cache_dir=str(cache_dir))
+        # The deterministic transforms' settings (modalities, normalisation, cached teacher
+        # outputs...) are part of each file's key: a changed setting never reads a stale case.
+        return md.PersistentDataset(
+            items, transforms, cache_dir=str(cache_dir), hash_transform=md.utils.pickle_hashing
+        )
     return md.Dataset(items, transforms)
 
 

@@ -52,6 +52,7 @@ from ..labels import MODALITIES, MODALITY_NAMES
 from . import distributed as dd
 from .config import ENCODER_PREFIXES, DistillConfig, TrainConfig, load_config, save_config
 from .data import (
+    TEACHER,
     CaseEntry,
     LoadCased,
     build_dataset,
@@ -63,7 +64,13 @@ from .data import (
     user_error_in,
     write_split,
 )
-from .losses import DistillationLoss, SupervisedLoss
+from .losses import AttentionTransfer, DistillationLoss, SupervisedLoss
+from .teacher_targets import (
+    LoadTeacherTargetsd,
+    cache_teacher_targets,
+    resolve_target_mode,
+    targets_key,
+)
 
 ProgressFn = Callable[[int, int, str], None]
 StopFn = Callable[[], bool]
@@ -79,6 +86,7 @@ LOG_COLUMNS = (
     "loss",
     "supervised",
     "kd",
+    "attention",
     "lr",
     "patches_per_s",
     "epoch_time_s",
@@ -140,6 +148,8 @@ def train_step(
     teacher_channels: Sequence[int] | None = None,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    attention: AttentionTransfer | None = None,
+    attention_weight: float = 0.0,
 ) -> dict[str, float]:
     """One optimisation step on a collated batch of patches.
 
@@ -152,43 +162,56 @@ def train_step(
     loss_fn
         :class:`SupervisedLoss` (no teacher) or :class:`DistillationLoss`.
     batch
-        ``{"image": (B, C, ...), "label": (B, R, ...), "labelled": (B,)}``.
+        ``{"image": (B, C, ...), "label": (B, R, ...), "labelled": (B,)}``, and ``"teacher"``
+        (B, R, ...) when distilling from cached teacher logits.
     device
         Where to compute.
     channels, teacher_channels
         Image channels the model / teacher take (``None``: all, in order).
     teacher
-        Frozen teacher (eval mode) for distillation.
+        Frozen teacher (eval mode) for online distillation; ignored when the batch carries
+        cached teacher logits.
     amp_dtype
         Autocast dtype on CUDA (``None``: full precision).
     scaler
         Gradient scaler for float16 autocast.
+    attention, attention_weight
+        Attention transfer between ``model``'s and ``teacher``'s encoder stages (hooks on both)
+        and its weight in the loss.
 
     Returns
     -------
     dict
-        ``{"loss", "supervised", "kd"}`` as floats.
+        ``{"loss", "supervised", "kd"}`` as floats, and ``"attention"`` with attention transfer.
     """
     image = torch.as_tensor(batch["image"]).to(device, non_blocking=True).float()
     target = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
     labelled = torch.as_tensor(batch["labelled"]).to(device).bool().reshape(-1)
     x = image if channels is None else image[:, list(channels)]
+    t_logits = None
+    if TEACHER in batch:
+        t_logits = torch.as_tensor(batch[TEACHER]).to(device, non_blocking=True)
     autocast = (
         torch.autocast(device_type=device.type, dtype=amp_dtype)
         if amp_dtype is not None
         else nullcontext()
     )
-    with autocast:
+    recording = attention.recording() if attention is not None else nullcontext()
+    with autocast, recording:
         logits = model(x)
-        if teacher is not None:
+        if teacher is not None and t_logits is None:
             xt = image if teacher_channels is None else image[:, list(teacher_channels)]
             with torch.no_grad():
                 t_logits = teacher(xt)
-    if teacher is not None:
+    if t_logits is not None:
         parts = loss_fn(logits.float(), t_logits.float(), target, labelled)
     else:
         loss = loss_fn(logits.float(), target, labelled)
         parts = {"loss": loss, "supervised": loss.detach(), "kd": torch.zeros(())}
+    if attention is not None:
+        at = attention()
+        parts["loss"] = parts["loss"] + attention_weight * at
+        parts["attention"] = at.detach()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(parts["loss"]).backward()
@@ -613,17 +636,59 @@ def _run_in_context(
 
     from .augment import build_augmentation
 
-    augment = build_augmentation(cfg.augment)
-    rand = patch_transforms(cfg.patch_size, cfg.samples_per_case, cfg.pos_fraction, augment)
     loader_kw = {
         "regions": model_cfg.regions,
         "normalization": model_cfg.normalization,
         "expected_convention": convention,
     }
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
+    amp_dtype, scaler = _amp_settings(cfg, device)
+    attention_weight = cfg.attention_weight if distill else 0.0
+    targets_mode = (
+        resolve_target_mode(cfg.teacher_targets, device, attention_weight > 0)
+        if distill
+        else "none"
+    )
+    extra_loads: list = []
+    if targets_mode == "cached":
+        # The teacher runs once per training case here instead of on every patch (rank 0
+        # writes, the other ranks wait and read).
+        image_loader = LoadCased(
+            needed, use_label=False, require_label=False, min_size=cfg.patch_size, **loader_kw
+        )
+        settings = {
+            "modalities": needed,
+            "channels": t_channels,
+            "teacher_roi": list(loaded_t.config.roi_size),
+            "overlap": cfg.val_overlap,
+            "normalization": model_cfg.normalization,
+            "min_size": list(cfg.patch_size),
+        }
+        targets_dir = cache_dir / "teacher_targets" / targets_key(loaded_t.model, settings)
+        if ctx.is_main:
+            to_cache = [*train_entries, *unlab_entries]
+
+            def cached_case(done: int, total: int) -> None:
+                if emit is not None:
+                    note = f"Caching teacher outputs: case {done}/{total}"
+                    emit({"type": "note", "message": note})
+
+            cache_teacher_targets(
+                loaded_t, to_cache, image_loader, targets_dir, t_channels, device,
+                overlap=cfg.val_overlap, sw_batch_size=cfg.val_sw_batch_size,
+                should_stop=should_stop, on_case=cached_case,
+            )  # fmt: skip
+        dd.barrier(ctx)
+        extra_loads = [LoadTeacherTargetsd(targets_dir)]
+        teacher = None  # not needed any more: free its memory
+    with_targets = bool(extra_loads)
+    augment = build_augmentation(cfg.augment, target_keys=(TEACHER,) if with_targets else ())
+    rand = patch_transforms(
+        cfg.patch_size, cfg.samples_per_case, cfg.pos_fraction, augment, with_targets
+    )
     train_ds = build_dataset(
         train_entries,
-        LoadCased(needed, min_size=cfg.patch_size, **loader_kw),
+        [LoadCased(needed, min_size=cfg.patch_size, **loader_kw), *extra_loads],
         rand,
         cfg.cache,
         cache_dir / "train",
@@ -632,8 +697,8 @@ def _run_in_context(
     if unlab_entries:
         unlab_ds = build_dataset(
             unlab_entries,
-            LoadCased(needed, use_label=False, require_label=False, min_size=cfg.patch_size,
-                      **loader_kw),
+            [LoadCased(needed, use_label=False, require_label=False, min_size=cfg.patch_size,
+                       **loader_kw), *extra_loads],
             rand, cfg.cache, cache_dir / "unlabeled", cfg.num_workers,
         )  # fmt: skip
         train_ds = ConcatDataset([train_ds, unlab_ds])
@@ -668,6 +733,7 @@ def _run_in_context(
 
     # ---------------------------------------------------------------- optimisation
     model = model.to(device)
+    attention = AttentionTransfer(model, teacher) if attention_weight > 0 else None
     groups = _param_groups(model, cfg, model_cfg.arch, pretrained)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_epochs * steps
@@ -702,7 +768,6 @@ def _run_in_context(
         if distill
         else supervised
     )
-    amp_dtype, scaler = _amp_settings(cfg, device)
 
     start_epoch, global_step = 0, 0
     best_metric, best_epoch = float("-inf"), 0
@@ -739,6 +804,8 @@ def _run_in_context(
             alpha=cfg.alpha,
             temperature=cfg.temperature,
             kd_dice_weight=cfg.kd_dice_weight,
+            teacher_targets=targets_mode,
+            attention_weight=attention_weight,
         )
     if pretrained:
         provenance["init_from"] = str(cfg.init_from)
@@ -827,6 +894,8 @@ def _run_in_context(
         ddp_model.train()
         batches = _cycle(loader)
         sums = {"loss": 0.0, "supervised": 0.0, "kd": 0.0}
+        if attention is not None:
+            sums["attention"] = 0.0
         t0 = time.perf_counter()
         if clock["start"] is None:
             clock["start"] = t0
@@ -836,7 +905,7 @@ def _run_in_context(
                 batch = next(batches)
                 parts = train_step(
                     ddp_model, optimizer, loss_fn, batch, device, channels,
-                    teacher, t_channels, amp_dtype, scaler,
+                    teacher, t_channels, amp_dtype, scaler, attention, attention_weight,
                 )  # fmt: skip
             except BratsKDError:
                 raise

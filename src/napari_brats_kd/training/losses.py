@@ -22,6 +22,12 @@ background voxels, like plain BCE, so on its own it teaches small regions (ET, T
 term weighs each region by its size, as the supervised Dice does for the ground truth. It counts
 only the regions the teacher finds in a patch.
 
+Optionally (``attention_weight`` > 0, :class:`AttentionTransfer`) the student also matches the
+teacher's **attention maps** (Zagoruyko & Komodakis, 2017) at every encoder stage: the channel mean
+of the squared activations, L2-normalised over space. Maps need no channel projection, so a
+student of 8 filters learns where a 32-filter teacher's encoder looks; a half-resolution student's
+maps are upsampled to the teacher's grid.
+
 The supervised term is counted only for samples with ground truth (``labelled`` mask), so batches
 that mix labelled cases and unlabelled cases of another site learn from the teacher everywhere
 and from labels where they exist.
@@ -29,10 +35,17 @@ and from labels where they exist.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
+
+from ..errors import TrainingError
 
 
 class SupervisedLoss(nn.Module):
@@ -205,4 +218,126 @@ class DistillationLoss(nn.Module):
         return {"loss": loss, "supervised": sup.detach(), "kd": kd.detach()}
 
 
-__all__ = ["DistillationLoss", "SupervisedLoss", "binary_kl_divergence"]
+# ------------------------------------------------------------------------- attention transfer
+#: Encoder stages of the SegResNet family (the bundle teacher, ``segresnet-halfres`` and the
+#: students, whose SegResNet is ``net``; also under DDP's ``module.``).
+_STAGE_NAME = re.compile(r"(?:^|\.)down_layers\.(\d+)$")
+
+
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """``(B, C, X, Y, Z)`` activations -> ``(B, 1, X, Y, Z)`` channel mean of their squares."""
+    return features.float().pow(2).mean(1, keepdim=True)
+
+
+def attention_transfer_loss(
+    student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Mean over stage pairs of ``|| a_s / |a_s| - a_t / |a_t| ||^2`` (normalised attention maps).
+
+    Student maps are resampled (trilinear) to the teacher's grid when the two differ. Each term
+    lies in [0, 4] (0: the same spatial attention up to scale).
+    """
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError("attention transfer needs the same, non-zero number of stages")
+    total = student_features[0].new_zeros((), dtype=torch.float32)
+    for fs, ft in zip(student_features, teacher_features, strict=True):
+        a_s, a_t = attention_map(fs), attention_map(ft.detach())
+        if a_s.shape[2:] != a_t.shape[2:]:
+            a_s = F.interpolate(a_s, size=a_t.shape[2:], mode="trilinear", align_corners=False)
+        a_s = F.normalize(a_s.flatten(1), dim=1)
+        a_t = F.normalize(a_t.flatten(1), dim=1)
+        total = total + (a_s - a_t).pow(2).sum(1).mean()
+    return total / len(student_features)
+
+
+class _StageTaps:
+    """Forward hooks that keep a network's encoder stage outputs while recording."""
+
+    def __init__(self, model: nn.Module, who: str) -> None:
+        stages = sorted(
+            ((int(m.group(1)), module) for name, module in model.named_modules()
+             if (m := _STAGE_NAME.search(name))),
+            key=lambda item: item[0],
+        )  # fmt: skip
+        if not stages:
+            raise TrainingError(
+                f"Attention distillation needs SegResNet-family networks (the bundle teacher, "
+                f"segresnet-halfres, the students); the {who} ({type(model).__name__}) has no "
+                "encoder stages it knows. Set attention_weight to 0."
+            )
+        self.outputs: list[torch.Tensor | None] = [None] * len(stages)
+        self.recording = False
+        self._handles = [
+            module.register_forward_hook(self._hook(i)) for i, (_, module) in enumerate(stages)
+        ]
+
+    def _hook(self, index: int):
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            if self.recording:
+                self.outputs[index] = output
+
+        return hook
+
+    def take(self, n: int) -> list[torch.Tensor]:
+        out = [o for o in self.outputs[:n] if o is not None]
+        if len(out) != n:
+            raise RuntimeError("attention transfer: a network ran without recording its stages")
+        self.outputs = [None] * len(self.outputs)
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+class AttentionTransfer:
+    """Attention transfer between a student's and a teacher's encoder stages.
+
+    Hooks on both networks keep their stage outputs while :meth:`recording` is active; calling the
+    object after a forward pass of each returns :func:`attention_transfer_loss` over the first
+    ``min(stages of student, stages of teacher)`` stages, paired shallow to deep.
+
+    Parameters
+    ----------
+    student, teacher
+        SegResNet-family networks (possibly DDP-wrapped).
+
+    Raises
+    ------
+    TrainingError
+        If either network has no SegResNet encoder stages.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        self._student = _StageTaps(student, "student")
+        self._teacher = _StageTaps(teacher, "teacher")
+        self.n_stages = min(len(self._student.outputs), len(self._teacher.outputs))
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Keep stage outputs of the forward passes run inside (and only those: validation
+        passes must not hold whole-volume activations)."""
+        self._student.recording = self._teacher.recording = True
+        try:
+            yield
+        finally:
+            self._student.recording = self._teacher.recording = False
+
+    def __call__(self) -> torch.Tensor:
+        n = self.n_stages
+        return attention_transfer_loss(self._student.take(n), self._teacher.take(n))
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        self._student.remove()
+        self._teacher.remove()
+
+
+__all__ = [
+    "AttentionTransfer",
+    "DistillationLoss",
+    "SupervisedLoss",
+    "attention_map",
+    "attention_transfer_loss",
+    "binary_kl_divergence",
+]
