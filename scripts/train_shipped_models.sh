@@ -10,7 +10,8 @@
 #                     unlabelled site-B scans (teacher targets only): domain adaptation, scored
 #                     on held-out site B.
 #
-# Sized for a 2-core CPU by default: about 40 min for the teacher and 20-25 min per student. On
+# Sized for a 2-core CPU by default: about 40 min for the half-resolution teacher and 15-20 min
+# per student (distillation caches the teacher's outputs first: 5 min for 37 cases). On
 # a GPU machine, give more workers and steps, or a time budget (the learning rate is paced to it),
 # e.g. DEVICE=cuda JOBS=16 NUM_WORKERS=14 TEACHER_ARCH=segresnet TEACHER_PATCH=128
 # TEACHER_MINUTES=4 STEPS_PER_EPOCH=100; the shipped models' cards say how they were made.
@@ -21,7 +22,8 @@
 #
 # Settings (environment): SHIP_DIR, N_TRAIN, N_TEST, N_UNLABELED (phantoms), TEACHER_ARCH,
 # TEACHER_PATCH, TEACHER_EPOCHS, TEACHER_MINUTES, STUDENT_EPOCHS, STUDENT_MINUTES,
-# STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, TEACHER_TARGETS, STAGES (default all: teacher student
+# STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, TEACHER_TARGETS, SEED (training:
+# split, initialisation, patches; the phantoms keep theirs), STAGES (default all: teacher student
 # student_nokd student_AC student_AC_adaptB student_t1cflair) and JOBS (processes for phantoms and
 # per-site evaluation).
 #
@@ -101,7 +103,7 @@ if [ ! -f "$out/data/.complete" ]; then
 fi
 
 common=(--batch-size 2 --num-workers "$workers" --device "$device"
-        --seed 0 --set steps_per_epoch="$steps" --set val_fraction=0.12
+        --seed "${SEED:-0}" --set steps_per_epoch="$steps" --set val_fraction=0.12
         --set val_roi_size=[192,192,160] --set cache=memory)
 
 stage teacher "teacher: $teacher_arch, patches of $teacher_patch^3, $teacher_epochs epochs x $steps steps ${teacher_budget[*]}" &&

@@ -104,6 +104,20 @@ def _engine_worker(rank: int, world: int, port: int, data_dir: str, run_dir: str
     result = train_teacher(cfg)
     assert not dist.is_initialized()  # the run left the group it created
     assert result.epochs_done == 1
+    # Distillation from it, with the teacher's outputs cached by both ranks (each its share).
+    from napari_brats_kd.training import distill
+
+    student = load_config(
+        "distill",
+        [
+            f"data_dir={data_dir}", f"run_dir={run_dir}_student", f"teacher={run_dir}/last.safetensors",
+            "model.arch=student-tiny", "teacher_targets=cached", "epochs=1", "steps_per_epoch=2",
+            "batch_size=1", "samples_per_case=1", "patch_size=[16,16,16]", "val_every=1",
+            "val_roi_size=[64,64,40]", "num_workers=0", "warmup_epochs=0", "device=cpu",
+            "augment=none",
+        ],
+    )  # fmt: skip
+    assert distill(student).history[0]["kd"] > 0
 
 
 @pytest.mark.slow
@@ -118,3 +132,6 @@ def test_train_teacher_under_two_processes(tmp_path: Path) -> None:
     loaded = load_checkpoint(run / "last.safetensors")
     assert loaded.config.provenance["world_size"] == 2
     assert (run / "log.csv").read_text().count("\n") == 2  # header + one epoch, written once
+    student = load_checkpoint(tmp_path / "run_student" / "last.safetensors").config.provenance
+    assert student["world_size"] == 2 and student["teacher_targets"] == "cached"
+    assert len(list((tmp_path / "run_student").glob("cache/teacher_targets/*/*.npy"))) == 2

@@ -651,8 +651,7 @@ def _run_in_context(
     )
     extra_loads: list = []
     if targets_mode == "cached":
-        # The teacher runs once per training case here instead of on every patch (rank 0
-        # writes, the other ranks wait and read).
+        # The teacher runs once per training case here instead of on every patch.
         image_loader = LoadCased(
             needed, use_label=False, require_label=False, min_size=cfg.patch_size, **loader_kw
         )
@@ -665,20 +664,26 @@ def _run_in_context(
             "min_size": list(cfg.patch_size),
         }
         targets_dir = cache_dir / "teacher_targets" / targets_key(loaded_t.model, settings)
-        if ctx.is_main:
-            to_cache = [*train_entries, *unlab_entries]
+        to_cache = [*train_entries, *unlab_entries]
 
-            def cached_case(done: int, total: int) -> None:
-                if emit is not None:
-                    note = f"Caching teacher outputs: case {done}/{total}"
-                    emit({"type": "note", "message": note})
+        def cached_case(done: int, total: int) -> None:
+            if emit is not None:
+                note = f"Caching teacher outputs: case {done}/{total}"
+                emit({"type": "note", "message": note})
 
+        def cache(entries: list[CaseEntry]) -> None:
             cache_teacher_targets(
-                loaded_t, to_cache, image_loader, targets_dir, t_channels, device,
+                loaded_t, entries, image_loader, targets_dir, t_channels, device,
                 overlap=cfg.val_overlap, sw_batch_size=cfg.val_sw_batch_size,
                 should_stop=should_stop, on_case=cached_case,
             )  # fmt: skip
-        dd.barrier(ctx)
+
+        # Under DDP every rank caches its share; then each fills in what it cannot see (a node
+        # whose cache folder is not shared computes all cases itself).
+        cache(to_cache[ctx.rank :: ctx.world_size])
+        if ctx.distributed:
+            dd.barrier(ctx)
+            cache(to_cache)
         extra_loads = [LoadTeacherTargetsd(targets_dir)]
         teacher = None  # not needed any more: free its memory
     with_targets = bool(extra_loads)
