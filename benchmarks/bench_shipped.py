@@ -39,6 +39,7 @@ REGIONS = ("WT", "TC", "ET")
 MODELS = {
     "teacher": ("teacher", ""),  # described from its checkpoint (see `network`)
     "student": ("student, KD", "student-small, KL + soft Dice to the teacher"),
+    "student_online": ("student, KD (earlier run)", "student-small, KL + soft Dice to the teacher"),
     "student_nokd": ("student, no KD", "student-small, labels only, same steps"),
     "student_t1cflair": (
         "student T1c+FLAIR, KD",
@@ -76,14 +77,39 @@ def read_scores(run: Path, stem: str) -> dict[str, float]:
     return out
 
 
-def describe(ckpt: Path) -> tuple[str, str]:
-    """What a checkpoint is (its named architecture, e.g. ``segresnet-halfres``) and where it was
-    trained (``GPU`` or ``CPU``, from its provenance)."""
+def describe(ckpt: Path) -> tuple[str, str, str]:
+    """What a checkpoint is (its named architecture, e.g. ``segresnet-halfres``), where it was
+    trained (``GPU`` or ``CPU``) and, for a distilled one, how it got the teacher's outputs
+    (``online`` / ``cached``; empty otherwise), from its provenance."""
     from napari_brats_kd.models import load_checkpoint
 
     cfg = load_checkpoint(ckpt).config
-    device = str(cfg.provenance.get("device", "cpu"))
-    return f"`{cfg.preset or cfg.arch}`", "GPU" if device.startswith("cuda") else "CPU"
+    prov = cfg.provenance
+    device = str(prov.get("device", "cpu"))
+    # Distilled before the setting existed: the teacher always ran online.
+    targets = prov.get("teacher_targets", "online") if prov.get("kind") == "distill" else ""
+    return f"`{cfg.preset or cfg.arch}`", "GPU" if device.startswith("cuda") else "CPU", targets
+
+
+def kd_pairs(runs: list[Path]) -> list[str]:
+    """Table rows comparing the KD student with the no-KD one in each run folder (same data,
+    code, steps and seed within a folder): what the "KD beats no KD" bar needs over seeds."""
+    from napari_brats_kd.models import load_checkpoint
+
+    rows = []
+    for run in runs:
+        kd, nokd = read_scores(run, "student"), read_scores(run, "student_nokd")
+        if not kd or not nokd:
+            print(f"{run}: no student / student_nokd scores, skipped", file=sys.stderr)
+            continue
+        prov = load_checkpoint(run / "student.safetensors").config.provenance
+        hd = " / ".join(f"{kd[f'hd95_{g}']:.1f} vs {nokd[f'hd95_{g}']:.1f}" for g in REGIONS)
+        rows.append(
+            f"| `{run.name}` | {prov.get('seed', '-')} | {prov.get('teacher_targets', 'online')} "
+            f"| {kd['dice_mean']:.3f} | {nokd['dice_mean']:.3f} "
+            f"| {kd['dice_mean'] - nokd['dice_mean']:+.3f} | {hd} |"
+        )
+    return rows
 
 
 def train_seconds(run: Path, stem: str) -> float | None:
@@ -104,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--shipped", default="student", help="stem of the student that ships")
     parser.add_argument("--note", default="", help="a remark on the run, printed under the title")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="another run folder (e.g. another SEED) whose KD and no-KD students join the "
+        "KD-vs-no-KD table (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     image, source = load_case_array(args.case)
@@ -126,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             if "t1cflair" not in stem
             else None
         )
-        network, trained_on = describe(ckpt)
+        network, trained_on, targets = describe(ckpt)
+        if targets and what:
+            what += f"; teacher targets {targets}"
         rows[label] = {
             "what": what or network,
             "on": trained_on,
@@ -205,6 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         ]
     else:
         lines.append("Not part of this run (no `student_AC` / `student_AC_adaptB` scores).")
+    pairs = kd_pairs([args.run, *args.compare])
+    if pairs:
+        lines += [
+            "",
+            "KD against no KD, per run folder (each pair: same data, code, steps and seed; "
+            "all held-out cases):",
+            "",
+            "| run | seed | teacher targets | KD mean Dice | no-KD mean Dice | KD - no KD "
+            "| HD95 WT / TC / ET, KD vs no KD (mm) |",
+            "|---|---|---|---|---|---|---|",
+            *pairs,
+        ]
     lines.append("")
     text = "\n".join(lines)
     print(text)

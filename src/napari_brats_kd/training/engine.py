@@ -24,6 +24,8 @@ sliding_window_inference). What it guarantees:
   ``{"type": "val", "epoch", "dice": {region: value}, "mean_dice"}`` for live plots.
 - **Determinism**: Python, numpy, torch and MONAI transforms are seeded from ``seed`` per epoch
   (and rank); ``deterministic: true`` also asks PyTorch for deterministic kernels.
+- **Teacher outputs** (distillation): computed on every patch, or once per case and cached on
+  disk (``teacher_targets``; see :mod:`.teacher_targets`).
 - **Distributed**: under ``torchrun`` the same functions train with DDP (see
   :mod:`.distributed`); rank 0 validates, logs and writes.
 """
@@ -642,7 +644,6 @@ def _run_in_context(
         "expected_convention": convention,
     }
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
-    amp_dtype, scaler = _amp_settings(cfg, device)
     attention_weight = cfg.attention_weight if distill else 0.0
     targets_mode = (
         resolve_target_mode(cfg.teacher_targets, device, attention_weight > 0)
@@ -773,6 +774,7 @@ def _run_in_context(
         if distill
         else supervised
     )
+    amp_dtype, scaler = _amp_settings(cfg, device)
 
     start_epoch, global_step = 0, 0
     best_metric, best_epoch = float("-inf"), 0
