@@ -382,8 +382,11 @@ class TrainWidget(Container):
             value="",
             tooltip=(
                 "Any other training setting as key=value pairs separated by ';', e.g. "
-                "'steps_per_epoch=50; val_every=5; model.arch_args={init_filters: 16}'. They win "
-                "over the controls above (see brats-kd train --help)."
+                "'steps_per_epoch=50; val_every=5; model.arch_args={init_filters: 16}', or for "
+                "distillation 'attention_weight=0.5' (attention transfer) and "
+                "'teacher_targets=online' (run the teacher on every patch instead of caching its "
+                "outputs, the CPU default). They win over the controls above (see brats-kd "
+                "distill --help)."
             ),
         )
         self.start_button = PushButton(text="Start", tooltip="Start a new run with these settings.")
