@@ -8,13 +8,17 @@ through :func:`bench_inference.run_in_subprocess`.
 
 Columns: parameters, GFLOPs per forward (on the brain crop of the timed case), CPU seconds per
 case (median), peak RSS, training time, and Dice / HD95 for WT, TC and ET over every held-out
-case of every site. Rows: the teacher, the shipped (distilled) student, the same student without
+case of every site. Rows: the teacher, the shipped (distilled) student, a student distilled from
+cached teacher outputs (``student_cached``, when the folder has one), the same student without
 KD and a T1c + FLAIR student (cross-modal); a second table compares, on held-out site B, students
-distilled on sites A and C with and without unlabelled site-B scans (domain adaptation).
+distilled on sites A and C with and without unlabelled site-B scans (domain adaptation); a third
+puts each KD student beside the no-KD one of its run folder, for this folder and every
+``--compare`` folder (other seeds).
 
 Usage::
 
-    python benchmarks/bench_shipped.py [--run runs/shipped] [--case CASE_DIR] [--runs 5]
+    python benchmarks/bench_shipped.py [--run runs/shipped] [--case CASE_DIR] [--runs 5] \
+        [--compare runs/shipped_seed1]
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ REGIONS = ("WT", "TC", "ET")
 MODELS = {
     "teacher": ("teacher", ""),  # described from its checkpoint (see `network`)
     "student": ("student, KD", "student-small, KL + soft Dice to the teacher"),
-    "student_online": ("student, KD (earlier run)", "student-small, KL + soft Dice to the teacher"),
+    "student_cached": (
+        "student, KD, cached targets",
+        "student-small, KL + soft Dice to the teacher's outputs cached once per case",
+    ),
     "student_nokd": ("student, no KD", "student-small, labels only, same steps"),
     "student_t1cflair": (
         "student T1c+FLAIR, KD",
@@ -97,15 +104,15 @@ def kd_pairs(runs: list[Path]) -> list[str]:
     from napari_brats_kd.models import load_checkpoint
 
     rows = []
-    for run in runs:
-        kd, nokd = read_scores(run, "student"), read_scores(run, "student_nokd")
+    for run, stem in ((r, s) for r in runs for s in ("student", "student_cached")):
+        kd, nokd = read_scores(run, stem), read_scores(run, "student_nokd")
         if not kd or not nokd:
-            print(f"{run}: no student / student_nokd scores, skipped", file=sys.stderr)
             continue
-        prov = load_checkpoint(run / "student.safetensors").config.provenance
+        prov = load_checkpoint(run / f"{stem}.safetensors").config.provenance
         hd = " / ".join(f"{kd[f'hd95_{g}']:.1f} vs {nokd[f'hd95_{g}']:.1f}" for g in REGIONS)
         rows.append(
-            f"| `{run.name}` | {prov.get('seed', '-')} | {prov.get('teacher_targets', 'online')} "
+            f"| `{run.name}/{stem}` | {prov.get('seed', '-')} "
+            f"| {prov.get('teacher_targets', 'online')} "
             f"| {kd['dice_mean']:.3f} | {nokd['dice_mean']:.3f} "
             f"| {kd['dice_mean'] - nokd['dice_mean']:+.3f} | {hd} |"
         )
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             "KD against no KD, per run folder (each pair: same data, code, steps and seed; "
             "all held-out cases):",
             "",
-            "| run | seed | teacher targets | KD mean Dice | no-KD mean Dice | KD - no KD "
+            "| run / KD student | seed | teacher targets | KD mean Dice | no-KD mean Dice | KD - no KD "
             "| HD95 WT / TC / ET, KD vs no KD (mm) |",
             "|---|---|---|---|---|---|---|",
             *pairs,
