@@ -21,6 +21,8 @@ Files: ``<cache_dir>/teacher_targets/<key>/<case_id>.npy``. ``key`` hashes the t
 and everything that shapes its input (modalities, normalisation, padding, window), so a changed
 teacher or setting never reuses stale outputs, and runs that share a teacher and a ``cache_dir``
 share the files. Each file is written atomically; a stopped caching pass keeps the finished cases.
+A case is known by its id: after changing a case's images in place, delete the folder (a changed
+shape is detected and refused).
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ def targets_key(teacher: nn.Module, settings: Mapping[str, Any]) -> str:
     """A short hash of the teacher's weights and the ``settings`` that shape its input."""
     h = hashlib.sha256()
     for name, tensor in sorted(teacher.state_dict().items()):
+        t = tensor.detach().cpu()
+        if t.is_floating_point():
+            t = t.float()  # numpy has no bfloat16
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.contiguous().numpy().tobytes())
     h.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
