@@ -76,19 +76,27 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path: Path) -> 
         torch.testing.assert_close(ddp_state[k], single[k], rtol=1e-3, atol=1e-4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> tuple[int, ...]:
+    # All sockets open at once, so that the ports differ.
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return tuple(s.getsockname()[1] for s in socks)
+    finally:
+        for s in socks:
+            s.close()
 
 
-def _engine_worker(rank: int, world: int, port: int, data_dir: str, run_dir: str) -> None:
+def _engine_worker(
+    rank: int, world: int, ports: tuple[int, int], data_dir: str, run_dir: str
+) -> None:
     import os
 
     torch.set_num_threads(1)
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]),
     )  # fmt: skip
     from napari_brats_kd.training import load_config, train_teacher
 
@@ -105,7 +113,12 @@ def _engine_worker(rank: int, world: int, port: int, data_dir: str, run_dir: str
     assert not dist.is_initialized()  # the run left the group it created
     assert result.epochs_done == 1
     # Distillation from it, with the teacher's outputs cached by both ranks (each its share).
+    # A second rendezvous port: on the first one, rank 1 could join rank 0's old store before
+    # rank 0 has torn it down, and the two would then wait on different groups (as torchrun
+    # gives every launch its own store, users never reuse one).
     from napari_brats_kd.training import distill
+
+    os.environ["MASTER_PORT"] = str(ports[1])
 
     student = load_config(
         "distill",
@@ -128,7 +141,8 @@ def test_train_teacher_under_two_processes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_phantom_dataset(data, n=3, seed=0, spacing=4)
     run = tmp_path / "run"
-    mp.spawn(_engine_worker, args=(2, _free_port(), str(data), str(run)), nprocs=2, join=True)
+    ports = _free_ports(2)
+    mp.spawn(_engine_worker, args=(2, ports, str(data), str(run)), nprocs=2, join=True)
     loaded = load_checkpoint(run / "last.safetensors")
     assert loaded.config.provenance["world_size"] == 2
     assert (run / "log.csv").read_text().count("\n") == 2  # header + one epoch, written once
