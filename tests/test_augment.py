@@ -9,6 +9,7 @@ from monai.transforms import Compose
 
 from napari_brats_kd.errors import TrainingError
 from napari_brats_kd.training.augment import PRESETS, AugmentConfig, build_augmentation
+from napari_brats_kd.training.teacher_targets import BACKGROUND_LOGIT
 
 
 def _sample() -> dict:
@@ -84,17 +85,22 @@ def test_cached_teacher_targets_move_with_the_image_and_skip_intensity_changes()
     field = torch.from_numpy(np.asarray(sample["label"][1]) * 4.0 - 2.0)
     sample["image"][0] = field
     sample["teacher"] = field[None].repeat(3, 1, 1, 1).clone()
-    cfg = AugmentConfig.from_preset("none", flip_prob=1.0, affine_prob=1.0, rotate=0.3)
-    t = Compose(build_augmentation(cfg, target_keys=("teacher",)))
+    # The image channel is the logits shifted so that the background logit is its 0.
+    sample["image"][0] = field - BACKGROUND_LOGIT
+    cfg = AugmentConfig.from_preset(
+        "none", flip_prob=1.0, affine_prob=1.0, rotate=0.3, elastic_prob=1.0
+    )
+    t = Compose(build_augmentation(cfg, target_keys=("teacher",), target_fill=BACKGROUND_LOGIT))
     t.set_random_state(5)
     out = t(dict(sample))
     img, tgt = np.asarray(out["image"][0]), np.asarray(out["teacher"])
     assert tgt.shape == (3, 24, 24, 16)
-    # Both resampled bilinearly with the same transform: equal wherever no padding came in
-    # (the image pads with 0, the targets repeat their edge, not logit 0 = "unsure").
-    inside = np.zeros_like(img, bool)
-    inside[6:18, 6:18, 4:12] = True
-    assert np.allclose(img[inside], tgt[1][inside], atol=1e-4)
+    # Both resampled bilinearly with the same transform, and where padding came in (the image's
+    # 0, background) the targets say background too, not logit 0 = "unsure".
+    padded = img == 0
+    assert padded.sum() > 100
+    assert np.allclose(tgt[1], img + BACKGROUND_LOGIT, atol=1e-3)
+    assert np.allclose(tgt[:, padded], BACKGROUND_LOGIT, atol=1e-3)
     assert not np.allclose(tgt, np.asarray(sample["teacher"]))  # it did move
 
     cfg = AugmentConfig.from_preset("none", intensity_prob=1.0, noise_prob=1.0, gamma_prob=1.0)

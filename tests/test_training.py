@@ -432,7 +432,7 @@ def test_cached_teacher_targets_are_the_teachers_outputs_and_are_reused(
     assert len(files) == 4 and notes[-1] == "Caching teacher outputs: case 4/4"
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     case_id = split["train"][0]
-    stored = np.load(next(f for f in files if f.stem == case_id))
+    stored = np.load(next(f for f in files if f.stem.rsplit("-", 1)[0] == case_id))
     assert stored.dtype == np.float16
     # What the teacher says about the case, through the segmentation path.
     teacher = load_checkpoint(teacher_ckpt)
@@ -486,10 +486,24 @@ def test_stop_while_caching_keeps_the_finished_cases(data_dir, teacher_ckpt, tmp
             teacher, entries, loader, out, None, torch.device("cpu"),
             should_stop=lambda: len(list(out.glob("*.npy"))) >= 1,
         )  # fmt: skip
-    assert [p.stem for p in out.glob("*.npy")] == [entries[0].case_id]
+    assert [p.stem.rsplit("-", 1)[0] for p in out.glob("*.npy")] == [entries[0].case_id]
     assert not list(out.glob(".*"))  # no half-written file left
     # The next pass computes only the missing cases.
     assert cache_teacher_targets(teacher, entries, loader, out, None, torch.device("cpu")) == 2
+    assert cache_teacher_targets(teacher, entries, loader, out, None, torch.device("cpu")) == 0
+    # Another case with the same id (e.g. in the unlabelled folder), or a case whose images
+    # changed, gets outputs of its own rather than another scan's.
+    import os
+
+    from napari_brats_kd.training.data import CaseEntry
+
+    twin = shutil.copytree(entries[0].path, tmp_path / "other" / entries[0].path.name)
+    twin_entry = CaseEntry(entries[0].case_id, Path(twin), entries[0].modalities, False)
+    assert cache_teacher_targets(teacher, [twin_entry], loader, out, None, torch.device("cpu")) == 1
+    first = sorted(entries[1].path.glob("*.nii*"))[0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    assert cache_teacher_targets(teacher, entries, loader, out, None, torch.device("cpu")) == 1
+    assert len(list(out.glob("*.npy"))) == 5
 
 
 def test_a_step_on_cached_targets_equals_a_step_with_the_online_teacher() -> None:

@@ -143,6 +143,7 @@ def build_augmentation(
     image_keys: Sequence[str] = ("image",),
     label_keys: Sequence[str] = ("label",),
     target_keys: Sequence[str] = (),
+    target_fill: float = 0.0,
 ) -> list:
     """MONAI dictionary transforms for ``config``, to append after patch sampling.
 
@@ -155,9 +156,12 @@ def build_augmentation(
     label_keys
         Keys of label / mask channels (nearest interpolation; intensity transforms skip them).
     target_keys
-        Keys of cached teacher logits: moved by spatial transforms (bilinear, edge values
-        repeated where the patch is padded, not logit 0 = "unsure"), untouched by intensity
-        transforms.
+        Keys of cached teacher logits: moved by spatial transforms (bilinear), untouched by
+        intensity transforms.
+    target_fill
+        Value the targets take where a rotation, scaling or deformation brings in padding (the
+        image pads with 0, i.e. background, so for teacher logits: the background logit, not
+        0 = "unsure").
 
     Returns
     -------
@@ -171,33 +175,37 @@ def build_augmentation(
     tgt = list(target_keys)
     both = img + lab + tgt
     modes = ["bilinear"] * len(img) + ["nearest"] * len(lab) + ["bilinear"] * len(tgt)
-    pads = ["zeros"] * (len(img) + len(lab)) + ["border"] * len(tgt)
     out: list = []
     c = config
     if c.flip_prob > 0:
         out += [mt.RandFlipd(both, prob=c.flip_prob, spatial_axis=a) for a in range(3)]
+    padding: list = []
     if c.affine_prob > 0:
-        out.append(
+        padding.append(
             mt.RandAffined(
                 both,
                 prob=c.affine_prob,
                 rotate_range=(c.rotate, c.rotate, c.rotate),
                 scale_range=(c.scale, c.scale, c.scale),
                 mode=modes,
-                padding_mode=pads,
+                padding_mode="zeros",
             )
         )
     if c.elastic_prob > 0:
-        out.append(
+        padding.append(
             mt.Rand3DElasticd(
                 both,
                 sigma_range=(5.0, 8.0),
                 magnitude_range=tuple(c.elastic_magnitude),
                 prob=c.elastic_prob,
                 mode=modes,
-                padding_mode=pads,
+                padding_mode="zeros",
             )
         )
+    if padding and tgt and target_fill != 0.0:
+        # Resampling pads with zeros only: shift the targets so that their fill value is 0.
+        padding = [_AddTod(tgt, -target_fill), *padding, _AddTod(tgt, target_fill)]
+    out += padding
     if c.intensity_prob > 0:
         out.append(mt.RandScaleIntensityd(img, factors=c.intensity_scale, prob=c.intensity_prob))
         out.append(mt.RandShiftIntensityd(img, offsets=c.intensity_shift, prob=c.intensity_prob))
@@ -217,6 +225,20 @@ def build_augmentation(
             mt.RandSimulateLowResolutiond(img, prob=c.lowres_prob, zoom_range=tuple(c.lowres_zoom))
         )
     return out
+
+
+class _AddTod:
+    """Add ``value`` to the arrays under ``keys`` (a picklable transform for DataLoader workers)."""
+
+    def __init__(self, keys: Sequence[str], value: float) -> None:
+        self.keys = tuple(keys)
+        self.value = float(value)
+
+    def __call__(self, data: dict) -> dict:
+        out = dict(data)
+        for key in self.keys:
+            out[key] = data[key] + self.value
+        return out
 
 
 __all__ = ["PRESETS", "AugmentConfig", "build_augmentation"]

@@ -233,6 +233,7 @@ class LoadCased(Transform):
             LABEL: label,
             LABELLED: bool(labelled),
             CASE_ID: case_id,
+            "path": item["path"],  # where it came from (the cached teacher outputs' stamp)
             "convention": convention or "",
             FG: fg,
             BG: bg,

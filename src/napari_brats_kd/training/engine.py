@@ -68,6 +68,7 @@ from .data import (
 )
 from .losses import AttentionTransfer, DistillationLoss, SupervisedLoss
 from .teacher_targets import (
+    BACKGROUND_LOGIT,
     LoadTeacherTargetsd,
     cache_teacher_targets,
     resolve_target_mode,
@@ -673,22 +674,28 @@ def _run_in_context(
                 emit({"type": "note", "message": note})
 
         def cache(entries: list[CaseEntry]) -> None:
+            # The private copy, already on the device: the loaded network may be shared.
             cache_teacher_targets(
-                loaded_t, entries, image_loader, targets_dir, t_channels, device,
-                overlap=cfg.val_overlap, sw_batch_size=cfg.val_sw_batch_size,
-                should_stop=should_stop, on_case=cached_case,
+                replace(loaded_t, model=teacher), entries, image_loader, targets_dir,
+                t_channels, device, overlap=cfg.val_overlap,
+                sw_batch_size=cfg.val_sw_batch_size, should_stop=should_stop,
+                on_case=cached_case,
             )  # fmt: skip
 
-        # Under DDP every rank caches its share; then each fills in what it cannot see (a node
-        # whose cache folder is not shared computes all cases itself).
+        # Under DDP every rank caches its share; then the first process of each node fills in
+        # what the node cannot see (a cache folder that is not shared between nodes).
         cache(to_cache[ctx.rank :: ctx.world_size])
         if ctx.distributed:
             dd.barrier(ctx)
-            cache(to_cache)
+            if ctx.local_rank == 0:
+                cache(to_cache)
+            dd.barrier(ctx)
         extra_loads = [LoadTeacherTargetsd(targets_dir)]
         teacher = None  # not needed any more: free its memory
     with_targets = bool(extra_loads)
-    augment = build_augmentation(cfg.augment, target_keys=(TEACHER,) if with_targets else ())
+    augment = build_augmentation(
+        cfg.augment, target_keys=(TEACHER,) if with_targets else (), target_fill=BACKGROUND_LOGIT
+    )
     rand = patch_transforms(
         cfg.patch_size, cfg.samples_per_case, cfg.pos_fraction, augment, with_targets
     )

@@ -17,12 +17,14 @@ What differs from online targets:
 - The teacher sees the whole brain rather than single patches: more context, so its targets are
   at least as good as online ones.
 
-Files: ``<cache_dir>/teacher_targets/<key>/<case_id>.npy``. ``key`` hashes the teacher's weights
-and everything that shapes its input (modalities, normalisation, padding, window), so a changed
-teacher or setting never reuses stale outputs, and runs that share a teacher and a ``cache_dir``
-share the files. Each file is written atomically; a stopped caching pass keeps the finished cases.
-A case is known by its id: after changing a case's images in place, delete the folder (a changed
-shape is detected and refused).
+Files: ``<cache_dir>/teacher_targets/<key>/<case_id>-<stamp>.npy``. ``key`` hashes the
+teacher's weights and everything that shapes its input (modalities, normalisation, padding,
+window), so a changed teacher or setting never reuses stale outputs, and runs that share a teacher
+and a ``cache_dir`` share the files. ``stamp`` hashes where the case's image files are, their sizes
+and modification times (:func:`case_stamp`), so that two cases with one id (a labelled and an
+unlabelled folder, two copies of a dataset) or a case whose images changed are never mixed up;
+outputs of files that changed stay on disk until the folder is deleted. Each file is written
+atomically; a stopped caching pass keeps the finished cases.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from monai.transforms import Transform
 from torch import nn
 
 from .._files import atomic_write
-from ..errors import Cancelled, TrainingError
+from ..errors import Cancelled, ResourceError, TrainingError
 from ..models import LoadedModel
 from .data import CASE_ID, IMAGE, TEACHER, CaseEntry, LoadCased
 
@@ -69,6 +71,32 @@ def targets_key(teacher: nn.Module, settings: Mapping[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
+#: Probabilities are clipped to [1e-6, 1 - 1e-6] before the logit: float32 sigmoids saturate, and
+#: +-13.8 is as sure as a target needs to be (sigmoid(13.8 / T) > 0.999 at T = 2).
+_EPS = 1e-6
+#: The stored logit of "surely not this region": outside the brain, and where augmentation pads.
+BACKGROUND_LOGIT = float(np.log(_EPS / (1 - _EPS)))
+
+
+def case_stamp(path: str | Path) -> str:
+    """A short hash of a case's image files: resolved paths, sizes and modification times.
+
+    ``path`` is a case folder (its NIfTI files count) or a single file.
+    """
+    path = Path(path).resolve()
+    files = sorted(path.glob("*.nii*")) if path.is_dir() else [path]
+    h = hashlib.sha256(str(path).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:10]
+
+
+def target_file(folder: str | Path, case_id: str, path: str | Path) -> Path:
+    """Where the cached outputs of case ``case_id`` (read from ``path``) live in ``folder``."""
+    return Path(folder) / f"{case_id}-{case_stamp(path)}.npy"
+
+
 def cache_teacher_targets(
     teacher: LoadedModel,
     entries: Sequence[CaseEntry],
@@ -81,80 +109,84 @@ def cache_teacher_targets(
     should_stop: Callable[[], bool] | None = None,
     on_case: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Run ``teacher`` once over every case of ``entries`` and store its region logits.
+    """Run ``teacher`` once over every case of ``entries`` not cached yet and store its logits.
 
     Each case goes through the same path as segmentation
     (:func:`~napari_brats_kd.inference.predict_probabilities`, one pass over the brain's bounding
     box when it fits the teacher's ROI, else gaussian-blended windows); outside the box, where the
-    image is empty, the stored logit is that of background.
+    image is empty, the stored logit is :data:`BACKGROUND_LOGIT`.
 
     Parameters
     ----------
     teacher
-        The loaded teacher.
+        The loaded teacher (its network is moved to ``device``).
     entries
-        Cases to cache; those whose file exists already are skipped.
+        Cases to cache; those with a file (:func:`target_file`) already are skipped.
     loader
         Loads a case exactly as training does (same modalities, normalisation and padding), so
         the stored logits have the image's shape.
     out_dir
-        Folder of the ``<case_id>.npy`` files.
+        Folder of the ``<case_id>-<stamp>.npy`` files.
     channels
         Image channels the teacher takes, in its order (``None``: all).
     device, overlap, sw_batch_size
         Inference settings.
     should_stop
-        Polled before every case; True raises :class:`~napari_brats_kd.errors.Cancelled` (the
-        finished cases are kept).
+        Polled before every case to compute; True raises
+        :class:`~napari_brats_kd.errors.Cancelled` (the finished cases are kept).
     on_case
-        ``on_case(done, total)`` after every case, cached or skipped.
+        ``on_case(done, total)`` after every computed case, ``total`` counting only the cases
+        that were missing.
 
     Returns
     -------
     int
         Number of cases computed (not found in the cache).
+
+    Raises
+    ------
+    TrainingError
+        If the teacher does not fit in memory on a case.
     """
     from ..inference import brain_bbox, predict_probabilities
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    computed = 0
-    for done, entry in enumerate(entries):
-        path = out_dir / f"{entry.case_id}.npy"
-        if not path.is_file():
-            if should_stop is not None and should_stop():
-                raise Cancelled(
-                    f"Stopped while caching teacher outputs ({done} of {len(entries)} cases done; "
-                    f"they are kept in {out_dir} and reused by the next run)."
-                )
-            image = loader({CASE_ID: entry.case_id, "path": str(entry.path)})[IMAGE]
-            if channels is not None:
-                image = image[list(channels)]
-            logits = np.full((len(teacher.config.regions), *image.shape[1:]), _EPS_LOGIT[0])
-            logits = logits.astype(np.float16)
-            box = brain_bbox(image)
-            if box is not None:
+    todo = [(e, target_file(out_dir, e.case_id, e.path)) for e in entries]
+    todo = [(e, path) for e, path in todo if not path.is_file()]
+    for done, (entry, path) in enumerate(todo):
+        if should_stop is not None and should_stop():
+            raise Cancelled(
+                f"Stopped while caching teacher outputs ({done} of {len(todo)} cases done; "
+                f"they are kept in {out_dir} and reused by the next run)."
+            )
+        image = loader({CASE_ID: entry.case_id, "path": str(entry.path)})[IMAGE]
+        if channels is not None:
+            image = image[list(channels)]
+        shape = (len(teacher.config.regions), *image.shape[1:])
+        logits = np.full(shape, BACKGROUND_LOGIT, dtype=np.float16)
+        box = brain_bbox(image)
+        if box is not None:
+            try:
                 probs, _ = predict_probabilities(
                     teacher, np.ascontiguousarray(image[(slice(None), *box)]), device=device,
                     overlap=overlap, sw_batch_size=sw_batch_size, backend="torch",
                 )  # fmt: skip
-                logits[(slice(None), *box)] = _logit(probs)
+            except ResourceError as exc:
+                raise TrainingError(
+                    f"Caching the teacher's outputs for case {entry.case_id!r}: {exc} With "
+                    "teacher_targets: online the teacher runs on training patches only."
+                ) from exc
+            logits[(slice(None), *box)] = _logit(probs)
 
-            def write(tmp: Path, array: np.ndarray = logits) -> None:
-                with open(tmp, "wb") as f:
-                    np.save(f, array)
+        def write(tmp: Path, array: np.ndarray = logits) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, array)
 
-            atomic_write(path, write)
-            computed += 1
+        atomic_write(path, write)
         if on_case is not None:
-            on_case(done + 1, len(entries))
-    return computed
-
-
-#: Probabilities are clipped to [1e-6, 1 - 1e-6] before the logit: float32 sigmoids saturate, and
-#: +-13.8 is as sure as a target needs to be (sigmoid(13.8 / T) > 0.999 at T = 2).
-_EPS = 1e-6
-_EPS_LOGIT = (float(np.log(_EPS / (1 - _EPS))), float(np.log((1 - _EPS) / _EPS)))
+            on_case(done + 1, len(todo))
+    return len(todo)
 
 
 def _logit(probs: np.ndarray) -> np.ndarray:
@@ -178,7 +210,7 @@ class LoadTeacherTargetsd(Transform):
         self.folder = Path(folder)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        path = self.folder / f"{item[CASE_ID]}.npy"
+        path = target_file(self.folder, item[CASE_ID], item["path"])
         try:
             logits = np.load(path)
         except (OSError, ValueError) as exc:
@@ -189,16 +221,19 @@ class LoadTeacherTargetsd(Transform):
         if logits.shape[1:] != tuple(item[IMAGE].shape[1:]):
             raise TrainingError(
                 f"Cached teacher outputs {path} have shape {logits.shape[1:]}, but case "
-                f"{item[CASE_ID]!r} has {tuple(item[IMAGE].shape[1:])}: the case changed since "
-                f"they were written. Delete {self.folder} to have them computed again."
+                f"{item[CASE_ID]!r} has {tuple(item[IMAGE].shape[1:])} (they were written for other "
+                f"data). Delete {self.folder} to have them computed again."
             )
         return {**item, TEACHER: logits}
 
 
 __all__ = [
+    "BACKGROUND_LOGIT",
     "TEACHER",
     "LoadTeacherTargetsd",
     "cache_teacher_targets",
+    "case_stamp",
     "resolve_target_mode",
+    "target_file",
     "targets_key",
 ]
