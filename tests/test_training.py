@@ -500,10 +500,41 @@ def test_stop_while_caching_keeps_the_finished_cases(data_dir, teacher_ckpt, tmp
     twin = shutil.copytree(entries[0].path, tmp_path / "other" / entries[0].path.name)
     twin_entry = CaseEntry(entries[0].case_id, Path(twin), entries[0].modalities, False)
     assert cache_teacher_targets(teacher, [twin_entry], loader, out, None, torch.device("cpu")) == 1
-    first = sorted(entries[1].path.glob("*.nii*"))[0]
-    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    from napari_brats_kd.naming import case_files
+
+    found = case_files(entries[1].path)
+    seg, flair = found.seg, found.images["flair"]
+    os.utime(seg, ns=(seg.stat().st_atime_ns, seg.stat().st_mtime_ns + 10**9))
+    assert cache_teacher_targets(teacher, entries, loader, out, None, torch.device("cpu")) == 0
+    os.utime(flair, ns=(flair.stat().st_atime_ns, flair.stat().st_mtime_ns + 10**9))
     assert cache_teacher_targets(teacher, entries, loader, out, None, torch.device("cpu")) == 1
     assert len(list(out.glob("*.npy"))) == 5
+
+
+def test_disk_cache_reloads_a_case_whose_images_changed(data_dir, tmp_path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from napari_brats_kd.naming import case_files
+    from napari_brats_kd.training.data import LoadCased, build_dataset, discover_cases
+
+    case = discover_cases(data_dir / "siteA")[0]
+    shutil.copytree(case.path, tmp_path / "data" / case.path.name)
+    (entry,) = discover_cases(tmp_path / "data")
+    loader = LoadCased(("t1", "t1c", "t2", "flair"))
+
+    def loaded() -> np.ndarray:
+        return np.asarray(
+            build_dataset([entry], loader, None, "disk", tmp_path / "cache")[0]["image"]
+        )
+
+    before = loaded()
+    assert np.array_equal(loaded(), before)  # read back from the disk cache
+    flair = case_files(entry.path).images["flair"]
+    img = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.flip(np.asanyarray(img.dataobj), 0), img.affine, img.header), flair)
+    after = loaded()
+    assert not np.array_equal(after[3], before[3]) and np.array_equal(after[:3], before[:3])
 
 
 def test_a_step_on_cached_targets_equals_a_step_with_the_online_teacher() -> None:

@@ -15,6 +15,7 @@ patches on brain voxels.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -143,13 +144,31 @@ def write_split(split: dict[str, list[str]], path: str | Path) -> Path:
     return path
 
 
+def case_stamp(path: str | Path) -> str:
+    """A short hash of a case's image files: resolved paths, sizes and modification times.
+
+    Its segmentation does not count (a corrected label does not change what a teacher sees).
+    ``path`` is what :func:`~napari_brats_kd.io.load_case` reads.
+    """
+    from ..naming import case_files
+
+    found = case_files(path)
+    files = [*found.images.values(), *([found.multichannel[0]] if found.multichannel else [])]
+    h = hashlib.sha256()
+    for f in sorted(Path(f).resolve() for f in files):
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:10]
+
+
 class LoadCased(Transform):
     """Load a case for training: ``{"path", "case_id"}`` -> arrays (deterministic, so cached).
 
     Output keys: ``image`` (float32 ``(C, X, Y, Z)``, normalised, model orientation, channels in
     ``modalities`` order), ``label`` (uint8 ``(R, X, Y, Z)`` region masks; zeros if unlabelled),
-    ``labelled`` (bool), ``case_id``, ``convention``, and the patch-centre candidates ``fg_indices``
-    / ``bg_indices`` (flat indices: tumour and non-tumour brain; brain and brain when unlabelled).
+    ``labelled`` (bool), ``case_id``, ``path``, ``convention``, and the patch-centre candidates
+    ``fg_indices`` / ``bg_indices`` (flat indices: tumour and non-tumour brain; brain and brain
+    when unlabelled).
 
     Parameters
     ----------
@@ -341,7 +360,10 @@ def build_dataset(
     from monai import data as md
     from monai import transforms as mt
 
-    items = [{CASE_ID: e.case_id, "path": str(e.path)} for e in entries]
+    # The stamp is part of the disk cache's key: a case whose images change is loaded anew.
+    items = [
+        {CASE_ID: e.case_id, "path": str(e.path), "stamp": case_stamp(e.path)} for e in entries
+    ]
     loaders = [loader] if isinstance(loader, Transform) else list(loader)
     transforms = mt.Compose([*loaders, *(random_transforms or [])])
     if cache == "memory":
@@ -367,6 +389,7 @@ __all__ = [
     "CaseEntry",
     "LoadCased",
     "build_dataset",
+    "case_stamp",
     "discover_cases",
     "first_case_info",
     "make_split",

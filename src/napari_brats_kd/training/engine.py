@@ -682,14 +682,14 @@ def _run_in_context(
                 on_case=cached_case,
             )  # fmt: skip
 
-        # Under DDP every rank caches its share; then the first process of each node fills in
-        # what the node cannot see (a cache folder that is not shared between nodes).
+        # Under DDP every rank caches its share; then each fills in what it cannot see (a cache
+        # folder that is not shared between nodes), the ranks starting at evenly spaced cases so
+        # that the processes of a node mostly take different ones and none waits at a barrier.
         cache(to_cache[ctx.rank :: ctx.world_size])
         if ctx.distributed:
             dd.barrier(ctx)
-            if ctx.local_rank == 0:
-                cache(to_cache)
-            dd.barrier(ctx)
+            start = ctx.rank * len(to_cache) // ctx.world_size
+            cache(to_cache[start:] + to_cache[:start])
         extra_loads = [LoadTeacherTargetsd(targets_dir)]
         teacher = None  # not needed any more: free its memory
     with_targets = bool(extra_loads)

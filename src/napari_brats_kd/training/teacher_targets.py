@@ -20,11 +20,11 @@ What differs from online targets:
 Files: ``<cache_dir>/teacher_targets/<key>/<case_id>-<stamp>.npy``. ``key`` hashes the
 teacher's weights and everything that shapes its input (modalities, normalisation, padding,
 window), so a changed teacher or setting never reuses stale outputs, and runs that share a teacher
-and a ``cache_dir`` share the files. ``stamp`` hashes where the case's image files are, their sizes
-and modification times (:func:`case_stamp`), so that two cases with one id (a labelled and an
-unlabelled folder, two copies of a dataset) or a case whose images changed are never mixed up;
-outputs of files that changed stay on disk until the folder is deleted. Each file is written
-atomically; a stopped caching pass keeps the finished cases.
+and a ``cache_dir`` share the files. ``stamp`` hashes where the case's image files are, their
+sizes and modification times (:func:`~.data.case_stamp`), so that two cases with one id (a
+labelled and an unlabelled folder, two copies of a dataset) or a case whose images changed are
+never mixed up; outputs of files that changed stay on disk until the folder is deleted. Each file
+is written atomically; a stopped caching pass keeps the finished cases.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from torch import nn
 from .._files import atomic_write
 from ..errors import Cancelled, ResourceError, TrainingError
 from ..models import LoadedModel
-from .data import CASE_ID, IMAGE, TEACHER, CaseEntry, LoadCased
+from .data import CASE_ID, IMAGE, TEACHER, CaseEntry, LoadCased, case_stamp
 
 
 def resolve_target_mode(mode: str, device: torch.device, needs_activations: bool = False) -> str:
@@ -76,20 +76,6 @@ def targets_key(teacher: nn.Module, settings: Mapping[str, Any]) -> str:
 _EPS = 1e-6
 #: The stored logit of "surely not this region": outside the brain, and where augmentation pads.
 BACKGROUND_LOGIT = float(np.log(_EPS / (1 - _EPS)))
-
-
-def case_stamp(path: str | Path) -> str:
-    """A short hash of a case's image files: resolved paths, sizes and modification times.
-
-    ``path`` is a case folder (its NIfTI files count) or a single file.
-    """
-    path = Path(path).resolve()
-    files = sorted(path.glob("*.nii*")) if path.is_dir() else [path]
-    h = hashlib.sha256(str(path).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return h.hexdigest()[:10]
 
 
 def target_file(folder: str | Path, case_id: str, path: str | Path) -> Path:
@@ -154,7 +140,10 @@ def cache_teacher_targets(
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(e, target_file(out_dir, e.case_id, e.path)) for e in entries]
     todo = [(e, path) for e, path in todo if not path.is_file()]
+    computed = 0
     for done, (entry, path) in enumerate(todo):
+        if path.is_file():  # written meanwhile by another process sharing the folder
+            continue
         if should_stop is not None and should_stop():
             raise Cancelled(
                 f"Stopped while caching teacher outputs ({done} of {len(todo)} cases done; "
@@ -184,9 +173,10 @@ def cache_teacher_targets(
                 np.save(f, array)
 
         atomic_write(path, write)
+        computed += 1
         if on_case is not None:
             on_case(done + 1, len(todo))
-    return len(todo)
+    return computed
 
 
 def _logit(probs: np.ndarray) -> np.ndarray:
@@ -232,7 +222,6 @@ __all__ = [
     "TEACHER",
     "LoadTeacherTargetsd",
     "cache_teacher_targets",
-    "case_stamp",
     "resolve_target_mode",
     "target_file",
     "targets_key",
