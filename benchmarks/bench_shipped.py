@@ -9,8 +9,9 @@ through :func:`bench_inference.run_in_subprocess`.
 Columns: parameters, GFLOPs per forward (on the brain crop of the timed case), CPU seconds per
 case (median), peak RSS, training time, and Dice / HD95 for WT, TC and ET over every held-out
 case of every site. Rows: the teacher, the shipped (distilled) student, a student distilled from
-cached teacher outputs (``student_cached``, when the folder has one), the same student without
-KD and a T1c + FLAIR student (cross-modal); a second table compares, on held-out site B, students
+cached teacher outputs (``student_cached``, when the folder has one) and the same with three
+times the steps (``student_long``), the same student without KD and a T1c + FLAIR student
+(cross-modal); a second table compares, on held-out site B, students
 distilled on sites A and C with and without unlabelled site-B scans (domain adaptation); a third
 puts each KD student beside the no-KD one of its run folder, for this folder and every
 ``--compare`` folder (other seeds).
@@ -46,6 +47,10 @@ MODELS = {
     "student_cached": (
         "student, KD, cached targets",
         "student-small, KL + soft Dice to the teacher's outputs cached once per case",
+    ),
+    "student_long": (
+        "student, KD, cached targets, 3x steps",
+        "student-small, as the cached one with 1500 steps (STUDENT_EPOCHS=60)",
     ),
     "student_nokd": ("student, no KD", "student-small, labels only, same steps"),
     "student_t1cflair": (
