@@ -204,7 +204,11 @@ def build_augmentation(
         )
     if padding and tgt and target_fill != 0.0:
         # Resampling pads with zeros only: shift the targets so that their fill value is 0.
-        padding = [_AddTod(tgt, -target_fill), *padding, _AddTod(tgt, target_fill)]
+        padding = [
+            mt.ShiftIntensityd(tgt, offset=-target_fill),
+            *padding,
+            mt.ShiftIntensityd(tgt, offset=target_fill),
+        ]
     out += padding
     if c.intensity_prob > 0:
         out.append(mt.RandScaleIntensityd(img, factors=c.intensity_scale, prob=c.intensity_prob))
@@ -225,20 +229,6 @@ def build_augmentation(
             mt.RandSimulateLowResolutiond(img, prob=c.lowres_prob, zoom_range=tuple(c.lowres_zoom))
         )
     return out
-
-
-class _AddTod:
-    """Add ``value`` to the arrays under ``keys`` (a picklable transform for DataLoader workers)."""
-
-    def __init__(self, keys: Sequence[str], value: float) -> None:
-        self.keys = tuple(keys)
-        self.value = float(value)
-
-    def __call__(self, data: dict) -> dict:
-        out = dict(data)
-        for key in self.keys:
-            out[key] = data[key] + self.value
-        return out
 
 
 __all__ = ["PRESETS", "AugmentConfig", "build_augmentation"]

@@ -33,6 +33,8 @@ from ..labels import REGIONS, labels_to_regions
 IMAGE, LABEL, LABELLED, CASE_ID = "image", "label", "labelled", "case_id"
 #: Cached teacher logits (float ``(R, X, Y, Z)``), present when distilling from cached targets.
 TEACHER = "teacher"
+#: Item key of :func:`case_stamp` (set by :func:`build_dataset`, passed on by :class:`LoadCased`).
+STAMP = "stamp"
 FG, BG = "fg_indices", "bg_indices"
 
 
@@ -166,9 +168,9 @@ class LoadCased(Transform):
 
     Output keys: ``image`` (float32 ``(C, X, Y, Z)``, normalised, model orientation, channels in
     ``modalities`` order), ``label`` (uint8 ``(R, X, Y, Z)`` region masks; zeros if unlabelled),
-    ``labelled`` (bool), ``case_id``, ``path``, ``convention``, and the patch-centre candidates
-    ``fg_indices`` / ``bg_indices`` (flat indices: tumour and non-tumour brain; brain and brain
-    when unlabelled).
+    ``labelled`` (bool), ``convention``, and the patch-centre candidates ``fg_indices`` /
+    ``bg_indices`` (flat indices: tumour and non-tumour brain; brain and brain when unlabelled),
+    beside the input keys (``case_id``, ``path``, and ``stamp`` when given).
 
     Parameters
     ----------
@@ -248,11 +250,11 @@ class LoadCased(Transform):
         if fg.size == 0 and bg.size == 0:  # an empty image: sample anywhere
             fg = bg = np.arange(brain.size)
         return {
+            **item,  # its path and stamp, for transforms that look up files of the case
             IMAGE: image,
             LABEL: label,
             LABELLED: bool(labelled),
             CASE_ID: case_id,
-            "path": item["path"],  # where it came from (the cached teacher outputs' stamp)
             "convention": convention or "",
             FG: fg,
             BG: bg,
@@ -361,9 +363,7 @@ def build_dataset(
     from monai import transforms as mt
 
     # The stamp is part of the disk cache's key: a case whose images change is loaded anew.
-    items = [
-        {CASE_ID: e.case_id, "path": str(e.path), "stamp": case_stamp(e.path)} for e in entries
-    ]
+    items = [{CASE_ID: e.case_id, "path": str(e.path), STAMP: case_stamp(e.path)} for e in entries]
     loaders = [loader] if isinstance(loader, Transform) else list(loader)
     transforms = mt.Compose([*loaders, *(random_transforms or [])])
     if cache == "memory":

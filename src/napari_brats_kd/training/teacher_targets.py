@@ -43,7 +43,7 @@ from torch import nn
 from .._files import atomic_write
 from ..errors import Cancelled, ResourceError, TrainingError
 from ..models import LoadedModel
-from .data import CASE_ID, IMAGE, TEACHER, CaseEntry, LoadCased, case_stamp
+from .data import CASE_ID, IMAGE, STAMP, TEACHER, CaseEntry, LoadCased, case_stamp
 
 
 def resolve_target_mode(mode: str, device: torch.device, needs_activations: bool = False) -> str:
@@ -78,9 +78,9 @@ _EPS = 1e-6
 BACKGROUND_LOGIT = float(np.log(_EPS / (1 - _EPS)))
 
 
-def target_file(folder: str | Path, case_id: str, path: str | Path) -> Path:
-    """Where the cached outputs of case ``case_id`` (read from ``path``) live in ``folder``."""
-    return Path(folder) / f"{case_id}-{case_stamp(path)}.npy"
+def target_file(folder: str | Path, case_id: str, stamp: str) -> Path:
+    """Where the cached outputs of case ``case_id`` (:func:`~.data.case_stamp` ``stamp``) live."""
+    return Path(folder) / f"{case_id}-{stamp}.npy"
 
 
 def cache_teacher_targets(
@@ -138,7 +138,7 @@ def cache_teacher_targets(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(e, target_file(out_dir, e.case_id, e.path)) for e in entries]
+    todo = [(e, target_file(out_dir, e.case_id, case_stamp(e.path))) for e in entries]
     todo = [(e, path) for e, path in todo if not path.is_file()]
     computed = 0
     for done, (entry, path) in enumerate(todo):
@@ -187,7 +187,8 @@ def _logit(probs: np.ndarray) -> np.ndarray:
 class LoadTeacherTargetsd(Transform):
     """Add the cached teacher logits of a loaded case under ``teacher`` (float16 ``(R, ...)``).
 
-    Runs after :class:`~.data.LoadCased` (and is cached with it).
+    Runs after :class:`~.data.LoadCased` on the items of :func:`~.data.build_dataset`, which carry
+    the case stamp (and is cached with it).
 
     Raises
     ------
@@ -200,7 +201,7 @@ class LoadTeacherTargetsd(Transform):
         self.folder = Path(folder)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        path = target_file(self.folder, item[CASE_ID], item["path"])
+        path = target_file(self.folder, item[CASE_ID], item[STAMP])
         try:
             logits = np.load(path)
         except (OSError, ValueError) as exc:
