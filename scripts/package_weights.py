@@ -29,6 +29,7 @@ import yaml
 from napari_brats_kd.models import load_checkpoint, save_checkpoint
 from napari_brats_kd.models.networks import count_parameters
 from napari_brats_kd.models.registry import INDEX_FILE, WEIGHTS_DIR
+from napari_brats_kd.training.teacher_targets import resolve_target_mode
 
 REGIONS = ("WT", "TC", "ET")
 DISCLAIMER = (
@@ -96,7 +97,14 @@ def _cpu_name() -> str:
 
 
 def model_card(
-    name: str, role: str, loaded, run: Path, stem: str, metrics: dict, hardware: str | None
+    name: str,
+    role: str,
+    loaded,
+    run: Path,
+    stem: str,
+    metrics: dict,
+    hardware: str | None,
+    note: str | None = None,
 ) -> str:
     run_dir = run / f"{stem}_run"
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -154,6 +162,21 @@ def model_card(
             f"{cfg['temperature']}, soft-Dice-to-teacher weight {cfg.get('kd_dice_weight', 0)}; "
             "teacher: the shipped teacher."
         )
+        device = torch.device(str(prov.get("device", "cpu")))
+        mode = resolve_target_mode(
+            cfg.get("teacher_targets", "online"), device, cfg.get("attention_weight", 0) > 0
+        )
+        lines.append(
+            "- Teacher outputs: "
+            + (
+                "computed once per training case and cached (`teacher_targets: cached`), then "
+                "cropped and augmented with the image."
+                if mode == "cached"
+                else "computed on every augmented patch (`teacher_targets: online`)."
+            )
+        )
+    if note:
+        lines.append(f"- {note}")
     lines += [
         f"- Training time (steps, without validation): {train_min:.1f} min on {hardware}, torch "
         f"{prov.get('torch', torch.__version__)}; packaged at napari-brats-kd commit {_git_commit()}.",
@@ -198,12 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         "default: this machine's CPU",
     )
     parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help="one more line for a model's card, under Training (e.g. what changed since)",
+    )
+    parser.add_argument(
         "--student-stem",
         default="student",
         help="which student of the run folder ships (its checkpoint stem)",
     )
     args = parser.parse_args(argv)
     hardware = dict(item.split("=", 1) for item in args.hardware)
+    notes = dict(item.split("=", 1) for item in args.note)
     index_path = args.dest / INDEX_FILE.name
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     entries = [e for e in index.get("models", []) if e.get("name") not in SHIPPED]
@@ -219,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
             args.dest / f"{name}.safetensors", loaded.model, cfg, sidecar=False, dtype=dtype
         )
         card = args.dest / f"{name}.md"
-        card.write_text(model_card(name, role, loaded, args.run, stem, metrics, hardware.get(name)))
+        card.write_text(
+            model_card(
+                name, role, loaded, args.run, stem, metrics, hardware.get(name), notes.get(name)
+            )
+        )
         entries.append(
             {
                 "name": name,
