@@ -8,12 +8,13 @@ through :func:`bench_inference.run_in_subprocess`.
 
 Columns: parameters, GFLOPs per forward (on the brain crop of the timed case), CPU seconds per
 case (median), peak RSS, training time, and Dice / HD95 for WT, TC and ET over every held-out
-case of every site. Rows: the teacher, the shipped (distilled) student, a student distilled from
-cached teacher outputs (``student_cached``, when the folder has one) and the same with three
-times the steps (``student_long``), the same student without KD and a T1c + FLAIR student
-(cross-modal); a second table compares, on held-out site B, students
-distilled on sites A and C with and without unlabelled site-B scans (domain adaptation); a third
-puts each KD student beside the no-KD one of its run folder, for this folder and every
+case of every site. Rows (those the folder has): the teacher, the distilled student
+(``student``), one distilled from cached teacher outputs (``student_cached``) and the same with
+three times the steps (``student_long``), the same student without KD with both budgets
+(``student_nokd``, ``student_nokd_long``) and a T1c + FLAIR student (cross-modal); ``--shipped``
+names the one that ships. A second table compares, on held-out site B, students distilled on
+sites A and C with and without unlabelled site-B scans (domain adaptation); a third puts each KD
+student beside the no-KD one with the same steps (``KD_PAIRS``), for this folder and every
 ``--compare`` folder (other seeds).
 
 Usage::
@@ -53,10 +54,20 @@ MODELS = {
         "student-small, as the cached one with 1500 steps (STUDENT_EPOCHS=60)",
     ),
     "student_nokd": ("student, no KD", "student-small, labels only, same steps"),
+    "student_nokd_long": (
+        "student, no KD, 3x steps",
+        "student-small, labels only, 1500 steps (STUDENT_EPOCHS=60)",
+    ),
     "student_t1cflair": (
         "student T1c+FLAIR, KD",
         "student-small on T1c + FLAIR only (cross-modal)",
     ),
+}
+#: KD-vs-no-KD pairs (same data, code, steps and seed): KD stem -> no-KD stem.
+KD_PAIRS = {
+    "student": "student_nokd",
+    "student_cached": "student_nokd",
+    "student_long": "student_nokd_long",
 }
 #: Domain adaptation rows, scored on held-out site B only: stem -> label.
 ADAPTATION = {
@@ -105,18 +116,18 @@ def describe(ckpt: Path) -> tuple[str, str, str]:
 
 def kd_pairs(runs: list[Path]) -> list[str]:
     """Table rows comparing the KD student with the no-KD one in each run folder (same data,
-    code, steps and seed within a folder): what the "KD beats no KD" bar needs over seeds."""
+    code, steps and seed within a pair): what the "KD beats no KD" bar needs over seeds."""
     from napari_brats_kd.models import load_checkpoint
 
     rows = []
-    for run, stem in ((r, s) for r in runs for s in ("student", "student_cached")):
-        kd, nokd = read_scores(run, stem), read_scores(run, "student_nokd")
+    for run, (stem, nokd_stem) in ((r, p) for r in runs for p in KD_PAIRS.items()):
+        kd, nokd = read_scores(run, stem), read_scores(run, nokd_stem)
         if not kd or not nokd:
             continue
         prov = load_checkpoint(run / f"{stem}.safetensors").config.provenance
         hd = " / ".join(f"{kd[f'hd95_{g}']:.1f} vs {nokd[f'hd95_{g}']:.1f}" for g in REGIONS)
         rows.append(
-            f"| `{run.name}/{stem}` | {prov.get('seed', '-')} "
+            f"| `{run.name}/{stem}` | {prov.get('seed', '-')} | {train_steps(run, stem)} "
             f"| {prov.get('teacher_targets', 'online')} "
             f"| {kd['dice_mean']:.3f} | {nokd['dice_mean']:.3f} "
             f"| {kd['dice_mean'] - nokd['dice_mean']:+.3f} | {hd} |"
@@ -124,13 +135,25 @@ def kd_pairs(runs: list[Path]) -> list[str]:
     return rows
 
 
-def train_seconds(run: Path, stem: str) -> float | None:
-    """Sum of epoch times in ``<stem>_run/log.csv`` (the CLI's default run folder)."""
+def run_log(run: Path, stem: str) -> list[dict[str, str]]:
+    """The rows of ``<stem>_run/log.csv`` (the CLI's default run folder); empty when missing."""
     log = run / f"{stem}_run" / "log.csv"
     if not log.is_file():
-        return None
+        return []
     with log.open() as fh:
-        return sum(float(r["epoch_time_s"]) for r in csv.DictReader(fh))
+        return list(csv.DictReader(fh))
+
+
+def train_seconds(run: Path, stem: str) -> float | None:
+    """Sum of the epoch times of the run log (training steps, without validation)."""
+    log = run_log(run, stem)
+    return sum(float(r["epoch_time_s"]) for r in log) if log else None
+
+
+def train_steps(run: Path, stem: str) -> str:
+    """Optimiser steps the run took (its log's last step), or ``-``."""
+    log = run_log(run, stem)
+    return log[-1]["step"] if log else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,12 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     if pairs:
         lines += [
             "",
-            "KD against no KD, per run folder (each pair: same data, code, steps and seed; "
-            "all held-out cases):",
+            "KD against no KD (each pair: same data, code, steps and seed; all held-out cases):",
             "",
-            "| run / KD student | seed | teacher targets | KD mean Dice | no-KD mean Dice | KD - no KD "
-            "| HD95 WT / TC / ET, KD vs no KD (mm) |",
-            "|---|---|---|---|---|---|---|",
+            "| run / KD student | seed | steps | teacher targets | KD mean Dice | no-KD mean Dice "
+            "| KD - no KD | HD95 WT / TC / ET, KD vs no KD (mm) |",
+            "|---|---|---|---|---|---|---|---|",
             *pairs,
         ]
     lines.append("")
