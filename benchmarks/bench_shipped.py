@@ -11,11 +11,11 @@ case (median), peak RSS, training time, and Dice / HD95 for WT, TC and ET over e
 case of every site. Rows (those the folder has): the teacher, the distilled student
 (``student``), one distilled from cached teacher outputs (``student_cached``) and the same with
 three times the steps (``student_long``), the same student without KD with both budgets
-(``student_nokd``, ``student_nokd_long``) and a T1c + FLAIR student (cross-modal); ``--shipped``
-names the one that ships. A second table compares, on held-out site B, students distilled on
-sites A and C with and without unlabelled site-B scans (domain adaptation); a third puts each KD
-student beside the no-KD one with the same steps (``KD_PAIRS``), for this folder and every
-``--compare`` folder (other seeds).
+(``student_nokd``, ``student_nokd_long``), a T1c + FLAIR student (cross-modal) and one with
+attention transfer (``student_attention``); ``--shipped`` names the one that ships. A second
+table compares, on held-out site B, students distilled on sites A and C with and without
+unlabelled site-B scans (domain adaptation); a third puts each KD student beside the no-KD one
+with the same steps (``KD_PAIRS``), for this folder and every ``--compare`` folder (other seeds).
 
 Usage::
 
@@ -62,12 +62,17 @@ MODELS = {
         "student T1c+FLAIR, KD",
         "student-small on T1c + FLAIR only (cross-modal)",
     ),
+    "student_attention": (
+        "student, KD + attention transfer",
+        "student-small, KL + soft Dice + the teacher's encoder attention maps",
+    ),
 }
 #: KD-vs-no-KD pairs (same data, code, steps and seed): KD stem -> no-KD stem.
 KD_PAIRS = {
     "student": "student_nokd",
     "student_cached": "student_nokd",
     "student_long": "student_nokd_long",
+    "student_attention": "student_nokd",
 }
 #: Domain adaptation rows, scored on held-out site B only: stem -> label.
 ADAPTATION = {

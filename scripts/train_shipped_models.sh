@@ -5,6 +5,8 @@
 # and the comparisons of the results table, each with the student's budget:
 #   student_nokd      the same student trained on labels alone (does KD help?);
 #   student_t1cflair  a T1c + FLAIR student distilled from the 4-modality teacher (cross-modal);
+#   student_attention the student distilled with attention transfer too (the teacher's encoder
+#                     attention maps; it runs the teacher on every patch, about 55 min on a CPU);
 #   student_AC, student_AC_adaptB
 #                     students distilled on labelled sites A and C only, the second also on
 #                     unlabelled site-B scans (teacher targets only): domain adaptation, scored
@@ -22,13 +24,16 @@
 #
 # Settings (environment): SHIP_DIR, N_TRAIN, N_TEST, N_UNLABELED (phantoms), TEACHER_ARCH,
 # TEACHER_PATCH, TEACHER_EPOCHS, TEACHER_MINUTES, STUDENT_EPOCHS, STUDENT_MINUTES,
-# STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, TEACHER_TARGETS, SEED (training:
-# split, initialisation, patches; the phantoms keep theirs), STAGES (default all: teacher student
-# student_nokd student_AC student_AC_adaptB student_t1cflair) and JOBS (processes for phantoms and
-# per-site evaluation).
+# STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, TEACHER_TARGETS, ATTENTION_WEIGHT,
+# SEED (training: split, initialisation, patches; the phantoms keep theirs), STAGES (default all:
+# teacher student student_nokd student_AC student_AC_adaptB student_t1cflair student_attention)
+# and JOBS (processes for phantoms and per-site evaluation).
 #
 # A stage whose model already exists is skipped, so an interrupted run continues where it stopped
 # (delete a model to redo its stage).
+#
+# The shipped student was made with STUDENT_EPOCHS=60 (1500 steps, 72 min on a 2-core CPU, the
+# teacher's outputs cached); the default 20 epochs is the budget of most comparisons.
 #
 # Then `python scripts/package_weights.py runs/shipped` copies the models into the package with
 # their model cards and index entries.
@@ -167,5 +172,13 @@ brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
   --out "$out/student_t1cflair.safetensors" --modalities t1c,flair --set kd_dice_weight=1 \
   "${student_common[@]}" "${common[@]}"
 evaluate student_t1cflair
+
+# Attention maps need the teacher's activations on every patch, so its targets are online here.
+stage student_attention "attention transfer: the student, plus the teacher's encoder attention maps" &&
+brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
+  --out "$out/student_attention.safetensors" --set kd_dice_weight=1 \
+  --attention-weight "${ATTENTION_WEIGHT:-1}" "${student_common[@]}" --teacher-targets online \
+  "${common[@]}"
+evaluate student_attention
 
 log "done: models, run folders and per-case scores in $out/"
