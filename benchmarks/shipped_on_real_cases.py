@@ -6,7 +6,8 @@ their times and tumour volumes. TCGA-DU-7294 comes with BraTS 2020 algorithm out
 HD95 are computed against the simple fusion of five of them (labels 1/2: whole tumour and core, no
 enhancing label) and against hnfnetv1-20 (the one with enhancing tumour). These are algorithm
 outputs, not expert ground truth: a rough reference. BraTS-GLI-00001-000 has no segmentation:
-volumes only.
+volumes only. ``--also`` adds other models (say, the comparison students of a training run) to
+the table.
 
 Writes ``benchmarks/results/shipped_on_real_cases.md`` and the figure
 ``docs/shipped_on_real_cases.png`` (FLAIR and T1c at the axial slice of the largest tumour area,
@@ -14,7 +15,8 @@ with each model's labels and the reference). Real scans are read from ``../share
 
 Usage::
 
-    python benchmarks/shipped_on_real_cases.py [--student student] [--teacher teacher]
+    python benchmarks/shipped_on_real_cases.py [--student student] [--teacher teacher] \
+        [--also "NAME=CHECKPOINT"]
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=Path, default=REAL)
     parser.add_argument("--student", default="student", help="model name or checkpoint")
     parser.add_argument("--teacher", default="teacher", help="model name or checkpoint")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="another model for the table (not the figure), e.g. a comparison student of a "
+        "training run: 'no KD, 1500 steps=runs/shipped/student_nokd.safetensors' (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "shipped_on_real_cases.md")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "shipped_on_real_cases.png")
     args = parser.parse_args(argv)
@@ -67,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     models = {"student": args.student, "teacher": args.teacher}
+    models.update(item.split("=", 1) for item in args.also)
     cases = [load_case(p) for p in sorted(args.real.iterdir()) if p.is_dir()]
     lines = [
         "# Shipped models on the two real cases",
