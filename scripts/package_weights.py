@@ -29,7 +29,6 @@ import yaml
 from napari_brats_kd.models import load_checkpoint, save_checkpoint
 from napari_brats_kd.models.networks import count_parameters
 from napari_brats_kd.models.registry import INDEX_FILE, WEIGHTS_DIR
-from napari_brats_kd.training.teacher_targets import resolve_target_mode
 
 REGIONS = ("WT", "TC", "ET")
 DISCLAIMER = (
@@ -162,10 +161,9 @@ def model_card(
             f"{cfg['temperature']}, soft-Dice-to-teacher weight {cfg.get('kd_dice_weight', 0)}; "
             "teacher: the shipped teacher."
         )
-        device = torch.device(str(prov.get("device", "cpu")))
-        mode = resolve_target_mode(
-            cfg.get("teacher_targets", "online"), device, cfg.get("attention_weight", 0) > 0
-        )
+        # The mode the run used, as the engine recorded it (distillations from before the
+        # setting existed ran the teacher online).
+        mode = prov.get("teacher_targets", "online")
         lines.append(
             "- Teacher outputs: "
             + (
