@@ -7,6 +7,9 @@
 #   student_t1cflair  a T1c + FLAIR student distilled from the 4-modality teacher (cross-modal);
 #   student_attention the student distilled with attention transfer too (the teacher's encoder
 #                     attention maps; it runs the teacher on every patch, about 55 min on a CPU);
+#   student_corrected the student distilled from the teacher's outputs corrected by the labels
+#                     (--label-correction: where the teacher is wrong, its confidence on the
+#                     label's side);
 #   student_AC, student_AC_adaptB
 #                     students distilled on labelled sites A and C only, the second also on
 #                     unlabelled site-B scans (teacher targets only): domain adaptation, scored
@@ -26,7 +29,8 @@
 # TEACHER_PATCH, TEACHER_EPOCHS, TEACHER_MINUTES, STUDENT_EPOCHS, STUDENT_MINUTES,
 # STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, TEACHER_TARGETS, ATTENTION_WEIGHT,
 # SEED (training: split, initialisation, patches; the phantoms keep theirs), STAGES (default all:
-# teacher student student_nokd student_AC student_AC_adaptB student_t1cflair student_attention)
+# teacher student student_nokd student_AC student_AC_adaptB student_t1cflair student_attention
+# student_corrected)
 # and JOBS (processes for phantoms and per-site evaluation).
 #
 # A stage whose model already exists is skipped, so an interrupted run continues where it stopped
@@ -180,5 +184,11 @@ brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
   --attention-weight "${ATTENTION_WEIGHT:-1}" "${student_common[@]}" --teacher-targets online \
   "${common[@]}"
 evaluate student_attention
+
+stage student_corrected "label-corrected KD: the student, from the teacher's outputs corrected by the labels" &&
+brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
+  --out "$out/student_corrected.safetensors" --set kd_dice_weight=1 --label-correction \
+  "${student_common[@]}" "${common[@]}"
+evaluate student_corrected
 
 log "done: models, run folders and per-case scores in $out/"

@@ -149,3 +149,42 @@ def test_attention_transfer_hooks_record_training_passes_only() -> None:
     at.remove()
     with pytest.raises(TrainingError, match="SegResNet-family"):
         AttentionTransfer(torch.nn.Conv3d(4, 3, 1), teacher)
+
+
+def test_label_correction_moves_only_the_teachers_mistakes_to_the_labels_side() -> None:
+    from napari_brats_kd.training.losses import correct_teacher_logits
+
+    target = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0]).reshape(1, 1, 6, 1, 1)
+    teacher = torch.tensor([3.0, -2.0, -4.0, 5.0, 0.0, 0.0]).reshape(1, 1, 6, 1, 1)
+    fixed = correct_teacher_logits(teacher, target).flatten().tolist()
+    # Right stays as it is; wrong keeps its confidence on the label's side; 0 (no decision) goes
+    # just across to the label's side.
+    assert fixed[:4] == [3.0, 2.0, -4.0, -5.0]
+    assert fixed[4] > 0 > fixed[5] and abs(fixed[4]) < 0.01
+    # Samples without labels keep the teacher's outputs.
+    both = torch.cat([teacher, teacher]), torch.cat([target, target])
+    fixed2 = correct_teacher_logits(*both, labelled=torch.tensor([True, False]))
+    assert torch.equal(fixed2[1], teacher[0]) and fixed2[0].flatten().tolist()[:4] == fixed[:4]
+    with pytest.raises(ValueError, match="shape"):
+        correct_teacher_logits(teacher, target[:, :, :3])
+
+
+def test_label_corrected_kd_never_pulls_the_student_against_the_labels() -> None:
+    # The teacher is confidently wrong on half the voxels (it misses a region the labels hold).
+    target = torch.zeros(1, 3, 8, 8, 8)
+    target[:, :, :4] = 1.0
+    teacher = torch.full_like(target, -6.0)  # "no tumour" everywhere
+    student = torch.zeros_like(target, requires_grad=True)
+    plain = DistillationLoss(alpha=0.0, temperature=2.0)(student, teacher, target)["loss"]
+    (g_plain,) = torch.autograd.grad(plain, student)
+    corrected = DistillationLoss(alpha=0.0, temperature=2.0, label_correction=True)
+    (g_fixed,) = torch.autograd.grad(corrected(student, teacher, target)["loss"], student)
+    # Gradient descent moves logits by -grad: plain KD pushes the tumour voxels towards
+    # "background"; corrected KD pushes them towards the label, and the rest stays as it was.
+    assert (g_plain[:, :, :4] > 0).all() and (g_fixed[:, :, :4] < 0).all()
+    assert torch.allclose(g_fixed[:, :, 4:], g_plain[:, :, 4:])
+    # A student that learnt the labels with the teacher's confidence is where corrected KD rests.
+    rest = torch.where(target > 0, 6.0, -6.0)
+    assert corrected(rest, teacher, target)["kd"].item() < 1e-6
+    # Without labels there is nothing to correct by: the teacher's outputs are the target.
+    assert corrected(teacher.clone(), teacher)["kd"].item() < 1e-6

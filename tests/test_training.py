@@ -127,6 +127,7 @@ def test_distill_labelled_unlabelled_cross_modal(data_dir, teacher_ckpt, tmp_pat
             "model.modalities=[t1c,flair]",
             "alpha=0.5",
             "temperature=2.0",
+            "kd_label_correction=true",
             "val_fraction=0.34",
             *FAST,
             "steps_per_epoch=2",
@@ -140,6 +141,7 @@ def test_distill_labelled_unlabelled_cross_modal(data_dir, teacher_ckpt, tmp_pat
     assert student.config.arch == "student"
     assert student.config.provenance["n_unlabeled"] == 2
     assert student.config.provenance["teacher"]
+    assert student.config.provenance["kd_label_correction"] is True
     row = result.history[0]
     assert row["kd"] > 0 and row["supervised"] > 0
     split = json.loads((tmp_path / "run" / "split.json").read_text())
@@ -386,6 +388,20 @@ def test_cli_train_runs_and_reports(data_dir, tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main([*args, "--epochs", "5", "--max-minutes", "1e-5"]) == 0
     assert "Time limit reached after 1 epoch(s)." in capsys.readouterr().out
+
+
+def test_cli_distill_options_reach_the_config(tmp_path) -> None:
+    from napari_brats_kd.cli import _distill_settings, _training_overrides, build_parser
+
+    parser, _ = build_parser()
+
+    def config(*argv: str) -> DistillConfig:
+        args = parser.parse_args(["distill", str(tmp_path), *argv])
+        return load_config("distill", _training_overrides(args, _distill_settings(args)))
+
+    cfg = config("--label-correction", "--attention-weight", "0.5", "--alpha", "0.3")
+    assert cfg.kd_label_correction is True and cfg.attention_weight == 0.5 and cfg.alpha == 0.3
+    assert config().kd_label_correction is False and config().alpha == 0.5
 
 
 def _distill_cfg(data_dir: Path, teacher: Path, run: Path, *extra: str) -> DistillConfig:

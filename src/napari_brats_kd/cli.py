@@ -388,11 +388,19 @@ def _add_distill(sub: argparse._SubParsersAction) -> Runner:
         metavar="W",
         help="also match the teacher's encoder attention maps, with weight W (default 0: off)",
     )
+    p.add_argument(
+        "--label-correction",
+        action="store_true",
+        default=None,
+        help="correct the teacher's outputs by the labels: where the teacher contradicts the "
+        "ground truth, learn its confidence on the label's side (knowledge adjustment)",
+    )
     return _run_distill
 
 
-def _run_distill(args: argparse.Namespace) -> int:
-    extra = {
+def _distill_settings(args: argparse.Namespace) -> dict:
+    """The distillation options as config keys (``None``: not given)."""
+    return {
         "teacher": args.teacher,
         "model.modalities": _modalities_list(args.modalities),
         "model.arch": args.student,
@@ -401,8 +409,12 @@ def _run_distill(args: argparse.Namespace) -> int:
         "temperature": args.temperature,
         "teacher_targets": args.teacher_targets,
         "attention_weight": args.attention_weight,
+        "kd_label_correction": args.label_correction,
     }
-    return _run_training(args, "distill", extra)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    return _run_training(args, "distill", _distill_settings(args))
 
 
 # ------------------------------------------------------------------------------------- evaluate

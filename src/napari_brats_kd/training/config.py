@@ -266,6 +266,11 @@ class DistillConfig(TrainConfig):
         Weight of a soft Dice loss between student and teacher probabilities, added to the
         teacher term; 0 leaves the binary KL alone (see :mod:`.losses` for why it helps small
         regions).
+    kd_label_correction
+        Correct the teacher's outputs by the labels before the student learns from them: where
+        the teacher contradicts the ground truth, its probability ``p`` becomes ``1 - p``
+        (knowledge adjustment; see :mod:`.losses`). Off by default; unlabelled cases keep the
+        teacher's outputs.
     unlabeled_dir
         Folder of unlabelled cases (e.g. another site): learnt from the teacher only.
     unlabeled_weight
@@ -287,6 +292,7 @@ class DistillConfig(TrainConfig):
     alpha: float = 0.5
     temperature: float = 2.0
     kd_dice_weight: float = 0.0
+    kd_label_correction: bool = False
     unlabeled_dir: str | None = None
     unlabeled_weight: float = 1.0
     teacher_targets: str = "auto"

@@ -777,7 +777,9 @@ def _run_in_context(
     )
     supervised = SupervisedLoss(cfg.dice_weight, cfg.bce_weight)
     loss_fn: nn.Module = (
-        DistillationLoss(cfg.alpha, cfg.temperature, supervised, cfg.kd_dice_weight)
+        DistillationLoss(
+            cfg.alpha, cfg.temperature, supervised, cfg.kd_dice_weight, cfg.kd_label_correction
+        )
         if distill
         else supervised
     )
@@ -818,6 +820,7 @@ def _run_in_context(
             alpha=cfg.alpha,
             temperature=cfg.temperature,
             kd_dice_weight=cfg.kd_dice_weight,
+            kd_label_correction=cfg.kd_label_correction,
             teacher_targets=targets_mode,
             attention_weight=attention_weight,
         )

@@ -28,6 +28,15 @@ of the squared activations, L2-normalised over space. Maps need no channel proje
 student of 8 filters learns where a 32-filter teacher's encoder looks; a half-resolution student's
 maps are upsampled to the teacher's grid.
 
+Optionally (``label_correction``) the teacher's outputs are first corrected by the labels
+(*knowledge adjustment*, Wen et al., 2021): where the teacher's decision for a voxel and region
+contradicts the ground truth, its logit changes sign, so the target lands on the right side of
+0.5 with the teacher's own confidence. Why: a student that copies its teacher also copies its
+mistakes, and a teacher that is weaker than the labels (a short training run, a hard case) then
+holds the student back; corrected, the teacher still shapes the soft boundaries and the
+uncertainty it knows, but never argues against the labels. Unlabelled samples have nothing to be
+corrected by and keep the teacher's outputs.
+
 The supervised term is counted only for samples with ground truth (``labelled`` mask), so batches
 that mix labelled cases and unlabelled cases of another site learn from the teacher everywhere
 and from labels where they exist.
@@ -135,6 +144,47 @@ def binary_kl_divergence(
     return kl.flatten(1).mean(1)
 
 
+def correct_teacher_logits(
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    labelled: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Teacher logits with the sign flipped wherever the teacher contradicts the labels.
+
+    Knowledge adjustment (Wen et al., 2021, adapted to sigmoid outputs): a voxel's teacher
+    probability ``p`` becomes ``1 - p`` where ``p > 0.5`` disagrees with the binary label, so the
+    corrected target keeps the teacher's confidence but never its mistake.
+
+    Parameters
+    ----------
+    teacher_logits
+        ``(B, R, ...)`` teacher logits.
+    target
+        ``(B, R, ...)`` binary region masks, on the same grid.
+    labelled
+        ``(B,)`` booleans: samples without ground truth keep the teacher's logits (all samples
+        are corrected if ``None``).
+
+    Returns
+    -------
+    torch.Tensor
+        Corrected logits, shaped like ``teacher_logits``.
+    """
+    if teacher_logits.shape != target.shape:
+        raise ValueError(
+            f"Cannot correct the teacher by the labels: its outputs have shape "
+            f"{tuple(teacher_logits.shape)}, the labels {tuple(target.shape)}."
+        )
+    positive = target > 0.5
+    # A logit of exactly 0 is no decision: it counts as wrong, and moves to the label's side.
+    wrong = torch.where(positive, teacher_logits <= 0, teacher_logits >= 0)
+    if labelled is not None:
+        wrong &= labelled.to(torch.bool).reshape(-1, *([1] * (wrong.ndim - 1)))
+    sign = positive.to(teacher_logits.dtype) * 2 - 1
+    flipped = sign * teacher_logits.abs().clamp_min(1e-3)
+    return torch.where(wrong, flipped, teacher_logits)
+
+
 class DistillationLoss(nn.Module):
     """``alpha * supervised + (1 - alpha) * T^2 * binary KL(teacher || student)``.
 
@@ -149,6 +199,9 @@ class DistillationLoss(nn.Module):
     dice_weight
         Weight of a soft Dice loss between student and teacher probabilities, added to the
         teacher term (0 = binary KL alone).
+    label_correction
+        Correct the teacher's outputs by the labels of labelled samples before they are used
+        (:func:`correct_teacher_logits`).
     """
 
     def __init__(
@@ -157,6 +210,7 @@ class DistillationLoss(nn.Module):
         temperature: float = 2.0,
         supervised: nn.Module | None = None,
         dice_weight: float = 0.0,
+        label_correction: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
@@ -169,6 +223,7 @@ class DistillationLoss(nn.Module):
         if dice_weight < 0:
             raise ValueError(f"dice_weight must be >= 0, got {dice_weight}.")
         self.dice_weight = float(dice_weight)
+        self.label_correction = bool(label_correction)
         self.soft_dice = DiceLoss(sigmoid=True, reduction="none", smooth_nr=1e-5, smooth_dr=1e-5)
 
     def forward(
@@ -196,6 +251,8 @@ class DistillationLoss(nn.Module):
             ``{"loss", "supervised", "kd"}`` scalars; ``loss`` is what to back-propagate.
         """
         teacher_logits = teacher_logits.detach()
+        if self.label_correction and target is not None:
+            teacher_logits = correct_teacher_logits(teacher_logits, target, labelled)
         kd = binary_kl_divergence(teacher_logits, student_logits, self.temperature).mean()
         kd = kd * self.temperature**2
         if self.dice_weight > 0:
