@@ -66,6 +66,14 @@ MODELS = {
         "student, KD + attention transfer",
         "student-small, KL + soft Dice + the teacher's encoder attention maps",
     ),
+    "student_corrected": (
+        "student, label-corrected KD",
+        "student-small, KL + soft Dice to the teacher's outputs corrected by the labels",
+    ),
+    "student_corrected_long": (
+        "student, label-corrected KD, 3x steps",
+        "student-small, as the label-corrected one with 1500 steps (STUDENT_EPOCHS=60)",
+    ),
 }
 #: KD-vs-no-KD pairs (same data, code, steps and seed): KD stem -> no-KD stem.
 KD_PAIRS = {
@@ -73,6 +81,8 @@ KD_PAIRS = {
     "student_cached": "student_nokd",
     "student_long": "student_nokd_long",
     "student_attention": "student_nokd",
+    "student_corrected": "student_nokd",
+    "student_corrected_long": "student_nokd_long",
 }
 #: Domain adaptation rows, scored on held-out site B only: stem -> label.
 ADAPTATION = {

@@ -161,6 +161,12 @@ def model_card(
             f"{cfg['temperature']}, soft-Dice-to-teacher weight {cfg.get('kd_dice_weight', 0)}; "
             "teacher: the shipped teacher."
         )
+        if cfg.get("kd_label_correction"):
+            lines.append(
+                "- Label correction (`kd_label_correction: true`): wherever the teacher's output "
+                "contradicted the label, the student learnt the teacher's confidence on the "
+                "label's side (p -> 1 - p), never the teacher's mistake."
+            )
         # The mode the run used, as the engine recorded it (distillations from before the
         # setting existed ran the teacher online).
         mode = prov.get("teacher_targets", "online")

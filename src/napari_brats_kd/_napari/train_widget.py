@@ -383,7 +383,8 @@ class TrainWidget(Container):
             tooltip=(
                 "Any other training setting as key=value pairs separated by ';', e.g. "
                 "'steps_per_epoch=50; val_every=5; model.arch_args={init_filters: 16}', or for "
-                "distillation 'attention_weight=0.5' (attention transfer) and "
+                "distillation 'attention_weight=0.5' (attention transfer), "
+                "'kd_label_correction=true' (correct the teacher's mistakes by the labels) and "
                 "'teacher_targets=online' (run the teacher on every patch instead of caching its "
                 "outputs, the CPU default). They win over the controls above (see brats-kd "
                 "distill --help)."
