@@ -236,13 +236,23 @@ def main(argv: list[str] | None = None) -> int:
         default="student",
         help="which student of the run folder ships (its checkpoint stem)",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(SHIPPED),
+        default=None,
+        help="package only this model (repeatable); the others keep their files, cards and "
+        "index entries (e.g. a new student from a run folder that holds no teacher run)",
+    )
     args = parser.parse_args(argv)
+    names = args.only or list(SHIPPED)
     hardware = dict(item.split("=", 1) for item in args.hardware)
     notes = dict(item.split("=", 1) for item in args.note)
     index_path = args.dest / INDEX_FILE.name
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    entries = [e for e in index.get("models", []) if e.get("name") not in SHIPPED]
-    for name, (stem, role, dtype, line) in SHIPPED.items():
+    entries = [e for e in index.get("models", []) if e.get("name") not in names]
+    for name in names:
+        stem, role, dtype, line = SHIPPED[name]
         stem = args.student_stem if role == "student" else stem
         loaded = load_checkpoint(args.run / f"{stem}.safetensors")
         metrics = held_out(args.run, stem)
