@@ -267,13 +267,18 @@ def test_modes_show_their_controls_and_settings_persist(make_napari_viewer, data
     assert widget.epochs.value == distill_defaults.epochs
     assert widget.temperature.value == distill_defaults.temperature
     assert widget.augment.value == distill_defaults.augment.preset
+    assert widget.label_correction.value == distill_defaults.kd_label_correction
     assert shown(widget.temperature) and shown(widget.modalities_row)
+    assert shown(widget.label_correction)
     assert not shown(widget.unlabeled_dir) and not shown(widget.freeze)
 
     configure(widget, data, tmp_path)
     widget.modality_boxes["t1"].value = False
     widget.modality_boxes["t2"].value = False
+    assert widget.build_config(tmp_path / "run").kd_label_correction is False
+    widget.label_correction.value = True
     cfg = widget.build_config(tmp_path / "run")
+    assert cfg.kd_label_correction is True
     assert cfg.teacher == str(data["teacher"]) and cfg.model.modalities == ["t1c", "flair"]
     assert cfg.patch_size == [16, 16, 16] and cfg.num_workers == 0
 
@@ -283,6 +288,7 @@ def test_modes_show_their_controls_and_settings_persist(make_napari_viewer, data
     assert widget.freeze.value and widget.model_picker.label == "Pretrained model"
     assert shown(widget.freeze) and shown(widget.lr_factor)
     assert not shown(widget.temperature) and not shown(widget.modalities_row)
+    assert not shown(widget.label_correction)
     cfg = widget.build_config(tmp_path / "run")
     assert cfg.init_from == str(data["teacher"]) and cfg.freeze == ["encoder"]
     assert cfg.pretrained_lr_factor == finetune_defaults.pretrained_lr_factor

@@ -95,7 +95,7 @@ MODES: tuple[Mode, ...] = (
         "Distil student",
         "distill",
         "student",
-        _COMMON | {"model", "student", "modalities", "temperature", "alpha"},
+        _COMMON | {"model", "student", "modalities", "temperature", "alpha", "correction"},
     ),
     Mode(
         "teacher", "Train teacher", "teacher", "teacher", _COMMON | {"teacher_arch", "modalities"}
@@ -109,7 +109,8 @@ MODES: tuple[Mode, ...] = (
         "distill",
         "adapted",
         _COMMON
-        | {"model", "student", "modalities", "temperature", "alpha", "unlabeled", "unlabeled_w"},
+        | {"model", "student", "modalities", "temperature", "alpha", "correction"}
+        | {"unlabeled", "unlabeled_w"},
     ),
 )
 MODES_BY_TITLE = {m.title: m for m in MODES}
@@ -330,6 +331,15 @@ class TrainWidget(Container):
                 "(0 = learn from the teacher only)."
             ),
         )
+        self.label_correction = CheckBox(
+            text="Correct the teacher by the labels",
+            tooltip=(
+                "Where the teacher's output contradicts a case's label, learn the teacher's "
+                "confidence on the label's side instead of its mistake (knowledge adjustment). "
+                "Use it when the teacher is not clearly better than the labels; unlabelled scans "
+                "keep the teacher's outputs."
+            ),
+        )
         self.unlabeled_weight = FloatSpinBox(
             label="Unlabelled weight",
             min=0.0,
@@ -383,8 +393,7 @@ class TrainWidget(Container):
             tooltip=(
                 "Any other training setting as key=value pairs separated by ';', e.g. "
                 "'steps_per_epoch=50; val_every=5; model.arch_args={init_filters: 16}', or for "
-                "distillation 'attention_weight=0.5' (attention transfer), "
-                "'kd_label_correction=true' (correct the teacher's mistakes by the labels) and "
+                "distillation 'attention_weight=0.5' (attention transfer) and "
                 "'teacher_targets=online' (run the teacher on every patch instead of caching its "
                 "outputs, the CPU default). They win over the controls above (see brats-kd "
                 "distill --help)."
@@ -452,6 +461,7 @@ class TrainWidget(Container):
                 self.freeze,
                 self.temperature,
                 self.alpha,
+                self.label_correction,
                 self.unlabeled_weight,
                 self.augment,
                 self.patch,
@@ -482,6 +492,7 @@ class TrainWidget(Container):
             "freeze": [self.freeze],
             "temperature": [self.temperature],
             "alpha": [self.alpha],
+            "correction": [self.label_correction],
             "augment": [self.augment],
             "patch": [self.patch],
             "batch": [self.batch],
@@ -515,6 +526,7 @@ class TrainWidget(Container):
             "batch": self.batch.value,
             "temperature": self.temperature.value,
             "alpha": self.alpha.value,
+            "label_correction": self.label_correction.value,
             "unlabeled_weight": self.unlabeled_weight.value,
             "freeze": self.freeze.value,
             "lr_factor": self.lr_factor.value,
@@ -537,6 +549,7 @@ class TrainWidget(Container):
             "batch": cfg.batch_size,
             "temperature": (cfg if distill else base).temperature,
             "alpha": (cfg if distill else base).alpha,
+            "label_correction": (cfg if distill else base).kd_label_correction,
             "unlabeled_weight": (cfg if distill else base).unlabeled_weight,
             "freeze": "encoder" in cfg.freeze,
             "lr_factor": cfg.pretrained_lr_factor,
@@ -554,6 +567,7 @@ class TrainWidget(Container):
             "batch": self.batch,
             "temperature": self.temperature,
             "alpha": self.alpha,
+            "label_correction": self.label_correction,
             "unlabeled_weight": self.unlabeled_weight,
             "freeze": self.freeze,
             "lr_factor": self.lr_factor,
@@ -748,6 +762,7 @@ class TrainWidget(Container):
                     "teacher": spec,
                     "temperature": float(self.temperature.value),
                     "alpha": float(self.alpha.value),
+                    "kd_label_correction": bool(self.label_correction.value),
                     "model.arch": self.student_preset.value,
                     # All four ticked: the teacher's modalities, in the teacher's order.
                     "model.modalities": None if len(mods) == len(MODALITIES) else mods,
