@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed calls per model (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--shipped", default="student", help="stem of the student that ships")
+    parser.add_argument(
+        "--shipped", default="student_corrected", help="stem of the student that ships"
+    )
     parser.add_argument("--note", default="", help="a remark on the run, printed under the title")
     parser.add_argument(
         "--compare",

@@ -39,7 +39,7 @@ DISCLAIMER = (
 SHIPPED = {
     # name in the package -> (checkpoint stem in the run folder, role, stored dtype, one line)
     "student": (
-        "student",
+        "student_corrected",  # the default of --student-stem: the label-corrected student
         "student",
         None,
         "Student-small (0.44 M parameters, ~1 s per case on CPU)",
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--student-stem",
-        default="student",
+        default=SHIPPED["student"][0],
         help="which student of the run folder ships (its checkpoint stem)",
     )
     parser.add_argument(

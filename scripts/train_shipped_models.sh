@@ -36,11 +36,12 @@
 # A stage whose model already exists is skipped, so an interrupted run continues where it stopped
 # (delete a model to redo its stage).
 #
-# The shipped student was made with STUDENT_EPOCHS=60 (1500 steps, 72 min on a 2-core CPU, the
-# teacher's outputs cached); the default 20 epochs is the budget of most comparisons.
+# The shipped student is the student_corrected stage with STUDENT_EPOCHS=60 (1500 steps, 53 min on
+# a 2-core AMD EPYC, the teacher's outputs cached); the default 20 epochs is the budget of most
+# comparisons.
 #
-# Then `python scripts/package_weights.py runs/shipped` copies the models into the package with
-# their model cards and index entries.
+# Then `python scripts/package_weights.py runs/shipped` copies the teacher and student_corrected
+# into the package with their model cards and index entries (--student-stem picks another student).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${SKIP_SETUP:-}" ] || bash scripts/setup.sh

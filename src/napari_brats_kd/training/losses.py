@@ -152,7 +152,8 @@ def correct_teacher_logits(
     """Teacher logits with the sign flipped wherever the teacher contradicts the labels.
 
     Knowledge adjustment (Wen et al., 2021, adapted to sigmoid outputs): a voxel's teacher
-    probability ``p`` becomes ``1 - p`` where ``p > 0.5`` disagrees with the binary label, so the
+    probability ``p`` becomes ``1 - p`` where the teacher's decision (``p > 0.5``) disagrees with
+    the binary label (``p = 0.5`` counts as a disagreement and moves just across), so the
     corrected target keeps the teacher's confidence but never its mistake.
 
     Parameters
@@ -179,7 +180,8 @@ def correct_teacher_logits(
     # A logit of exactly 0 is no decision: it counts as wrong, and moves to the label's side.
     wrong = torch.where(positive, teacher_logits <= 0, teacher_logits >= 0)
     if labelled is not None:
-        wrong &= labelled.to(torch.bool).reshape(-1, *([1] * (wrong.ndim - 1)))
+        mask = labelled.to(device=wrong.device, dtype=torch.bool)
+        wrong &= mask.reshape(-1, *([1] * (wrong.ndim - 1)))
     sign = positive.to(teacher_logits.dtype) * 2 - 1
     flipped = sign * teacher_logits.abs().clamp_min(1e-3)
     return torch.where(wrong, flipped, teacher_logits)
