@@ -89,14 +89,10 @@ class Mode:
 
 
 _COMMON = frozenset({"data_dir", "epochs", "lr", "augment", "patch", "batch"})
+#: The controls of both distillation modes (Distil student, Adapt to unlabelled scans).
+_DISTILL = _COMMON | {"model", "student", "modalities", "temperature", "alpha", "correction"}
 MODES: tuple[Mode, ...] = (
-    Mode(
-        "distill",
-        "Distil student",
-        "distill",
-        "student",
-        _COMMON | {"model", "student", "modalities", "temperature", "alpha", "correction"},
-    ),
+    Mode("distill", "Distil student", "distill", "student", _DISTILL),
     Mode(
         "teacher", "Train teacher", "teacher", "teacher", _COMMON | {"teacher_arch", "modalities"}
     ),
@@ -108,9 +104,7 @@ MODES: tuple[Mode, ...] = (
         "Adapt to unlabelled scans",
         "distill",
         "adapted",
-        _COMMON
-        | {"model", "student", "modalities", "temperature", "alpha", "correction"}
-        | {"unlabeled", "unlabeled_w"},
+        _DISTILL | {"unlabeled", "unlabeled_w"},
     ),
 )
 MODES_BY_TITLE = {m.title: m for m in MODES}
