@@ -15,12 +15,20 @@ three times the steps (``student_long``), the same student without KD with both 
 attention transfer (``student_attention``); ``--shipped`` names the one that ships. A second
 table compares, on held-out site B, students distilled on sites A and C with and without
 unlabelled site-B scans (domain adaptation); a third puts each KD student beside the no-KD one
-with the same steps (``KD_PAIRS``), for this folder and every ``--compare`` folder (other seeds).
+with the same steps (``KD_PAIRS``), for this folder and every ``--compare`` folder (other seeds
+or budgets with the same teacher and held-out phantoms), and sums them up per KD variant and
+budget: mean Dice relative to the teacher, and the KD - no KD differences over seeds.
 
 Usage::
 
     python benchmarks/bench_shipped.py [--run runs/shipped] [--case CASE_DIR] [--runs 5] \
         [--compare runs/shipped_seed1]
+    python benchmarks/bench_shipped.py --kd-only --run runs/shipped --compare runs/b1000_s0 ...
+
+``--kd-only`` writes only the KD-vs-no-KD tables (``results/kd_budgets.md``), without timing:
+for comparisons at other budgets or seeds, made in folders that link the shipped run's ``data``
+and ``cache`` and copy its teacher (``SHIP_DIR=runs/b1000_s0 SEED=0 STUDENT_EPOCHS=40
+STAGES="student_corrected student_nokd" bash scripts/train_shipped_models.sh``).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ sys.path.insert(0, str(HERE))
 from bench_inference import cpu_name, load_case_array, run_in_subprocess  # noqa: E402
 
 RESULTS = HERE / "results" / "shipped_models.md"
+KD_RESULTS = HERE / "results" / "kd_budgets.md"
 REGIONS = ("WT", "TC", "ET")
 #: Rows: checkpoint stem in the run folder -> (label, what it is). Missing checkpoints are skipped.
 MODELS = {
@@ -129,25 +138,72 @@ def describe(ckpt: Path) -> tuple[str, str, str]:
     return f"`{cfg.preset or cfg.arch}`", "GPU" if device.startswith("cuda") else "CPU", targets
 
 
-def kd_pairs(runs: list[Path]) -> list[str]:
-    """Table rows comparing the KD student with the no-KD one in each run folder (same data,
-    code, steps and seed within a pair): what the "KD beats no KD" bar needs over seeds."""
+def kd_pairs(runs: list[Path], teacher: float | None) -> tuple[list[str], list[str]]:
+    """KD against no KD: a row per pair in each run folder (same data, code, steps and seed
+    within a pair), and a summary per KD variant and step budget over the folders (seeds).
+
+    The summary is what the bar "KD student >= 97 % of the teacher and better than the same
+    student without KD for the same budget" needs: the KD students' mean Dice relative to
+    ``teacher`` (the teacher's mean Dice on the same held-out cases), the paired differences'
+    mean and smallest value, and on how many seeds KD won.
+    """
     from napari_brats_kd.models import load_checkpoint
 
     rows = []
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for run, (stem, nokd_stem) in ((r, p) for r in runs for p in KD_PAIRS.items()):
         kd, nokd = read_scores(run, stem), read_scores(run, nokd_stem)
         if not kd or not nokd:
             continue
         prov = load_checkpoint(run / f"{stem}.safetensors").config.provenance
+        steps = train_steps(run, stem)
         hd = " / ".join(f"{kd[f'hd95_{g}']:.1f} vs {nokd[f'hd95_{g}']:.1f}" for g in REGIONS)
+        rel = f"{kd['dice_mean'] / teacher:.0%}" if teacher else "-"
         rows.append(
-            f"| `{run.name}/{stem}` | {prov.get('seed', '-')} | {train_steps(run, stem)} "
+            f"| `{run.name}/{stem}` | {prov.get('seed', '-')} | {steps} "
             f"| {prov.get('teacher_targets', 'online')} "
-            f"| {kd['dice_mean']:.3f} | {nokd['dice_mean']:.3f} "
+            f"| {kd['dice_mean']:.3f} | {rel} | {nokd['dice_mean']:.3f} "
             f"| {kd['dice_mean'] - nokd['dice_mean']:+.3f} | {hd} |"
         )
-    return rows
+        # A variant is its stem without the budget suffix: student_corrected_long is the
+        # label-corrected student with more steps.
+        variant = MODELS[stem.removesuffix("_long")][0]
+        groups.setdefault((variant, steps), []).append((kd["dice_mean"], nokd["dice_mean"]))
+    summary = []
+    for (variant, steps), pairs in sorted(groups.items(), key=lambda g: (g[0][0], int(g[0][1]))):
+        kd_mean = float(np.mean([k for k, _ in pairs]))
+        diffs = [k - n for k, n in pairs]
+        rel = f"{kd_mean / teacher:.0%}" if teacher else "-"
+        summary.append(
+            f"| {variant} | {steps} | {len(pairs)} | {kd_mean:.3f} | {rel} "
+            f"| {np.mean([n for _, n in pairs]):.3f} | {np.mean(diffs):+.3f} "
+            f"| {min(diffs):+.3f} | {sum(d > 0 for d in diffs)} of {len(diffs)} |"
+        )
+    return rows, summary
+
+
+def kd_tables(runs: list[Path], teacher: float | None) -> list[str]:
+    """Markdown lines of the KD-vs-no-KD tables of :func:`kd_pairs` (none without pairs)."""
+    pairs, summary = kd_pairs(runs, teacher)
+    if not pairs:
+        return []
+    return [
+        "",
+        "KD against no KD (each pair: same data, code, steps and seed; all held-out cases; "
+        "KD / teacher: relative to the teacher's mean Dice on the same cases):",
+        "",
+        "| run / KD student | seed | steps | teacher targets | KD mean Dice | KD / teacher "
+        "| no-KD mean Dice | KD - no KD | HD95 WT / TC / ET, KD vs no KD (mm) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *pairs,
+        "",
+        "Per KD variant and budget, over the seeds above:",
+        "",
+        "| KD student | steps | seeds | KD mean Dice | KD / teacher | no-KD mean Dice "
+        "| KD - no KD, mean | KD - no KD, smallest | KD better |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *summary,
+    ]
 
 
 def run_log(run: Path, stem: str) -> list[dict[str, str]]:
@@ -171,13 +227,46 @@ def train_steps(run: Path, stem: str) -> str:
     return log[-1]["step"] if log else "-"
 
 
+def write_kd_only(run: Path, compare: list[Path], note: str, out: Path | None) -> int:
+    """Print and write the KD-vs-no-KD tables of ``run`` and the ``compare`` folders, relative
+    to the teacher scored in ``run`` (``--kd-only``)."""
+    teacher = read_scores(run, "teacher").get("dice_mean")
+    tables = kd_tables([run, *compare], teacher)
+    if not tables:
+        print(f"No KD / no-KD pair with scores in {run} or the --compare folders.", file=sys.stderr)
+        return 1
+    lines = [
+        "# KD against no KD, per step budget and seed",
+        "",
+        f"Written by `benchmarks/bench_shipped.py --kd-only` on {time.strftime('%Y-%m-%d %H:%M')} "
+        f"UTC from `{run}`" + "".join(f", `{c}`" for c in compare) + ". Held-out phantom cases "
+        "(sites A, B, C), 1 mm, scored with `brats-kd evaluate`; HD95 in mm. Teacher: mean Dice "
+        + (f"{teacher:.3f}" if teacher else "not scored")
+        + f" on the same cases (`{run}`).",
+        *(["", note] if note else []),
+        *tables,
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    target = out or KD_RESULTS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/shipped"), help="run folder")
     parser.add_argument("--case", type=Path, default=None, help="timed case (default: real)")
     parser.add_argument("--runs", type=int, default=5, help="timed calls per model (median)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results file (default: {RESULTS.relative_to(HERE.parent)})",
+    )
     parser.add_argument(
         "--shipped", default="student_corrected", help="stem of the student that ships"
     )
@@ -188,10 +277,18 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="RUN",
-        help="another run folder (e.g. another SEED) whose KD and no-KD students join the "
-        "KD-vs-no-KD table (repeatable)",
+        help="another run folder (another SEED or STUDENT_EPOCHS, the same teacher and "
+        "held-out phantoms) whose KD and no-KD students join the KD-vs-no-KD tables (repeatable)",
+    )
+    parser.add_argument(
+        "--kd-only",
+        action="store_true",
+        help="only the KD-vs-no-KD tables, without timing the models (written to "
+        f"{KD_RESULTS.relative_to(HERE.parent)} unless --out says otherwise)",
     )
     args = parser.parse_args(argv)
+    if args.kd_only:
+        return write_kd_only(args.run, args.compare, args.note, args.out)
 
     image, source = load_case_array(args.case)
     tmp = Path(tempfile.mkdtemp()) / "case.npy"
@@ -294,22 +391,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
     else:
         lines.append("Not part of this run (no `student_AC` / `student_AC_adaptB` scores).")
-    pairs = kd_pairs([args.run, *args.compare])
-    if pairs:
-        lines += [
-            "",
-            "KD against no KD (each pair: same data, code, steps and seed; all held-out cases):",
-            "",
-            "| run / KD student | seed | steps | teacher targets | KD mean Dice | no-KD mean Dice "
-            "| KD - no KD | HD95 WT / TC / ET, KD vs no KD (mm) |",
-            "|---|---|---|---|---|---|---|---|",
-            *pairs,
-        ]
+    lines += kd_tables([args.run, *args.compare], teacher)
     lines.append("")
     text = "\n".join(lines)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    out = args.out or RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
     return 0
 
 
