@@ -26,9 +26,9 @@ Usage::
     python benchmarks/bench_shipped.py --kd-only --run runs/shipped --compare runs/b1000_s0 ...
 
 ``--kd-only`` writes only the KD-vs-no-KD tables (``results/kd_budgets.md``), without timing:
-for comparisons at other budgets or seeds, made in folders that link the shipped run's ``data``
-and ``cache`` and copy its teacher (``SHIP_DIR=runs/b1000_s0 SEED=0 STUDENT_EPOCHS=40
-STAGES="student_corrected student_nokd" bash scripts/train_shipped_models.sh``).
+for comparisons at other budgets or seeds, made in folders that share the shipped run's phantoms,
+cached teacher outputs and teacher (``FROM_RUN=runs/shipped SHIP_DIR=runs/b1000_s0 SEED=0
+STUDENT_EPOCHS=40 STAGES="student_corrected student_nokd" bash scripts/train_shipped_models.sh``).
 """
 
 from __future__ import annotations

@@ -24,11 +24,14 @@
 #   bash scripts/train_shipped_models.sh            # writes runs/shipped/
 #   SHIP_DIR=/tmp/x TEACHER_EPOCHS=4 bash scripts/train_shipped_models.sh   # a quick smoke run
 #   STAGES="student student_nokd" bash scripts/train_shipped_models.sh      # only these stages
+#   FROM_RUN=runs/shipped SHIP_DIR=runs/b1000_s1 SEED=1 STUDENT_EPOCHS=40 \
+#     STAGES="student_corrected student_nokd" bash scripts/train_shipped_models.sh  # another budget
 #
 # Settings (environment): SHIP_DIR, N_TRAIN, N_TEST, N_UNLABELED (phantoms), TEACHER_ARCH,
 # TEACHER_PATCH, TEACHER_EPOCHS, TEACHER_MINUTES, STUDENT_EPOCHS, STUDENT_MINUTES,
 # STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, TEACHER_TARGETS, ATTENTION_WEIGHT,
-# SEED (training: split, initialisation, patches; the phantoms keep theirs), STAGES (default all:
+# SEED (training: split, initialisation, patches; the phantoms keep theirs), FROM_RUN (share
+# another run folder's phantoms, cached teacher outputs and teacher), STAGES (default all:
 # teacher student student_nokd student_AC student_AC_adaptB student_t1cflair student_attention
 # student_corrected)
 # and JOBS (processes for phantoms and per-site evaluation).
@@ -64,6 +67,15 @@ teacher_budget=() student_budget=()
 [ -z "${TEACHER_MINUTES:-}" ] || teacher_budget=(--max-minutes "$TEACHER_MINUTES")
 [ -z "${STUDENT_MINUTES:-}" ] || student_budget=(--max-minutes "$STUDENT_MINUTES")
 mkdir -p "$out"
+# FROM_RUN: another run folder whose phantoms, cached teacher outputs and teacher this one shares
+# (linked), for comparisons at other SEEDs or STUDENT_EPOCHS without regenerating them.
+if [ -n "${FROM_RUN:-}" ]; then
+  from=$(realpath "$FROM_RUN")
+  for item in data cache teacher.safetensors; do
+    [ -e "$from/$item" ] || { echo "FROM_RUN=$FROM_RUN has no $item" >&2; exit 1; }
+    [ -e "$out/$item" ] || ln -s "$from/$item" "$out/$item"
+  done
+fi
 log() { echo "==> $(date -u +%H:%M:%S) $*"; }
 wanted() { [[ $stages == *" all "* || $stages == *" $1 "* ]]; }
 # stage MODEL_STEM MESSAGE: false (skip) when the stage is not wanted or its model exists already
