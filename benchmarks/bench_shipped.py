@@ -100,16 +100,32 @@ ADAPTATION = {
 }
 
 
+def case_rows(run: Path, stem: str) -> dict[str, list[dict[str, str]]]:
+    """Per-case rows of the model's ``scores_<stem>_<site>.csv`` files, by site."""
+    out = {}
+    for path in sorted(run.glob(f"scores_{stem}_*.csv")):
+        if "_" in path.stem[len(f"scores_{stem}_") :]:
+            continue  # another model whose name starts with this one (student_nokd)
+        with path.open() as fh:
+            rows = [r for r in csv.DictReader(fh) if r["case_id"] not in ("mean", "std", "median")]
+        out[path.stem.rsplit("_", 1)[-1]] = rows
+    return out
+
+
+def case_mean_dice(run: Path, stem: str) -> dict[str, float]:
+    """Mean Dice over the regions, per held-out case."""
+    return {
+        r["case_id"]: float(np.mean([float(r[f"dice_{g}"]) for g in REGIONS]))
+        for rows in case_rows(run, stem).values()
+        for r in rows
+    }
+
+
 def read_scores(run: Path, stem: str) -> dict[str, float]:
     """Mean Dice and HD95 per region over all held-out cases of all sites (and per site Dice)."""
     per_case: list[dict[str, str]] = []
     sites: dict[str, list[float]] = {}
-    for path in sorted(run.glob(f"scores_{stem}_*.csv")):
-        if "_" in path.stem[len(f"scores_{stem}_") :]:
-            continue  # another model whose name starts with this one (student_nokd)
-        site = path.stem.rsplit("_", 1)[-1]
-        with path.open() as fh:
-            rows = [r for r in csv.DictReader(fh) if r["case_id"] not in ("mean", "std", "median")]
+    for site, rows in case_rows(run, stem).items():
         per_case += rows
         sites[site] = [np.mean([float(r[f"dice_{g}"]) for g in REGIONS]) for r in rows]
     if not per_case:
@@ -159,11 +175,14 @@ def kd_pairs(runs: list[Path], teacher: float | None) -> tuple[list[str], list[s
         steps = train_steps(run, stem)
         hd = " / ".join(f"{kd[f'hd95_{g}']:.1f} vs {nokd[f'hd95_{g}']:.1f}" for g in REGIONS)
         rel = f"{kd['dice_mean'] / teacher:.0%}" if teacher else "-"
+        # Paired per case: whether KD's lead is broad or one case's.
+        kd_cases, nokd_cases = case_mean_dice(run, stem), case_mean_dice(run, nokd_stem)
+        ahead = sum(kd_cases[c] > nokd_cases[c] for c in kd_cases if c in nokd_cases)
         rows.append(
             f"| `{run.name}/{stem}` | {prov.get('seed', '-')} | {steps} "
             f"| {prov.get('teacher_targets', 'online')} "
             f"| {kd['dice_mean']:.3f} | {rel} | {nokd['dice_mean']:.3f} "
-            f"| {kd['dice_mean'] - nokd['dice_mean']:+.3f} | {hd} |"
+            f"| {kd['dice_mean'] - nokd['dice_mean']:+.3f} | {ahead} of {len(kd_cases)} | {hd} |"
         )
         # A variant is its stem without the budget suffix: student_corrected_long is the
         # label-corrected student with more steps.
@@ -193,14 +212,14 @@ def kd_tables(runs: list[Path], teacher: float | None) -> list[str]:
         "KD / teacher: relative to the teacher's mean Dice on the same cases):",
         "",
         "| run / KD student | seed | steps | teacher targets | KD mean Dice | KD / teacher "
-        "| no-KD mean Dice | KD - no KD | HD95 WT / TC / ET, KD vs no KD (mm) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| no-KD mean Dice | KD - no KD | cases KD ahead | HD95 WT / TC / ET, KD vs no KD (mm) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *pairs,
         "",
         "Per KD variant and budget, over the seeds above:",
         "",
         "| KD student | steps | seeds | KD mean Dice | KD / teacher | no-KD mean Dice "
-        "| KD - no KD, mean | KD - no KD, smallest | KD better |",
+        "| KD - no KD, mean | KD - no KD, smallest | seeds KD ahead |",
         "|---|---|---|---|---|---|---|---|---|",
         *summary,
     ]
