@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.figure, dpi=90, facecolor="black")
-    lines += ["", f"Figure: `{args.figure.resolve().relative_to(ROOT)}`.", ""]
+    figure = args.figure.resolve()
+    # Relative to the repository when the figure is in it (the README's links), else as given.
+    shown = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
+    lines += ["", f"Figure: `{shown}`.", ""]
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
