@@ -112,13 +112,14 @@ def case_rows(run: Path, stem: str) -> dict[str, list[dict[str, str]]]:
     return out
 
 
+def row_mean_dice(row: dict[str, str]) -> float:
+    """Mean Dice over the regions of one case's scores row."""
+    return float(np.mean([float(row[f"dice_{g}"]) for g in REGIONS]))
+
+
 def case_mean_dice(run: Path, stem: str) -> dict[str, float]:
     """Mean Dice over the regions, per held-out case."""
-    return {
-        r["case_id"]: float(np.mean([float(r[f"dice_{g}"]) for g in REGIONS]))
-        for rows in case_rows(run, stem).values()
-        for r in rows
-    }
+    return {r["case_id"]: row_mean_dice(r) for rows in case_rows(run, stem).values() for r in rows}
 
 
 def read_scores(run: Path, stem: str) -> dict[str, float]:
@@ -127,7 +128,7 @@ def read_scores(run: Path, stem: str) -> dict[str, float]:
     sites: dict[str, list[float]] = {}
     for site, rows in case_rows(run, stem).items():
         per_case += rows
-        sites[site] = [np.mean([float(r[f"dice_{g}"]) for g in REGIONS]) for r in rows]
+        sites[site] = [row_mean_dice(r) for r in rows]
     if not per_case:
         return {}
     out = {"n": float(len(per_case))}
@@ -189,7 +190,13 @@ def kd_pairs(runs: list[Path], teacher: float | None) -> tuple[list[str], list[s
         variant = MODELS[stem.removesuffix("_long")][0]
         groups.setdefault((variant, steps), []).append((kd["dice_mean"], nokd["dice_mean"]))
     summary = []
-    for (variant, steps), pairs in sorted(groups.items(), key=lambda g: (g[0][0], int(g[0][1]))):
+
+    # By variant, then by budget as a number (a folder without a run log has steps "-").
+    def order(group: tuple[tuple[str, str], object]) -> tuple[str, int]:
+        variant, steps = group[0]
+        return variant, int(steps) if steps.isdigit() else -1
+
+    for (variant, steps), pairs in sorted(groups.items(), key=order):
         kd_mean = float(np.mean([k for k, _ in pairs]))
         diffs = [k - n for k, n in pairs]
         rel = f"{kd_mean / teacher:.0%}" if teacher else "-"
@@ -246,6 +253,14 @@ def train_steps(run: Path, stem: str) -> str:
     return log[-1]["step"] if log else "-"
 
 
+def write_results(lines: list[str], out: Path) -> None:
+    """Print the results and write them to ``out``."""
+    text = "\n".join(lines)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
 def write_kd_only(run: Path, compare: list[Path], note: str, out: Path | None) -> int:
     """Print and write the KD-vs-no-KD tables of ``run`` and the ``compare`` folders, relative
     to the teacher scored in ``run`` (``--kd-only``)."""
@@ -266,11 +281,7 @@ def write_kd_only(run: Path, compare: list[Path], note: str, out: Path | None) -
         *tables,
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    target = out or KD_RESULTS
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
+    write_results(lines, out or KD_RESULTS)
     return 0
 
 
@@ -412,11 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("Not part of this run (no `student_AC` / `student_AC_adaptB` scores).")
     lines += kd_tables([args.run, *args.compare], teacher)
     lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    out = args.out or RESULTS
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_results(lines, args.out or RESULTS)
     return 0
 
 
