@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_brats_kd.errors import TrainingError
+from napari_brats_kd.errors import ResourceError, TrainingError
 from napari_brats_kd.models import load_checkpoint, save_checkpoint, teacher_config
 from napari_brats_kd.training import (
     DistillConfig,
@@ -313,15 +313,73 @@ def test_case_without_labels_is_named(data_dir, tmp_path) -> None:
         train_teacher(_teacher_cfg(tmp_path, tmp_path / "run", f"data_dir={data}"))
 
 
-def test_mixed_label_conventions_are_refused(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("cache", "workers"), [("memory", 0), ("disk", 1), ("none", 1)], ids=["memory", "disk", "none"]
+)
+def test_mixed_label_conventions_are_refused(tmp_path, cache, workers) -> None:
     from napari_brats_kd.phantom import write_phantom_dataset
 
     data = tmp_path / "mixed"
     write_phantom_dataset(data, n=2, seed=1, spacing=4, naming="2021")
     write_phantom_dataset(data, n=1, seed=5, spacing=4, naming="2023")
-    cfg = _teacher_cfg(tmp_path, tmp_path / "run", f"data_dir={data}", "val_fraction=0")
-    with pytest.raises(TrainingError, match="convention"):
+    cfg = _teacher_cfg(
+        tmp_path, tmp_path / "run", f"data_dir={data}", "val_fraction=0", f"cache={cache}",
+        f"num_workers={workers}", f"cache_dir={tmp_path / 'cache'}", "steps_per_epoch=3",
+    )  # fmt: skip
+    # Without the memory cache the cases are loaded in a DataLoader worker process as they are
+    # drawn (3 steps draw all 3): the error still reaches the user as the TrainingError naming
+    # the case, not as a worker's traceback.
+    with pytest.raises(TrainingError, match=r"^Case 'BraTS2021_P0000\d' uses label convention"):
         train_teacher(cfg)
+
+
+def test_out_of_memory_in_a_step_is_a_resource_error_naming_the_settings(
+    data_dir, tmp_path, monkeypatch
+) -> None:
+    from napari_brats_kd.training import engine
+
+    def no_memory(*args, **kwargs):
+        # What PyTorch's CPU allocator says (no "out of memory" in it).
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 68719476736 bytes.")  # fmt: skip
+
+    run = tmp_path / "run"
+    train_teacher(_teacher_cfg(data_dir, run, "epochs=1", "val_every=100"))
+    good = (run / "last.safetensors").read_bytes()
+    monkeypatch.setattr(engine, "train_step", no_memory)
+    with pytest.raises(ResourceError, match=r"batch_size.*patch_size"):
+        train_teacher(_teacher_cfg(data_dir, run, "epochs=2", "val_every=100"), resume=True)
+    assert (run / "last.safetensors").read_bytes() == good
+
+
+def test_out_of_memory_in_validation_keeps_the_epoch_and_names_the_settings(
+    data_dir, tmp_path, monkeypatch
+) -> None:
+    from napari_brats_kd.models import load_checkpoint
+    from napari_brats_kd.training import engine
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(engine, "validate", no_memory)
+    run = tmp_path / "run"
+    with pytest.raises(ResourceError, match="val_sw_batch_size"):
+        train_teacher(_teacher_cfg(data_dir, run, "epochs=2", "val_every=1"))
+    # The epoch's weights were saved before the error: resuming redoes only its validation.
+    assert load_checkpoint(run / "last.safetensors").config.provenance["epochs"] == 0
+
+
+def test_out_of_memory_filling_the_memory_cache_suggests_the_disk_cache(
+    data_dir, tmp_path, monkeypatch
+) -> None:
+    from monai import data as md
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(md, "CacheDataset", no_memory)
+    with pytest.raises(ResourceError, match="cache: disk"):
+        train_teacher(_teacher_cfg(data_dir, tmp_path / "run", "cache=memory"))
 
 
 def test_teacher_modalities_missing_from_data(data_dir, teacher_ckpt, tmp_path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from typing import Any
 import numpy as np
 from monai.transforms import Transform
 
-from ..errors import BratsKDError, CaseError, TrainingError
+from .. import errors
+from ..errors import BratsKDError, CaseError, ResourceError, TrainingError
 from ..labels import REGIONS, labels_to_regions
 
 #: Keys of a loaded case dictionary.
@@ -320,16 +322,76 @@ def patch_transforms(
     ]
 
 
+#: Prefix of a user-facing error carried out of a DataLoader worker (see :class:`_KeepUserErrors`).
+_WORKER_ERROR = "napari-brats-kd error from a DataLoader worker: "
+
+
 def user_error_in(exc: BaseException) -> BratsKDError | None:
-    """The user-facing error inside MONAI's "applying transform" wrapping, if there is one."""
+    """The user-facing error inside MONAI's "applying transform" wrapping, if there is one.
+
+    Also finds one raised in a DataLoader worker process, which reaches the main process only as
+    text (see :class:`_KeepUserErrors`), and rebuilds it with its type and message.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, BratsKDError):
             return current
+        carried = _carried_error(current)
+        if carried is not None:
+            return carried
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def _carried_error(exc: BaseException) -> BratsKDError | None:
+    found = re.search(re.escape(_WORKER_ERROR) + r"(\{.*\})", str(exc))
+    if found is None:
+        return None
+    try:
+        payload = json.loads(found.group(1))
+        cls = getattr(errors, str(payload["type"]), TrainingError)
+        message = str(payload["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, BratsKDError)):
+        cls = TrainingError
+    return cls(message)
+
+
+class _KeepUserErrors:
+    """A dataset whose items' user-facing errors survive DataLoader worker processes.
+
+    PyTorch re-raises a worker's exception in the main process from its type and formatted
+    traceback only. MONAI wraps a transform's error in a ``RuntimeError``, so the
+    :class:`~napari_brats_kd.errors.TrainingError` naming the bad case would arrive as a bare
+    "Caught RuntimeError in DataLoader worker process 0". Here the error's type and message
+    travel as one JSON line that :func:`user_error_in` reads back.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except Exception as exc:
+            error = user_error_in(exc)
+            if error is None:
+                raise
+            payload = json.dumps({"type": type(error).__name__, "message": str(error)})
+            raise RuntimeError(_WORKER_ERROR + payload) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        # The wrapped dataset's attributes (``transform``, ``data``...); "dataset" itself is
+        # looked up here only while unpickling in a spawned worker, before __init__ state exists.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def build_dataset(
@@ -368,21 +430,46 @@ def build_dataset(
     transforms = mt.Compose([*loaders, *(random_transforms or [])])
     if cache == "memory":
         try:
-            return md.CacheDataset(
+            dataset = md.CacheDataset(
                 items, transforms, cache_rate=1.0, num_workers=max(1, num_workers), progress=False
             )
-        except RuntimeError as exc:
-            raise (user_error_in(exc) or exc) from exc
-    if cache == "disk":
+        except (RuntimeError, MemoryError) as exc:
+            error = user_error_in(exc)
+            if error is not None:
+                raise error from exc
+            if is_out_of_memory(exc):
+                raise ResourceError(
+                    f"Out of memory while loading {len(items)} case(s) into memory (cache: "
+                    "memory): use cache: disk (cases stored once on disk, read at every step) or "
+                    "cache: none."
+                ) from exc
+            raise
+    elif cache == "disk":
         if cache_dir is None:
             raise TrainingError("cache: disk needs cache_dir (a folder for the cached cases).")
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         # The deterministic transforms' settings (modalities, normalisation, cached teacher
         # outputs...) are part of each file's key: a changed setting never reads a stale case.
-        return md.PersistentDataset(
+        dataset = md.PersistentDataset(
             items, transforms, cache_dir=str(cache_dir), hash_transform=md.utils.pickle_hashing
         )
-    return md.Dataset(items, transforms)
+    else:
+        dataset = md.Dataset(items, transforms)
+    return _KeepUserErrors(dataset)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that memory ran out (CPU or GPU, as PyTorch and Python word it)."""
+    import torch
+
+    if isinstance(exc, (MemoryError, getattr(torch.cuda, "OutOfMemoryError", MemoryError))):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    # CUDA: "CUDA out of memory"; CPU: "DefaultCPUAllocator: can't allocate memory"; MPS and
+    # some BLAS back ends: "not enough memory".
+    return any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
 
 
 __all__ = [
@@ -392,6 +479,7 @@ __all__ = [
     "case_stamp",
     "discover_cases",
     "first_case_info",
+    "is_out_of_memory",
     "make_split",
     "patch_transforms",
     "read_split",

@@ -60,6 +60,7 @@ from .data import (
     build_dataset,
     discover_cases,
     first_case_info,
+    is_out_of_memory,
     make_split,
     patch_transforms,
     read_split,
@@ -396,15 +397,6 @@ def _amp_settings(cfg: TrainConfig, device: torch.device):
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16, None  # bf16 needs no loss scaling
     return torch.float16, torch.amp.GradScaler("cuda")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    oom = getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(exc, oom) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
 
 
 def _cycle(loader: Any) -> Iterator[dict]:
@@ -930,7 +922,7 @@ def _run_in_context(
                 user_error = user_error_in(exc)
                 if user_error is not None:
                     raise user_error from exc
-                if not _is_oom(exc):
+                if not is_out_of_memory(exc):
                     raise
                 raise ResourceError(
                     f"Out of memory at epoch {epoch + 1}, step {step + 1} with batch_size "
@@ -977,7 +969,9 @@ def _run_in_context(
         do_val = val_entries and ((epoch + 1) % cfg.val_every == 0 or last_epoch)
         improved = 0.0
         if do_val:
-            val_stopped = 0.0
+            # 0: validated; 1: stopped by the user; 2: failed (val_error) on rank 0.
+            val_status = 0.0
+            val_error: BratsKDError | None = None
             dice: dict[str, float] | None = None
             if ctx.is_main:
 
@@ -992,13 +986,32 @@ def _run_in_context(
                         should_stop, val_case,
                     )  # fmt: skip
                 except Cancelled:
-                    val_stopped = 1.0
+                    val_status = 1.0
+                except (RuntimeError, MemoryError) as exc:
+                    val_error = user_error_in(exc)
+                    if val_error is None and not is_out_of_memory(exc):
+                        raise
+                    if val_error is None:
+                        val_error = ResourceError(
+                            f"Out of memory validating epoch {epoch + 1} on {device} "
+                            f"(sliding windows of {list(val_roi)}, val_sw_batch_size "
+                            f"{cfg.val_sw_batch_size}): lower val_sw_batch_size or val_roi_size. "
+                            f"The weights trained so far are saved in {run_dir} (resume from "
+                            "them)."
+                        )
+                    val_error.__cause__ = exc
+                    val_status = 2.0
             # Only rank 0 validates (and polls should_stop meanwhile): all ranks stop together.
-            if dd.broadcast_float(val_stopped, ctx):
+            val_status = dd.broadcast_float(val_status, ctx)
+            if val_status:
                 # As a stop during the steps: the epoch (its validation unfinished) is redone on
                 # resume; the weights trained so far are kept.
                 save(epoch, metrics=last_metrics)
-                return result(stopped=True)
+                if val_status == 1.0:
+                    return result(stopped=True)
+                raise val_error or TrainingError(
+                    f"Validating epoch {epoch + 1} failed on rank 0; its log says why."
+                )
             if dice is not None:
                 row.update({f"val_dice_{r}": dice[r] for r in model_cfg.regions})
                 row["val_mean_dice"] = dice["mean"]
