@@ -178,10 +178,13 @@ brats-kd distill "$out/data/train_AC" --teacher "$out/teacher.safetensors" \
   --out "$out/student_AC.safetensors" --set kd_dice_weight=1 "${student_common[@]}" "${common[@]}"
 evaluate student_AC B
 
+# unlabeled_weight 0.5: one unlabelled site-B scan per two labelled cases, the mix the shipped
+# adapted student was trained with (its 14 unlabelled and 28 labelled cases were then drawn in
+# proportion to their numbers, before unlabeled_weight took effect).
 stage student_AC_adaptB "domain adaptation, after: the same, plus unlabelled site-B scans" &&
 brats-kd distill "$out/data/train_AC" --teacher "$out/teacher.safetensors" \
   --out "$out/student_AC_adaptB.safetensors" --unlabeled "$out/data/unlabeled_B" \
-  --set kd_dice_weight=1 "${student_common[@]}" "${common[@]}"
+  --set kd_dice_weight=1 --set unlabeled_weight=0.5 "${student_common[@]}" "${common[@]}"
 evaluate student_AC_adaptB B
 
 stage student_t1cflair "cross-modal: a T1c + FLAIR student distilled from the 4-modality teacher" &&

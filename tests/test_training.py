@@ -150,6 +150,58 @@ def test_distill_labelled_unlabelled_cross_modal(data_dir, teacher_ckpt, tmp_pat
     assert student.model(x).shape == (1, 3, 32, 32, 32)
 
 
+def test_unlabelled_cases_are_drawn_in_the_ratio_asked_for() -> None:
+    from napari_brats_kd.training.data import PoolSampler
+
+    def unlabelled_share(weight: float, n: int = 6000) -> float:
+        # 28 labelled cases (indices 0-27) beside 14 unlabelled ones (28-41).
+        return sum(i >= 28 for i in PoolSampler(28, 14, weight, n, seed=3)) / n
+
+    # Not in proportion to the folders' sizes (which would be 1/3 unlabelled).
+    assert unlabelled_share(1.0) == pytest.approx(0.5, abs=0.03)
+    assert unlabelled_share(0.5) == pytest.approx(1 / 3, abs=0.03)
+    assert unlabelled_share(0.0) == 0.0
+    # Every case of each pool is drawn.
+    assert set(PoolSampler(28, 14, 1.0, 2000, seed=3)) == set(range(42))
+    # Two DDP ranks draw disjoint halves of what one process would draw for both; a new epoch
+    # draws anew, the same epoch again draws the same.
+    one = PoolSampler(28, 14, 1.0, 20, seed=3)
+    ranks = [PoolSampler(28, 14, 1.0, 10, rank=r, world_size=2, seed=3) for r in (0, 1)]
+    assert list(ranks[0]) == list(one)[0::2] and list(ranks[1]) == list(one)[1::2]
+    first = list(one)
+    one.set_epoch(1)
+    assert list(one) != first
+    one.set_epoch(0)
+    assert list(one) == first
+
+
+def test_distillation_draws_unlabelled_cases_by_unlabeled_weight(
+    data_dir, teacher_ckpt, tmp_path, monkeypatch
+) -> None:
+    from napari_brats_kd.training import engine
+
+    labelled: list[bool] = []
+    real_step = engine.train_step
+
+    def recording_step(model, optimizer, loss_fn, batch, *args):
+        labelled.extend(bool(v) for v in torch.as_tensor(batch["labelled"]).reshape(-1))
+        return real_step(model, optimizer, loss_fn, batch, *args)
+
+    monkeypatch.setattr(engine, "train_step", recording_step)
+    for weight, run in ((0.0, "none"), (50.0, "mostly")):
+        labelled.clear()
+        cfg = _distill_cfg(
+            data_dir, teacher_ckpt, tmp_path / run, f"unlabeled_weight={weight}",
+            "steps_per_epoch=4", "samples_per_case=1",
+        )  # fmt: skip
+        distill(cfg)
+        assert len(labelled) == 4
+        if weight == 0:
+            assert all(labelled)  # the unlabelled site is never drawn
+        else:
+            assert sum(labelled) <= 1  # 1 labelled per 50 unlabelled
+
+
 def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path) -> None:
     run = tmp_path / "run"
     cfg = _teacher_cfg(data_dir, run, "epochs=2", "steps_per_epoch=2", "val_every=5")
@@ -421,6 +473,8 @@ def test_bad_settings_are_named(data_dir, tmp_path) -> None:
         load_config("teacher", ["epochz=3"])
     with pytest.raises(TrainingError, match="max_minutes must be > 0"):
         load_config("teacher", ["max_minutes=0"])
+    with pytest.raises(TrainingError, match="unlabeled_weight must be >= 0"):
+        load_config("distill", ["unlabeled_weight=-1"])
     assert load_config("teacher", ["max_minutes=1e1"]).max_minutes == 10.0  # YAML 1.1 string
     # The shipped defaults load without a teacher; distilling without one is refused.
     defaults = load_config("distill", [f"data_dir={data_dir}"])

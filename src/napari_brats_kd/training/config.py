@@ -14,6 +14,7 @@ nested keys with dots: ``augment.noise_prob=0.3``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -274,8 +275,9 @@ class DistillConfig(TrainConfig):
     unlabeled_dir
         Folder of unlabelled cases (e.g. another site): learnt from the teacher only.
     unlabeled_weight
-        How many unlabelled patches per labelled patch (sampling ratio; 1 = equal numbers of
-        cases drawn from both pools each epoch).
+        How many unlabelled cases are drawn per labelled case, whatever the sizes of the two
+        folders (1: as many of each; 0.5: one unlabelled per two labelled). Cases are drawn with
+        replacement from each pool (:class:`~.data.PoolSampler`).
     teacher_targets
         ``"online"``: the teacher runs on every augmented training patch. ``"cached"``: it runs
         once per training case and its outputs are stored on disk under ``cache_dir`` and
@@ -318,6 +320,11 @@ class DistillConfig(TrainConfig):
             raise TrainingError(
                 f"Invalid setting: teacher_targets must be one of {', '.join(TARGET_MODES)}, got "
                 f"{self.teacher_targets!r}."
+            )
+        if not (math.isfinite(self.unlabeled_weight) and self.unlabeled_weight >= 0):
+            raise TrainingError(
+                "Invalid setting: unlabeled_weight must be >= 0 (unlabelled cases drawn per "
+                f"labelled case), got {self.unlabeled_weight}."
             )
         if self.attention_weight < 0:
             raise TrainingError(

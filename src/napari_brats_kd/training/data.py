@@ -19,7 +19,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -394,6 +394,65 @@ class _KeepUserErrors:
         return getattr(self.dataset, name)
 
 
+class PoolSampler:
+    """Indices of a labelled + unlabelled :class:`~torch.utils.data.ConcatDataset`, drawn so
+    that the unlabelled pool gives ``unlabeled_weight`` patches per labelled one.
+
+    Cases are drawn with replacement, uniformly within each pool, whatever the pools' sizes:
+    14 unlabelled scans beside 28 labelled cases give, at ``unlabeled_weight`` 1, as many
+    unlabelled draws as labelled ones. Under DDP every rank draws the same ``world_size``-times
+    longer sequence from the run's seed and the epoch (:meth:`set_epoch`) and keeps every
+    ``world_size``-th index from its rank on, so ranks see different cases and a run is the same
+    however it is resumed.
+
+    Parameters
+    ----------
+    n_labelled, n_unlabelled
+        Cases in each pool (labelled first in the dataset).
+    unlabeled_weight
+        Unlabelled draws per labelled draw (0: labelled cases only).
+    num_samples
+        Indices per epoch on this rank.
+    rank, world_size
+        This process and the number of processes.
+    seed
+        The run's seed.
+    """
+
+    def __init__(
+        self,
+        n_labelled: int,
+        n_unlabelled: int,
+        unlabeled_weight: float,
+        num_samples: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        weights = [1.0 / n_labelled] * n_labelled
+        weights += [unlabeled_weight / n_unlabelled] * n_unlabelled if n_unlabelled else []
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.num_samples = int(num_samples)
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the indices of ``epoch`` (a new sequence per epoch, the same on every rank)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = self.num_samples * self.world_size
+        drawn = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        return iter(drawn[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 def build_dataset(
     entries: Sequence[CaseEntry],
     loader: LoadCased | Sequence[Transform],
@@ -475,6 +534,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 __all__ = [
     "CaseEntry",
     "LoadCased",
+    "PoolSampler",
     "build_dataset",
     "case_stamp",
     "discover_cases",

@@ -57,6 +57,7 @@ from .data import (
     TEACHER,
     CaseEntry,
     LoadCased,
+    PoolSampler,
     build_dataset,
     discover_cases,
     first_case_info,
@@ -713,8 +714,16 @@ def _run_in_context(
             val_entries, LoadCased(needed, **loader_kw), None, cfg.cache, cache_dir / "val",
             cfg.num_workers,
         )  # fmt: skip
-    if ctx.distributed:
-        sampler: Any = DistributedSampler(
+    if unlab_entries:
+        # Two pools mixed in the ratio the user asked for, not in proportion to their sizes.
+        per_rank = math.ceil(len(train_ds) / ctx.world_size)
+        steps = cfg.steps_per_epoch or max(1, per_rank // cfg.batch_size)
+        sampler: Any = PoolSampler(
+            len(train_entries), len(unlab_entries), cfg.unlabeled_weight,
+            steps * cfg.batch_size, ctx.rank, ctx.world_size, cfg.seed,
+        )  # fmt: skip
+    elif ctx.distributed:
+        sampler = DistributedSampler(
             train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed
         )
         steps = cfg.steps_per_epoch or max(1, len(sampler) // cfg.batch_size)
@@ -898,7 +907,7 @@ def _run_in_context(
         epoch_seed = cfg.seed + 1000 * epoch + ctx.rank
         _seed_everything(epoch_seed, cfg.deterministic)
         _seed_transforms(train_ds, epoch_seed)
-        if ctx.distributed:
+        if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         ddp_model.train()
         batches = _cycle(loader)
