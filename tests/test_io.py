@@ -238,6 +238,17 @@ def test_save_converts_conventions(tmp_path):
         io.save_labels(tmp_path / "t.nii.gz", case.seg.data, case.seg, "brats2023")
 
 
+def test_a_saved_label_map_reopens_in_the_convention_it_was_written_in(tmp_path):
+    case = io.load_case(write_case_2021(tmp_path))
+    # nnU-Net labels (1 edema, 2 necrosis) without enhancing tumour, saved under a "_seg" name,
+    # which on its own would read as BraTS 2021 (1 necrosis, 2 edema).
+    no_et = np.where(case.seg.data == 4, 1, case.seg.data).astype(np.uint8)
+    out = io.save_labels(tmp_path / "x_seg.nii.gz", no_et, case.seg, "brats2021", "nnunet")
+    reread = io.load_case(out)
+    assert reread.convention is LabelConvention.NNUNET
+    np.testing.assert_array_equal(convert_labels(reread.seg.data, "nnunet", "brats2021"), no_et)
+
+
 def test_save_rejects_wrong_shape(tmp_path):
     case = io.load_case(write_case_2021(tmp_path))
     with pytest.raises(InvalidVolumeError, match="do not match"):

@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_brats_kd.errors import CaseError
+from _nifti_factory import seg_volume, write_msd, write_nifti, write_nnunet
+from napari_brats_kd.errors import CaseError, LabelConventionError
 from napari_brats_kd.metrics import (
     HD95_EMPTY_MM,
     dice,
@@ -146,3 +147,144 @@ def test_evaluate_folders_without_matching_ids(phantom_cases, tmp_path) -> None:
     (tmp_path / "pred" / "other_case.nii.gz").write_bytes(b"")
     with pytest.raises(CaseError, match="No case id"):
         evaluate_folders(tmp_path / "pred", phantom_cases)
+
+
+# --- label conventions of nnU-Net / MSD ground truth --------------------------------------------
+
+#: Voxel counts of each region and class in ``_nifti_factory.seg_volume`` (1 mm voxels).
+PHANTOM_VOXELS = {"WT": 64, "TC": 8, "ET": 1, "NCR": 7, "ED": 56}
+PERFECT = dict.fromkeys(PHANTOM_VOXELS, 1.0)
+
+
+def _write_dataset(layout: str, root) -> None:
+    """Two tiny cases in nnU-Net (labels 1 ED, 2 NCR, 3 ET) or MSD (1 edema, 2 NCR, 3 ET) layout."""
+    if layout == "nnunet":
+        write_nnunet(root, case_ids=("BraTS2021_00000", "BraTS2021_00001"))
+    else:
+        for case_id in ("BRATS_001", "BRATS_002"):
+            write_msd(root, case_id=case_id)
+
+
+def _write_like_segment(gt_root, out_dir, convention: str | None = None) -> None:
+    """A perfect prediction of each case, written as ``brats-kd segment -o out_dir`` writes it:
+    ``<case_id>_seg.nii.gz`` on the case's grid, in ``convention`` (default: the case's own)."""
+    from napari_brats_kd.io import find_cases, load_case, save_labels
+
+    for case_path in find_cases(gt_root):
+        case = load_case(case_path)
+        save_labels(
+            out_dir / f"{case.case_id}_seg.nii.gz",
+            case.seg.data,
+            case.reference,
+            case.convention,
+            convention,
+        )
+
+
+@pytest.mark.parametrize("layout", ["nnunet", "msd"])
+@pytest.mark.parametrize("written", [None, "brats2021"], ids=["case-convention", "brats2021"])
+def test_perfect_prediction_scores_one_against_nnunet_and_msd(layout, written, tmp_path) -> None:
+    gt = tmp_path / "gt"
+    _write_dataset(layout, gt)
+    pred = tmp_path / "pred"
+    _write_like_segment(gt, pred, written)
+    # The dataset root, its flat labelsTr folder and its imagesTr folder all name the same labels.
+    for gt_dir in (gt, gt / "labelsTr", gt / "imagesTr"):
+        results, _ = evaluate_folders(pred, gt_dir)
+        assert len(results) == 2
+        for r in results:
+            assert r.dice == PERFECT, (gt_dir.name, r.case_id)
+            assert r.hd95 == dict.fromkeys(PHANTOM_VOXELS, 0.0)
+            ml = {k: pytest.approx(n / 1000) for k, n in PHANTOM_VOXELS.items()}
+            assert r.volume_gt_ml == ml
+            assert r.volume_pred_ml == ml
+
+
+@pytest.mark.parametrize("layout", ["nnunet", "msd"])
+def test_dataset_scored_against_itself_reports_true_volumes(layout, tmp_path) -> None:
+    gt = tmp_path / "gt"
+    _write_dataset(layout, gt)
+    results, _ = evaluate_folders(gt / "labelsTr", gt)
+    for r in results:
+        assert r.dice == PERFECT
+        # TC is NCR + ET (8 voxels), not edema + ET as a 2023 reading of labels 1..3 would say.
+        assert r.volume_gt_ml["TC"] == pytest.approx(0.008)
+        assert r.volume_gt_ml["ED"] == pytest.approx(0.056)
+
+
+def test_prediction_without_enhancing_tumour_keeps_its_recorded_convention(tmp_path) -> None:
+    # Labels 1 and 2 alone fit both BraTS 2021 (1 NCR, 2 ED) and nnU-Net (1 ED, 2 NCR): the
+    # convention brats-kd segment records in the file decides.
+    from napari_brats_kd.io import find_cases, load_case, save_labels
+
+    gt = tmp_path / "gt"
+    _write_dataset("nnunet", gt)
+    for case_path in find_cases(gt):
+        case = load_case(case_path)
+        no_et = case.seg.data.copy()
+        no_et[no_et == 3] = 2  # enhancing voxel called necrosis (nnU-Net values)
+        save_labels(
+            tmp_path / "pred" / f"{case.case_id}_seg.nii.gz",
+            no_et,
+            case.reference,
+            "nnunet",
+            "brats2021",
+        )
+    results, _ = evaluate_folders(tmp_path / "pred", gt)
+    for r in results:
+        assert r.dice["WT"] == 1.0 and r.dice["TC"] == 1.0 and r.dice["ED"] == 1.0
+        assert r.dice["ET"] == 0.0
+        assert r.volume_pred_ml["NCR"] == pytest.approx(0.008)
+
+
+def test_cli_convention_options_override_detection(tmp_path, capsys) -> None:
+    from napari_brats_kd.cli import main
+
+    gt = tmp_path / "gt"
+    _write_dataset("nnunet", gt)
+    # nnU-Net labels copied out of their dataset: nothing but the values says what they mean.
+    refs = tmp_path / "refs"
+    shutil.copytree(gt / "labelsTr", refs)
+    # Predictions from another tool (no recorded convention), BraTS 2021 values, no ET voxel.
+    pred = tmp_path / "pred"
+    no_et = np.where(seg_volume() == 4, 1, seg_volume()).astype(np.uint8)
+    for case_id in ("BraTS2021_00000", "BraTS2021_00001"):
+        write_nifti(pred / f"{case_id}.nii.gz", no_et, "RAS")
+
+    def run(*options: str) -> dict[str, float]:
+        out = tmp_path / "m.csv"
+        assert main(["evaluate", str(pred), str(refs), "--csv", str(out), *options]) == 0
+        first = next(csv.DictReader(out.open()))
+        return {k: float(v) for k, v in first.items() if k != "case_id"}
+
+    # Detection reads labels 1..3 as BraTS 2023 and the prediction in the same convention.
+    detected = run()
+    assert detected["dice_TC"] < 0.5
+    assert "ground truth read as: brats2023 (2)" in capsys.readouterr().out
+
+    fixed = run("--gt-convention", "nnunet", "--pred-convention", "BraTS2021")
+    assert fixed["dice_WT"] == fixed["dice_TC"] == fixed["dice_ED"] == 1.0
+    assert fixed["dice_ET"] == 0.0
+    assert fixed["vol_gt_ml_TC"] == pytest.approx(0.008)
+    out = capsys.readouterr().out
+    assert "ground truth read as: nnunet (2)" in out
+    assert "predictions read as: brats2021 (2)" in out
+
+
+def test_unknown_or_unfitting_convention_is_a_clear_error(tmp_path, capsys) -> None:
+    from napari_brats_kd.cli import main
+
+    gt = tmp_path / "gt"
+    _write_dataset("msd", gt)
+    pred = tmp_path / "pred"
+    _write_like_segment(gt, pred, "brats2021")
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(pred), str(gt), "--gt-convention", "brats2020"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'brats2020'" in capsys.readouterr().err
+    with pytest.raises(LabelConventionError, match="Unknown label convention 'brats2020'"):
+        evaluate_folders(pred, gt, pred_convention="brats2020")
+    # Label 4 cannot be BraTS 2023: the user is told which case and file, not given a traceback.
+    assert main(["evaluate", str(pred), str(gt), "--pred-convention", "brats2023"]) == 2
+    err = capsys.readouterr().err
+    assert "BRATS_001_seg.nii.gz" in err and "[4]" in err

@@ -419,27 +419,61 @@ def _run_distill(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- evaluate
 def _add_evaluate(sub: argparse._SubParsersAction) -> Runner:
+    from .labels import LabelConvention  # numpy only: --help stays fast
+
+    conventions = [c.value for c in LabelConvention]
     p = sub.add_parser(
         "evaluate",
         help="score predicted segmentations against ground truth (Dice, HD95, volumes)",
         description=(
             "Match predictions in PRED_DIR to ground-truth cases in GT_DIR by case id and report "
-            "Dice, HD95 (mm) and volumes for WT, TC, ET and each tumour class, BraTS style."
+            "Dice, HD95 (mm) and volumes for WT, TC, ET and each tumour class, BraTS style. "
+            "Label conventions are detected per file unless given: the ground truth's from its "
+            "case's file naming (nnU-Net, MSD, BraTS 2021/2023) and label values; a "
+            "prediction's from its header (brats-kd segment records it), else the ground "
+            "truth's when its values fit, else its values."
         ),
     )
     p.add_argument("pred_dir", type=Path, help="folder of predicted label maps")
     p.add_argument("gt_dir", type=Path, help="folder of ground-truth cases")
     p.add_argument("--csv", type=Path, default=None, help="write per-case metrics and summary")
+    p.add_argument(
+        "--gt-convention",
+        type=str.lower,
+        choices=conventions,
+        default=None,
+        metavar="NAME",
+        help=f"label convention of the ground truth: {', '.join(conventions)} (default: detect)",
+    )
+    p.add_argument(
+        "--pred-convention",
+        type=str.lower,
+        choices=conventions,
+        default=None,
+        metavar="NAME",
+        help=f"label convention of the predictions: {', '.join(conventions)} (default: detect)",
+    )
     return _run_evaluate
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from .metrics import evaluate_folders
 
     results, summary = evaluate_folders(
-        args.pred_dir, args.gt_dir, args.csv, progress=_tqdm_progress("evaluate", "case")
+        args.pred_dir,
+        args.gt_dir,
+        args.csv,
+        pred_convention=args.pred_convention,
+        gt_convention=args.gt_convention,
+        progress=_tqdm_progress("evaluate", "case"),
     )
     print(f"{len(results)} case(s)")
+    for what, attr in (("ground truth", "gt_convention"), ("predictions", "pred_convention")):
+        counts = Counter(getattr(r, attr) for r in results)
+        read_as = ", ".join(f"{name} ({n})" for name, n in sorted(counts.items()))
+        print(f"{what} read as: {read_as}")
     print(f"{'region':<8}{'Dice mean':>11}{'Dice std':>10}{'HD95 mean':>11}{'HD95 med':>10}")
     for region in ("WT", "TC", "ET"):
         d, h = summary[f"dice_{region}"], summary[f"hd95_{region}"]

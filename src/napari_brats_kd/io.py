@@ -450,16 +450,20 @@ def _check_same_grid(case_id: str, volumes: list[Volume]) -> None:
         )
 
 
-_NAMING_CONVENTION = {
-    "brats2021": lab.LabelConvention.BRATS2021,
-    "brats2023": lab.LabelConvention.BRATS2023,
-    "nnunet": lab.LabelConvention.NNUNET,
-    "msd": lab.LabelConvention.MSD,
-}
+def _label_convention(seg: Volume, case_naming: str | None) -> tuple[lab.LabelConvention, str]:
+    """Convention of a label map: the one its header records (:func:`save_labels` writes it)
+    when its values fit, else the one its case's naming and values imply."""
+    values = np.unique(seg.data)
+    recorded = convention_from_header(seg.header)
+    # A file written by this package says what it holds; values alone cannot tell nnU-Net's
+    # 1 = edema from BraTS's 1 = necrosis, nor can a "_seg" name that any tool may write.
+    if recorded is not None and recorded in lab.conventions_for_values(values):
+        return recorded, f"the file records {recorded.value} and its label values fit it"
+    return lab.detect_convention(values, case_naming)
 
 
 def _convention_without_seg(case_naming: str) -> tuple[lab.LabelConvention, str]:
-    conv = _NAMING_CONVENTION.get(case_naming)
+    conv = lab.convention_for_naming(case_naming)
     if conv is not None:
         return conv, f"no segmentation in the case; {conv.value} follows from its file naming"
     return (
@@ -575,9 +579,8 @@ def load_case(
     if grid:
         _check_same_grid(files.case_id, grid)
     if seg is not None:
-        values = np.unique(seg.data)
         try:
-            convention, reason = lab.detect_convention(values, files.naming)
+            convention, reason = _label_convention(seg, files.naming)
         except LabelConventionError as exc:
             raise LabelConventionError(f"{files.seg.name}: {exc}") from None
     else:
@@ -590,7 +593,7 @@ def load_case(
         for p in files.extra_segs:
             try:
                 vol = load_segmentation(p, max_bytes)
-                conv, why = lab.detect_convention(np.unique(vol.data), None)
+                conv, why = _label_convention(vol, None)
             except (NiftiReadError, InvalidVolumeError, LabelConventionError) as exc:
                 notes.append(f"Skipped {p.parent.name}/{p.name}: {exc}")
                 continue
@@ -661,6 +664,41 @@ def _nifti_path(path: Path) -> Path:
     return path if naming.is_nifti_name(path) else path.with_name(path.name + ".nii.gz")
 
 
+#: Start of the NIfTI ``descrip`` field that :func:`save_labels` writes (``"labels brats2021"``).
+LABELS_DESCRIP_PREFIX = "labels "
+
+
+def convention_from_header(header: nib.Nifti1Header | None) -> lab.LabelConvention | None:
+    """Label convention a label file records in its header, as :func:`save_labels` writes it.
+
+    Parameters
+    ----------
+    header
+        NIfTI header of a label map (``Volume.header``), or ``None``.
+
+    Returns
+    -------
+    LabelConvention or None
+        The convention named by a ``descrip`` of the form ``"labels <convention>"``; ``None``
+        when the field says anything else (files written by other tools).
+    """
+    if header is None:
+        return None
+    try:
+        raw = header["descrip"]
+    except (KeyError, ValueError, TypeError):
+        return None
+    raw = np.asarray(raw).item() if isinstance(raw, np.ndarray) else raw
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+    text = text.strip("\x00 ")
+    if not text.startswith(LABELS_DESCRIP_PREFIX):
+        return None
+    try:
+        return lab.LabelConvention(text[len(LABELS_DESCRIP_PREFIX) :].strip())
+    except ValueError:
+        return None
+
+
 def save_labels(
     path: PathLike,
     labels_display: np.ndarray,
@@ -669,6 +707,9 @@ def save_labels(
     target_convention: lab.LabelConvention | str | None = None,
 ) -> Path:
     """Write a label map aligned with its scan: uint8, the scan's voxel order, affine and header.
+
+    The header's ``descrip`` records the convention written (``"labels brats2021"``), so that
+    :func:`convention_from_header` (and ``brats-kd evaluate``) can tell it from the file.
 
     Parameters
     ----------
@@ -719,7 +760,7 @@ def save_labels(
     header.set_data_shape(file_data.shape)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0, float(file_data.max(initial=0))
-    header["descrip"] = f"labels {lab.LabelConvention(target).value}".encode()[:79]
+    header["descrip"] = f"{LABELS_DESCRIP_PREFIX}{lab.LabelConvention(target).value}".encode()[:79]
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     img = image_class(file_data, affine, header)
     img.set_sform(affine, code=sform_code)

@@ -202,6 +202,32 @@ CONVENTIONS: dict[LabelConvention, ConventionSpec] = {
 #: Convention used when nothing else says which one applies (the most widespread one).
 DEFAULT_CONVENTION = LabelConvention.BRATS2021
 
+#: Label convention implied by a case's file naming (:data:`napari_brats_kd.naming.NAMINGS`).
+#: ``"loose"`` names (and lone files) imply none: their convention comes from the label values.
+NAMING_CONVENTIONS: dict[str, LabelConvention] = {
+    "brats2021": LabelConvention.BRATS2021,
+    "brats2023": LabelConvention.BRATS2023,
+    "nnunet": LabelConvention.NNUNET,
+    "msd": LabelConvention.MSD,
+}
+
+
+def convention_for_naming(naming: str | None) -> LabelConvention | None:
+    """Label convention a file naming implies, or ``None`` if it implies none.
+
+    Parameters
+    ----------
+    naming
+        A case's naming (``"brats2021"``, ``"brats2023"``, ``"nnunet"``, ``"msd"``, ``"loose"``,
+        ``"single"``) or ``None``.
+
+    Returns
+    -------
+    LabelConvention or None
+        E.g. :attr:`LabelConvention.NNUNET` for ``"nnunet"`` (labels 1 ED, 2 NCR, 3 ET).
+    """
+    return NAMING_CONVENTIONS.get(naming or "")
+
 
 def get_convention(convention: LabelConvention | str) -> ConventionSpec:
     """Return the spec of a convention given as enum or string (``"brats2021"``, ...)."""
@@ -246,19 +272,13 @@ def detect_convention(
         If the values fit no known convention (e.g. a label 5, or 3 and 4 without 2024 naming).
     """
     present = sorted({int(v) for v in np.asarray(values).ravel()} - {0})
-    naming_map = {
-        "brats2021": LabelConvention.BRATS2021,
-        "brats2023": LabelConvention.BRATS2023,
-        "nnunet": LabelConvention.NNUNET,
-        "msd": LabelConvention.MSD,
-    }
     candidates = conventions_for_values(present)
     if not candidates:
         raise LabelConventionError(
             f"Label values {present} fit no known BraTS convention "
             "(2021: 1,2,4; 2023: 1,2,3; 2024 post-treatment: 1,2,3,4; nnU-Net/MSD: 1,2,3)."
         )
-    by_name = naming_map.get(naming or "")
+    by_name = convention_for_naming(naming)
     if by_name is not None and by_name in candidates:
         return by_name, f"file naming is {naming} and label values {present} fit it"
     if 4 in present and 3 in present:

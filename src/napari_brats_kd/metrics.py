@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .errors import CaseError
+from .errors import CaseError, LabelConventionError
 from .labels import (
     REGIONS,
     REPORT_REGIONS,
@@ -126,13 +126,27 @@ def hd95(
 
 @dataclass
 class CaseMetrics:
-    """Metrics of one case: per region (WT, TC, ET) and per tumour class."""
+    """Metrics of one case: per region (WT, TC, ET) and per tumour class.
+
+    Attributes
+    ----------
+    case_id
+        Name of the case.
+    dice, hd95
+        ``{region or class: value}`` (HD95 in mm).
+    volume_pred_ml, volume_gt_ml
+        ``{region or class: volume}`` in millilitres.
+    pred_convention, gt_convention
+        Label conventions the prediction and the ground truth were read in (``""`` if unknown).
+    """
 
     case_id: str
     dice: dict[str, float] = field(default_factory=dict)
     hd95: dict[str, float] = field(default_factory=dict)
     volume_pred_ml: dict[str, float] = field(default_factory=dict)
     volume_gt_ml: dict[str, float] = field(default_factory=dict)
+    pred_convention: str = ""
+    gt_convention: str = ""
 
     def as_row(self) -> dict[str, float | str]:
         """Flat ``{column: value}`` row for a CSV file (regions first, then classes)."""
@@ -219,7 +233,11 @@ def evaluate_labels(
         )
     gt_convention = convention if gt_convention is None else gt_convention
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    result = CaseMetrics(case_id)
+    result = CaseMetrics(
+        case_id,
+        pred_convention=get_convention(convention).convention.value,
+        gt_convention=get_convention(gt_convention).convention.value,
+    )
     p_reg = labels_to_regions(pred, convention, REPORT_REGIONS)
     g_reg = labels_to_regions(gt, gt_convention, REPORT_REGIONS)
     masks: list[tuple[str, np.ndarray, np.ndarray]] = [
@@ -291,24 +309,70 @@ def _load_labels(path: Path):
     return load_volume(path)
 
 
-def _index_label_files(folder: Path) -> dict[str, Path]:
-    """``{case_id: file}`` for label files in ``folder``.
+@dataclass(frozen=True)
+class _LabelFile:
+    """A label map found by :func:`_index_label_files` and the naming of its case, if known."""
+
+    path: Path
+    naming: str | None = None
+
+
+def _sibling_image_namings(labels_dir: Path) -> dict[str, str]:
+    """``{case_id: naming}`` for a ``labelsTr`` folder beside its ``imagesTr`` folder.
+
+    The label maps of an nnU-Net or MSD dataset are named after the case only; which layout (and
+    so which label convention) they belong to is told by the image folder next to them:
+    ``<case>_0000.nii.gz`` channel files (nnU-Net) or 4D volumes ``<case>.nii.gz`` (MSD).
+    """
+    from .naming import case_entries, classify_file, nifti_stem
+
+    name = labels_dir.name
+    if not name.lower().startswith("labels"):
+        return {}
+    images_dir = labels_dir.parent / ("images" + name[len("labels") :])
+    if not images_dir.is_dir():
+        return {}
+    try:
+        entries = [e for e in case_entries(images_dir) if e.is_file()]
+    except CaseError:
+        return {}
+    out: dict[str, str] = {}
+    for entry in entries:
+        role = classify_file(entry)
+        if role.kind == "channel":
+            out[role.case_id] = "nnunet"
+        else:  # case_entries lists other files only when all are 4D multi-channel volumes
+            out[nifti_stem(entry)] = "msd"
+    return out
+
+
+def _index_label_files(folder: Path) -> dict[str, _LabelFile]:
+    """``{case_id: label file}`` for the label maps in ``folder``.
 
     A folder holding NIfTI files directly is a folder of bare label maps, one per case, named
-    after the case (``<case_id>.nii.gz``, optionally ``_seg``/``_pred``); otherwise it is a dataset
-    of case folders whose segmentations are used.
+    after the case (``<case_id>.nii.gz``, optionally ``_seg``/``_pred``); their naming is known
+    only for an nnU-Net / MSD ``labelsTr`` folder beside its ``imagesTr``. A flat nnU-Net / MSD
+    image folder (``imagesTr``), and any other folder, is a dataset of cases whose segmentations
+    are used, each with the naming of its case.
     """
     from .io import find_cases
-    from .naming import case_files, is_nifti_name, nifti_stem
+    from .naming import case_entries, case_files, is_nifti_name, nifti_stem
 
     flat = sorted(f for f in folder.iterdir() if f.is_file() and is_nifti_name(f))
-    found: dict[str, Path] = {}
+    found: dict[str, _LabelFile] = {}
+    if flat and folder.name.lower().startswith("images"):
+        try:  # nnU-Net channel files or MSD 4D volumes: their labels lie in labelsTr
+            flat = [] if any(e.is_file() for e in case_entries(folder)) else flat
+        except CaseError:
+            pass
     if flat:
+        namings = _sibling_image_namings(folder)
         for f in flat:
             stem = nifti_stem(f)
+            naming = namings.get(stem)
             for suffix in ("_seg", "-seg", "_pred", "-pred"):
                 stem = stem.removesuffix(suffix)
-            found[stem] = f
+            found[stem] = _LabelFile(f, naming)
         return found
     try:
         entries = find_cases(folder)
@@ -317,8 +381,15 @@ def _index_label_files(folder: Path) -> dict[str, Path]:
     for case_path in entries:
         files = case_files(case_path)
         if files.seg is not None:
-            found[files.case_id] = files.seg
+            found[files.case_id] = _LabelFile(files.seg, files.naming)
     return found
+
+
+def _checked_convention(
+    convention: LabelConvention | str | None,
+) -> LabelConvention | None:
+    """``convention`` as an enum (``None`` stays ``None``: detect)."""
+    return None if convention is None else get_convention(convention).convention
 
 
 def evaluate_folders(
@@ -335,28 +406,47 @@ def evaluate_folders(
     ----------
     pred_dir
         Folder of predicted label maps: one NIfTI per case named ``<case_id>.nii.gz`` (optionally
-        with ``_seg``/``_pred`` suffix), or case folders holding a segmentation.
+        with ``_seg``/``_pred`` suffix, as ``brats-kd segment`` writes them), or case folders
+        holding a segmentation.
     gt_dir
-        Folder of ground-truth cases (any naming the reader knows).
+        Ground truth: a dataset folder of cases in any naming the reader knows (BraTS 2021/2023
+        case folders, an nnU-Net or MSD dataset with ``imagesTr``/``labelsTr``), or a folder of
+        bare label maps (an nnU-Net / MSD ``labelsTr`` folder included).
     csv_path
         Where to write the per-case CSV with the summary rows appended.
-    pred_convention, gt_convention
-        Label conventions; by default detected from each file's label values.
+    pred_convention
+        Label convention of every prediction (a :class:`~napari_brats_kd.labels.LabelConvention`
+        or its name, e.g. ``"brats2021"``). ``None`` (default) decides per file: the convention
+        the file's header records (:func:`~napari_brats_kd.io.save_labels`, used by ``brats-kd
+        segment``, writes it), else the ground truth's convention if the values fit it, else the
+        one the values imply (:func:`~napari_brats_kd.labels.detect_convention`).
+    gt_convention
+        Label convention of every ground-truth file. ``None`` (default) decides per case as the
+        reader does: the convention the case's file naming implies (nnU-Net: 1 ED, 2 NCR, 3 ET;
+        MSD: 1 edema, 2 non-enhancing, 3 enhancing; BraTS 2021/2023) when its values fit it,
+        else the one its label values imply.
     progress
         ``progress(done, total, message)`` callback.
 
     Returns
     -------
     list of CaseMetrics, summary
-        Per-case metrics (in case-id order) and :func:`summarize` of them.
+        Per-case metrics (in case-id order; each records the conventions used) and
+        :func:`summarize` of them.
 
     Raises
     ------
     CaseError
         If no case id occurs in both folders, or a matched pair lies on different grids.
+    LabelConventionError
+        If a convention name is unknown, or a file's values fit no convention (or not the one
+        given).
     """
+    from .io import convention_from_header
     from .labels import detect_convention
 
+    fixed_pred = _checked_convention(pred_convention)
+    fixed_gt = _checked_convention(gt_convention)
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not folder.is_dir():
@@ -372,14 +462,22 @@ def evaluate_folders(
         )
     results: list[CaseMetrics] = []
     for i, case_id in enumerate(common):
-        pv = _load_labels(preds[case_id])
-        gv = _load_labels(gts[case_id])
+        pf, gf = preds[case_id], gts[case_id]
+        pv = _load_labels(pf.path)
+        gv = _load_labels(gf.path)
         p = np.rint(pv.data).astype(np.int16)
         g = np.rint(gv.data).astype(np.int16)
-        gconv = gt_convention or detect_convention(np.unique(g))[0]
-        pconv = pred_convention or _pred_convention(np.unique(p), gconv)
-        spacing = pv.scale  # display-order voxel sizes match the display-order arrays
-        results.append(evaluate_labels(p, g, pconv, spacing, case_id, gt_convention=gconv))
+        try:
+            gconv = fixed_gt or detect_convention(np.unique(g), gf.naming)[0]
+            pconv = fixed_pred or _pred_convention(
+                np.unique(p), gconv, convention_from_header(pv.header)
+            )
+            spacing = pv.scale  # display-order voxel sizes match the display-order arrays
+            results.append(evaluate_labels(p, g, pconv, spacing, case_id, gt_convention=gconv))
+        except LabelConventionError as exc:
+            raise LabelConventionError(
+                f"Case {case_id!r} ({pf.path.name} vs ground truth {gf.path.name}): {exc}"
+            ) from None
         if progress is not None:
             progress(i + 1, len(common), case_id)
     rows = [r.as_row() for r in results]
@@ -389,15 +487,25 @@ def evaluate_folders(
     return results, summary
 
 
-def _pred_convention(values: np.ndarray, gt_convention: LabelConvention | str) -> LabelConvention:
-    # A prediction written in the ground truth's own convention is the usual case; only switch
-    # when its values cannot belong to it.
+def _pred_convention(
+    values: np.ndarray,
+    gt_convention: LabelConvention | str,
+    recorded: LabelConvention | None = None,
+) -> LabelConvention:
+    """Convention of a prediction: the one its header records, else the ground truth's, else the
+    one its values imply; the first two only when the values fit them."""
+    # A prediction written in the ground truth's own convention is the usual case (brats-kd
+    # segment writes the case's convention by default); only switch when its values cannot
+    # belong to it. Values alone cannot tell 1 = NCR (BraTS) from 1 = edema (nnU-Net, MSD), so a
+    # recorded convention wins over the ground truth's.
     from .labels import detect_convention
 
-    spec = get_convention(gt_convention)
     present = {int(v) for v in values} - {0}
-    if present <= set(spec.values.values()):
-        return spec.convention
+    for candidate in (recorded, gt_convention):
+        if candidate is not None:
+            spec = get_convention(candidate)
+            if present <= set(spec.values.values()):
+                return spec.convention
     return detect_convention(values)[0]
 
 
