@@ -502,6 +502,34 @@ def test_cli_train_runs_and_reports(data_dir, tmp_path, capsys) -> None:
     assert "Time limit reached after 1 epoch(s)." in capsys.readouterr().out
 
 
+def test_cli_init_from_fine_tunes_with_the_finetune_defaults(
+    data_dir, teacher_ckpt, tmp_path
+) -> None:
+    import yaml
+
+    from napari_brats_kd.cli import main
+
+    def run(name: str, *flags: str) -> tuple[dict, dict]:
+        out = tmp_path / f"{name}.safetensors"
+        args = ["train", str(data_dir / "siteA"), "--init-from", str(teacher_ckpt)]
+        args += ["--out", str(out), "--epochs", "1", "--patch-size", "16", "16", "16"]
+        args += ["--augment", "none", "--set", "steps_per_epoch=1", "--set", "num_workers=0"]
+        args += ["--set", "val_roi_size=[64,64,40]", "--set", "batch_size=1", *flags]
+        assert main(args) == 0
+        cfg = yaml.safe_load((tmp_path / f"{name}_run" / "config.yaml").read_text())
+        return cfg, load_checkpoint(out).model.state_dict()
+
+    before = load_checkpoint(teacher_ckpt).model.state_dict()
+    cfg, after = run("tuned")
+    # Pretrained layers learn 10x slower and the encoder is frozen, as fine_tune() does it.
+    assert cfg["pretrained_lr_factor"] == 0.1 and cfg["freeze"] == ["encoder"]
+    assert cfg["lr"] == load_config("finetune").lr
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("down_layers."))
+    cfg, after = run("all", "--freeze", "none", "--pretrained-lr-factor", "0.5")
+    assert cfg["pretrained_lr_factor"] == 0.5 and cfg["freeze"] == []
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("down_layers."))
+
+
 def test_cli_distill_options_reach_the_config(tmp_path) -> None:
     from napari_brats_kd.cli import _distill_settings, _training_overrides, build_parser
 

@@ -316,7 +316,8 @@ def _add_train(sub: argparse._SubParsersAction) -> Runner:
         description=(
             "Train a network with Dice + BCE on tumour regions (TC, WT, ET). Settings come from "
             "the shipped teacher.yaml (or --config), overridden by the flags and --set pairs. "
-            "Fine-tune a checkpoint with --init-from (add --freeze encoder)."
+            "--init-from fine-tunes a checkpoint with the shipped finetune.yaml defaults instead "
+            "(encoder frozen, pretrained layers at 0.1x the learning rate, lr 1e-4)."
         ),
     )
     _add_training_options(p)
@@ -327,8 +328,26 @@ def _add_train(sub: argparse._SubParsersAction) -> Runner:
         "(half resolution, trainable on CPU), unet, swinunetr",
     )
     p.add_argument("--modalities", default=None, help="input modalities, e.g. t1c,t1,t2,flair")
-    p.add_argument("--init-from", default=None, help="checkpoint to start from (fine-tuning)")
-    p.add_argument("--freeze", default=None, help="'encoder' or comma-separated name prefixes")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="checkpoint or MONAI bundle to start from (fine-tuning; its network and modalities "
+        "are kept)",
+    )
+    p.add_argument(
+        "--freeze",
+        default=None,
+        help="'encoder', comma-separated parameter-name prefixes, or 'none' (with --init-from "
+        "the default is encoder)",
+    )
+    p.add_argument(
+        "--pretrained-lr-factor",
+        type=float,
+        default=None,
+        metavar="F",
+        help="learning-rate multiplier of the layers loaded by --init-from (default 0.1; the "
+        "output layer always learns at the full rate)",
+    )
     return _run_train
 
 
@@ -346,12 +365,19 @@ def _modalities_list(text: str | None) -> str | None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    freeze = None if args.freeze is None else "[" + args.freeze + "]"
+    freeze = args.freeze
+    if freeze is not None:
+        freeze = "[]" if freeze.strip().lower() in ("none", "") else "[" + freeze + "]"
+    if args.init_from is not None and args.config is None and args.resume is None:
+        # Fine-tuning, as fine_tune() does it: teacher.yaml's rate and fixed modalities are
+        # those of training from scratch.
+        args.config = "finetune"
     extra = {
         "model.arch": args.arch,
         "model.modalities": _modalities_list(args.modalities),
         "init_from": args.init_from,
         "freeze": freeze,
+        "pretrained_lr_factor": args.pretrained_lr_factor,
     }
     return _run_training(args, "train", extra)
 
