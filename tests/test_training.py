@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _training_settings import FAST, TINY
 from napari_brats_kd.errors import ResourceError, TrainingError
 from napari_brats_kd.models import load_checkpoint, save_checkpoint, teacher_config
 from napari_brats_kd.training import (
@@ -24,26 +25,6 @@ from napari_brats_kd.training import (
 )
 
 torch.set_num_threads(2)
-
-#: A tiny SegResNet (no dropout, so runs are reproducible) and patches small enough for 2 cores.
-TINY = {
-    "init_filters": 8,
-    "blocks_down": [1, 1, 1, 1],
-    "blocks_up": [1, 1, 1],
-    "dropout_prob": None,
-}
-FAST = [
-    "epochs=1",
-    "steps_per_epoch=1",
-    "batch_size=1",
-    "samples_per_case=2",
-    "patch_size=[16,16,16]",
-    "val_roi_size=[64,64,40]",
-    "warmup_epochs=0",
-    "num_workers=0",
-    "augment=light",
-    "val_every=1",
-]
 
 
 @pytest.fixture(scope="module")

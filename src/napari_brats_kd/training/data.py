@@ -123,7 +123,9 @@ def read_split(path: str | Path, known_ids: Sequence[str]) -> dict[str, list[str
     Raises
     ------
     TrainingError
-        If the file is unreadable, lacks ``train``, or names cases the dataset does not have.
+        If the file is unreadable, lacks ``train``, names cases the dataset does not have, or
+        lists a case twice (in one list, or in two: validating or testing on a training case
+        would overstate the model's Dice).
     """
     path = Path(path)
     try:
@@ -133,6 +135,19 @@ def read_split(path: str | Path, known_ids: Sequence[str]) -> dict[str, list[str
     if not isinstance(data, dict) or not data.get("train"):
         raise TrainingError(f"Split file {path} must map 'train' (and 'val', 'test') to case ids.")
     split = {k: sorted(str(i) for i in data.get(k, [])) for k in ("train", "val", "test")}
+    for part, ids in split.items():
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise TrainingError(f"Split file {path} lists {twice[:5]} twice in '{part}'.")
+    parts = list(split)
+    for i, first in enumerate(parts):
+        for second in parts[i + 1 :]:
+            shared = sorted(set(split[first]) & set(split[second]))
+            if shared:
+                raise TrainingError(
+                    f"Split file {path} puts {shared[:5]} in both '{first}' and '{second}': "
+                    "each case belongs to one part, or its scores are measured on training data."
+                )
     unknown = sorted(set().union(*split.values()) - set(known_ids))
     if unknown:
         raise TrainingError(
