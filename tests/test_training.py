@@ -525,6 +525,47 @@ def test_cli_distill_options_reach_the_config(tmp_path) -> None:
     assert config().kd_label_correction is False and config().alpha == 0.5
 
 
+def test_cli_distill_cross_modal_onto_another_site_with_a_split_then_resumed(
+    data_dir, teacher_ckpt, tmp_path, capsys
+) -> None:
+    from napari_brats_kd.cli import main
+
+    ids = sorted(p.name for p in (data_dir / "siteA").iterdir() if p.is_dir())
+    split = {"train": ids[:2], "val": ids[2:], "test": []}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    out, run = tmp_path / "student.safetensors", tmp_path / "student_run"
+    args = ["distill", str(data_dir / "siteA"), "--teacher", str(teacher_ckpt)]
+    args += ["--out", str(out), "--student", "student-tiny", "--modalities", "t1c,flair"]
+    args += ["--unlabeled", str(data_dir / "siteB"), "--split", str(tmp_path / "split.json")]
+    args += ["--epochs", "1", "--patch-size", "16", "16", "16", "--augment", "none"]
+    args += ["--set", "steps_per_epoch=1", "--set", "num_workers=0", "--set", "batch_size=1"]
+    args += ["--set", "val_roi_size=[64,64,40]"]
+    assert main(args) == 0
+    assert "Best mean validation Dice" in capsys.readouterr().out
+    student = load_checkpoint(out)
+    assert student.config.modalities == ("t1c", "flair")
+    assert student.config.provenance["n_unlabeled"] == 2
+    saved = json.loads((run / "split.json").read_text())
+    assert (saved["train"], saved["val"]) == (split["train"], split["val"])
+    # Resumed with more epochs: the run goes on from its first epoch.
+    assert main(["distill", str(data_dir / "siteA"), "--resume", str(run), "--epochs", "2"]) == 0
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert load_checkpoint(run / "last.safetensors").config.provenance["epochs"] == 2
+
+
+def test_a_resume_refused_for_a_bad_setting_leaves_the_run_config_as_it_was(
+    data_dir, tmp_path
+) -> None:
+    run = tmp_path / "run"
+    train_teacher(_teacher_cfg(data_dir, run, "val_every=5"))
+    before = (run / "config.yaml").read_bytes()
+    with pytest.raises(TrainingError, match="patch_size"):
+        resume_run(run, ["patch_size=[20,16,16]"])
+    assert (run / "config.yaml").read_bytes() == before
+    assert resume_run(run, ["epochs=2"]).epochs_done == 2
+
+
 def _distill_cfg(data_dir: Path, teacher: Path, run: Path, *extra: str) -> DistillConfig:
     return load_config(
         "distill",

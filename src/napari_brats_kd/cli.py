@@ -244,6 +244,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", default=None, help="augmentation preset: none, light, strong")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help='your own split, {"train": [case ids], "val": [...], "test": [...]} (default: a '
+        "seeded split, saved as split.json in the run folder)",
+    )
+    p.add_argument(
         "--resume",
         type=Path,
         default=None,
@@ -276,6 +284,7 @@ def _training_overrides(args: argparse.Namespace, extra: dict) -> list[str]:
         "num_workers": args.num_workers,
         "augment.preset": args.augment,
         "seed": args.seed,
+        "split_file": args.split,
         **extra,
     }
     return list(args.overrides) + [f"{k}={v}" for k, v in pairs.items() if v is not None]

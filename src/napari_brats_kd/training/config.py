@@ -434,10 +434,12 @@ def load_config(
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
-    """Write ``config`` as YAML (readable by :func:`load_config`)."""
-    path = Path(path)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return path
+    """Write ``config`` as YAML (readable by :func:`load_config`), atomically: a run folder's
+    config is never left half-written."""
+    from .._files import atomic_write
+
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 __all__ = [

@@ -152,7 +152,7 @@ def train_step(
     teacher: nn.Module | None = None,
     teacher_channels: Sequence[int] | None = None,
     amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
+    scaler: Any = None,
     attention: AttentionTransfer | None = None,
     attention_weight: float = 0.0,
 ) -> dict[str, float]:
@@ -397,7 +397,10 @@ def _amp_settings(cfg: TrainConfig, device: torch.device):
         return None, None
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16, None  # bf16 needs no loss scaling
-    return torch.float16, torch.amp.GradScaler("cuda")
+    # torch.amp.GradScaler("cuda") exists from torch 2.3 on; pyproject allows 2.1.
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return torch.float16, torch.cuda.amp.GradScaler()
 
 
 def _cycle(loader: Any) -> Iterator[dict]:
@@ -540,7 +543,6 @@ def _run_in_context(
         raise TrainingError(f"Cannot resume: {state_path} does not exist (no finished step).")
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(replace(cfg, run_dir=str(run_dir)), run_dir / "config.yaml")
     emit = on_event if (on_event is not None and ctx.is_main) else None
 
     # ---------------------------------------------------------------- teacher and model
@@ -830,6 +832,9 @@ def _run_in_context(
 
     writer = None
     if ctx.is_main:
+        # Only now that data, model and teacher are checked: a resume with a bad override leaves
+        # the run's config as it was.
+        save_config(replace(cfg, run_dir=str(run_dir)), run_dir / "config.yaml")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
