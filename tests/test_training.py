@@ -329,6 +329,20 @@ def test_fine_tune_freezes_encoder(data_dir, teacher_ckpt, tmp_path) -> None:
     assert any(not torch.equal(before[k], state[k]) for k in dec)
 
 
+@pytest.mark.parametrize("arch", ["segresnet", "unet", "swinunetr"])
+def test_pretrained_layers_learn_slower_than_the_output_layer(arch) -> None:
+    from napari_brats_kd.models import build_model
+    from napari_brats_kd.training.engine import _param_groups
+
+    model = build_model(teacher_config(arch=arch))
+    cfg = load_config("finetune", ["freeze=[]", "lr=1e-3"])
+    body, head = _param_groups(model, cfg, arch, pretrained=True)
+    assert body["lr"] == pytest.approx(1e-4) and head["lr"] == pytest.approx(1e-3)
+    # The head is the convolution that writes the 3 region channels, weight and bias.
+    assert [tuple(p.shape[:1]) for p in head["params"]] == [(3,), (3,)]
+    assert len(body["params"]) + 2 == len(list(model.parameters()))
+
+
 # ------------------------------------------------------------------------------------ bad input
 def test_empty_folder_raises(tmp_path) -> None:
     (tmp_path / "empty").mkdir()

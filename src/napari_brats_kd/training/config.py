@@ -95,7 +95,8 @@ class TrainConfig:
         :data:`ENCODER_PREFIXES`).
     pretrained_lr_factor
         Learning-rate multiplier for parameters loaded from ``init_from`` (e.g. 0.1); the output
-        layer (``conv_final``) always learns at the full rate.
+        convolution (SegResNet's ``conv_final``, the last one of any network) always learns at
+        the full rate.
     epochs, steps_per_epoch
         Training length. ``steps_per_epoch`` ``None`` = one pass over the training patches.
     max_minutes

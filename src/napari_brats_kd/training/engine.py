@@ -424,6 +424,13 @@ def _expand_freeze(freeze: Sequence[str], arch: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _output_layer(model: nn.Module) -> str | None:
+    """Name of the network's output convolution: the last one it registers (SegResNet's
+    ``conv_final.2.conv``, UNet's last residual unit, SwinUNETR's ``out.conv.conv``)."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)]
+    return convs[-1] if convs else None
+
+
 def _param_groups(
     model: nn.Module, cfg: TrainConfig, arch: str, pretrained: bool
 ) -> list[dict[str, Any]]:
@@ -444,8 +451,9 @@ def _param_groups(
     if not pretrained or cfg.pretrained_lr_factor == 1.0:
         return [{"params": [p for _, p in trainable], "lr": cfg.lr}]
     # The output layer is task-specific: it learns at the full rate, the pretrained body slower.
-    head = [p for n, p in trainable if "conv_final" in n]
-    body = [p for n, p in trainable if "conv_final" not in n]
+    out = _output_layer(model)
+    head = [p for n, p in trainable if out and n.startswith(out + ".")]
+    body = [p for n, p in trainable if not (out and n.startswith(out + "."))]
     groups = [{"params": body, "lr": cfg.lr * cfg.pretrained_lr_factor}]
     if head:
         groups.append({"params": head, "lr": cfg.lr})
