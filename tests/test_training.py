@@ -212,6 +212,21 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path
     assert len(rows) == 2
 
 
+def test_run_writes_tensorboard_curves_matching_its_log(data_dir, tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train_teacher(_teacher_cfg(data_dir, run, "epochs=2", "val_every=1"))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    for tag in ("loss", "lr", "val_mean_dice", "val_dice_WT"):
+        curve = events.Scalars(tag)
+        assert [e.step for e in curve] == [1, 2]
+        assert [e.value for e in curve] == pytest.approx([float(r[tag]) for r in rows], rel=1e-5)
+
+
 def test_resume_with_more_epochs_stretches_the_lr_schedule(data_dir, tmp_path) -> None:
     from napari_brats_kd.training.engine import lr_lambda
 
