@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from _bundles import write_bundle
 from _model_helpers import tiny_student
 from napari_brats_kd.errors import CheckpointError
 from napari_brats_kd.models import (
@@ -147,26 +148,7 @@ def test_bundle_folder_is_loaded_with_its_network_def(tmp_path):
     args = {"blocks_down": [1, 1], "blocks_up": [1], "init_filters": 8, "dropout_prob": 0.2}
     cfg = teacher_config(**args)
     net = build_model(cfg).eval()
-    bundle = tmp_path / "brats_mri_segmentation"
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
-    network_def = {
-        "_target_": "SegResNet",
-        "spatial_dims": 3,
-        "in_channels": 4,
-        "out_channels": 3,
-        **args,
-        "act": "$@unused_reference",
-    }
-    inference = {
-        "network_def": network_def,
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 64]},
-    }
-    (bundle / "configs" / "inference.json").write_text(json.dumps(inference))
-    (bundle / "configs" / "metadata.json").write_text(json.dumps({"version": "0.5.3"}))
-    # Training scripts often save {"state_dict": ...} with DDP's "module." prefix.
-    state = {f"module.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state}, bundle / "models" / "model.pt")
+    bundle = write_bundle(tmp_path / "brats_mri_segmentation", net, args)
     loaded = load_bundle(bundle)
     assert loaded.config.arch == "segresnet"
     assert loaded.config.modalities == ("t1c", "t1", "t2", "flair")

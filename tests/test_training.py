@@ -344,6 +344,24 @@ def test_fine_tune_freezes_encoder(data_dir, teacher_ckpt, tmp_path) -> None:
     assert any(not torch.equal(before[k], state[k]) for k in dec)
 
 
+def test_fine_tune_from_a_monai_bundle(data_dir, tmp_path) -> None:
+    from _bundles import write_bundle
+    from napari_brats_kd.models import build_model
+
+    net = build_model(teacher_config(**TINY))
+    bundle = write_bundle(tmp_path / "brats_mri_segmentation", net, TINY)
+    out = tmp_path / "tuned.safetensors"
+    overrides = [*FAST, f"run_dir={tmp_path / 'run'}", f"out={out}", "val_fraction=0.34"]
+    result = fine_tune(bundle, data_dir / "siteA", overrides)
+    tuned = load_checkpoint(result.out)
+    assert tuned.config.arch == "segresnet" and tuned.config.provenance["init_from"] == str(bundle)
+    before, after = net.state_dict(), tuned.model.state_dict()
+    # Started from the bundle's weights: its frozen encoder is still exactly the bundle's.
+    enc = [k for k in before if k.startswith(("convInit.", "down_layers."))]
+    assert enc and all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("conv_final"))
+
+
 @pytest.mark.parametrize("arch", ["segresnet", "unet", "swinunetr"])
 def test_pretrained_layers_learn_slower_than_the_output_layer(arch) -> None:
     from napari_brats_kd.models import build_model
