@@ -402,3 +402,189 @@ def test_msd_labels_round_trip_against_a_4d_reference(tmp_path):
     assert written.shape == original.shape == SHAPE
     np.testing.assert_array_equal(np.asanyarray(written.dataobj), np.asanyarray(original.dataobj))
     np.testing.assert_allclose(written.affine, original.affine)
+
+
+# ------------------------------------------------------------------- geometry other viewers read
+
+
+def _coded(form: tuple[np.ndarray | None, int]) -> tuple[list | None, int]:
+    """``get_sform(coded=True)`` / ``get_qform(coded=True)`` in a form ``==`` can compare."""
+    matrix, code = form
+    return (None if matrix is None else np.round(matrix, 4).tolist()), int(code)
+
+
+def _scan_with_forms(path, sform, sform_code, qform, qform_code):
+    """An LPS scan whose sform and qform are set independently (as scanners and tools do)."""
+    img = nib.Nifti1Image(np.ascontiguousarray(base_volume()[::-1, ::-1]), None)
+    img.set_sform(sform, code=sform_code)
+    img.set_qform(qform, code=qform_code)
+    nib.save(img, str(path))
+    return path
+
+
+_LPS = np.array([[-1.0, 0, 0, 11], [0, -1.0, 0, 9], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+_SHIFTED = _LPS + np.array([[0, 0, 0, 5], [0, 0, 0, -3], [0, 0, 0, 2], [0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    "codes",
+    [
+        (2, 1),  # sform "aligned" and qform "scanner", 5 mm apart: each must stay as it was
+        (0, 1),  # only the qform places the scan
+        (0, 0),  # no orientation at all: the labels must not claim one
+    ],
+    ids=["sform2-qform1-disagree", "qform-only", "no-orientation"],
+)
+def test_saved_labels_carry_the_scans_sform_and_qform_exactly(tmp_path, codes):
+    scan_path = _scan_with_forms(tmp_path / "x_t1.nii.gz", _LPS, codes[0], _SHIFTED, codes[1])
+    scan = io.load_volume(scan_path)
+    painted = np.zeros(scan.data.shape, np.uint8)
+    painted[scan.data == LEFT_MARKER] = 2
+    out = io.save_labels(tmp_path / "x_seg.nii.gz", painted, scan, "brats2021")
+    ref, written = nib.load(str(scan_path)), nib.load(str(out))
+    # What another viewer reads: the same forms with the same codes, so it picks the same one.
+    assert _coded(written.header.get_sform(coded=True)) == _coded(ref.header.get_sform(coded=True))
+    assert _coded(written.header.get_qform(coded=True)) == _coded(ref.header.get_qform(coded=True))
+    np.testing.assert_allclose(written.header.get_sform(), ref.header.get_sform())
+    np.testing.assert_allclose(written.header.get_qform(), ref.header.get_qform())
+    np.testing.assert_allclose(written.affine, ref.affine)
+    # And the labels sit on the painted voxels in the scan's own voxel order.
+    on_file = np.asanyarray(written.dataobj)
+    np.testing.assert_array_equal(on_file == 2, np.asanyarray(ref.dataobj) == LEFT_MARKER)
+    np.testing.assert_array_equal(io.load_volume(out).data, painted)
+
+
+def test_labels_of_a_volume_without_header_are_placed_by_its_affine(tmp_path):
+    scan = io.load_volume(write_nifti(tmp_path / "x_t1.nii.gz", base_volume(), "LPS"))
+    scan.header = None  # e.g. a layer not opened from a file
+    painted = (scan.data == LEFT_MARKER).astype(np.uint8)
+    written = nib.load(str(io.save_labels(tmp_path / "seg.nii.gz", painted, scan, "brats2021")))
+    assert written.header.get_sform(coded=True)[1] == 1
+    assert written.header.get_qform(coded=True)[1] == 1
+    np.testing.assert_allclose(written.affine, scan.affine)
+    np.testing.assert_array_equal(io.load_volume(tmp_path / "seg.nii.gz").data, painted)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    "scan", ["TCGA-DU-7294/TCGA-DU-7294_t1_bet", "BraTS-GLI-00001-000/BraTS-GLI-00001-000-t1c"]
+)
+def test_labels_saved_for_a_real_scan_carry_its_sform_and_qform(real_data_dir, tmp_path, scan):
+    scan_path = real_data_dir / f"{scan}.nii.gz"
+    vol = io.load_volume(scan_path)
+    threshold = np.percentile(vol.data, 99)
+    painted = (vol.data > threshold).astype(np.uint8)  # "paint" the brightest voxels
+    out = io.save_labels(tmp_path / "seg.nii.gz", painted, vol, "brats2021")
+    ref, written = nib.load(str(scan_path)), nib.load(str(out))
+    assert _coded(written.header.get_sform(coded=True)) == _coded(ref.header.get_sform(coded=True))
+    assert _coded(written.header.get_qform(coded=True)) == _coded(ref.header.get_qform(coded=True))
+    # Voxel for voxel on the scan's own file order.
+    np.testing.assert_array_equal(
+        np.asanyarray(written.dataobj) == 1, np.asanyarray(ref.dataobj) > threshold
+    )
+
+
+def _resave_as(path, affine_change):
+    """Store ``path`` again with its voxel axes reordered (``as_closest_canonical``: RAS) or its
+    affine changed, in place."""
+    img = nib.load(str(path))
+    out = affine_change(img)
+    nib.save(out, str(path))
+
+
+def test_modalities_stored_in_different_voxel_orders_on_one_grid_open_together(tmp_path):
+    folder = write_case_2021(tmp_path / "mixed")
+    reference = io.load_case(write_case_2021(tmp_path / "plain"))
+    # Only T1 and the segmentation are stored as RAS, the rest stays LPS: same voxels in space.
+    for name in ("BraTS2021_00000_t1.nii.gz", "BraTS2021_00000_seg.nii.gz"):
+        _resave_as(folder / name, nib.as_closest_canonical)
+    assert nib.aff2axcodes(nib.load(str(folder / "BraTS2021_00000_t1.nii.gz")).affine) == tuple(
+        "RAS"
+    )
+    case = io.load_case(folder)
+    for m in MODALITIES:
+        np.testing.assert_array_equal(case.images[m].data, reference.images[m].data)
+    np.testing.assert_array_equal(case.seg.data, reference.seg.data)
+    assert case.images["t1"].scale == case.images["t2"].scale
+
+
+def test_a_modality_shifted_by_one_voxel_is_still_refused(tmp_path):
+    folder = write_case_2021(tmp_path, seg=False)
+
+    def shift(img):
+        affine = img.affine.copy()
+        affine[:3, 3] += affine[:3, 0]  # one voxel along the first axis
+        return nib.Nifti1Image(np.asanyarray(img.dataobj), affine)
+
+    _resave_as(folder / "BraTS2021_00000_t2.nii.gz", shift)
+    with pytest.raises(CaseError, match=r"different voxel grids.*Resample"):
+        io.load_case(folder)
+    # Reordering the voxel axes as well does not hide the shift.
+    _resave_as(folder / "BraTS2021_00000_t2.nii.gz", nib.as_closest_canonical)
+    with pytest.raises(CaseError, match="different voxel grids"):
+        io.load_case(folder)
+
+
+def test_extra_segmentations_in_another_voxel_order_are_kept_and_shifted_ones_skipped(tmp_path):
+    folder = write_case_loose(tmp_path)
+    extra = folder / "segmentations"
+    _resave_as(extra / "algo-a.nii.gz", nib.as_closest_canonical)
+
+    def shift(img):
+        affine = img.affine.copy()
+        affine[:3, 3] += affine[:3, 2]
+        return nib.Nifti1Image(np.asanyarray(img.dataobj), affine)
+
+    _resave_as(extra / "fusion_simple.nii.gz", shift)
+    case = io.load_case(folder)
+    segs = case.extra["segmentations"]
+    assert list(segs) == ["algo-a"]
+    reference = io.load_volume(write_nifti(tmp_path / "ref.nii.gz", seg_volume(), "LPS"))
+    np.testing.assert_array_equal(segs["algo-a"]["volume"].data, reference.data)
+    assert any("fusion_simple.nii.gz" in n and "another grid" in n for n in case.notes)
+
+
+@pytest.mark.realdata
+def test_real_case_with_one_modality_stored_as_ras_opens_voxel_identical(real_data_dir, tmp_path):
+    src = real_data_dir / "TCGA-DU-7294"
+    folder = tmp_path / "TCGA-DU-7294"
+    folder.mkdir()
+    for p in src.glob("*.nii.gz"):
+        if p.name.endswith("_t1_bet.nii.gz"):
+            nib.save(nib.as_closest_canonical(nib.load(str(p))), str(folder / p.name))
+        else:
+            (folder / p.name).symlink_to(p)  # unchanged LPS files, not copied
+    case = io.load_case(folder, extra_segmentations=False)
+    original = io.load_case(src, extra_segmentations=False)
+    assert case.images["t1"].file_axcodes == ("R", "A", "S")
+    for m in MODALITIES:
+        np.testing.assert_array_equal(case.images[m].data, original.images[m].data)
+
+
+# ------------------------------------------------------------------------- assumed channel orders
+
+
+@pytest.mark.parametrize("with_json", [False, True])
+def test_msd_channel_order_assumed_without_dataset_json_is_told(tmp_path, with_json):
+    case = io.load_case(write_msd(tmp_path, dataset_json=with_json))
+    assumed = [n for n in case.notes if "No dataset.json" in n]
+    if with_json:
+        assert assumed == []
+    else:
+        assert assumed == [
+            "No dataset.json found: channels assumed to be FLAIR, T1, T1c, T2 (MSD order); add "
+            "a dataset.json naming the channels if they are not."
+        ]
+
+
+@pytest.mark.parametrize("dataset_json", [None, "v2"])
+def test_nnunet_channel_order_assumed_without_dataset_json_is_told(tmp_path, dataset_json):
+    images = write_nnunet(tmp_path, dataset_json=dataset_json)
+    case = io.load_case(images / "BraTS2021_00000_0000.nii.gz")
+    assumed = [n for n in case.notes if "No dataset.json" in n]
+    if dataset_json is not None:
+        assert assumed == []
+    else:
+        assert len(assumed) == 1
+        assert "T1, T1c, T2, FLAIR (nnU-Net BraTS order)" in assumed[0]
+        assert case.extra["notes"] is case.notes  # what the napari reader shows

@@ -15,6 +15,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +24,7 @@ import numpy as np
 from . import labels as lab
 from . import naming
 from . import orientation as orient
+from ._files import atomic_write
 from .errors import (
     CaseError,
     InvalidVolumeError,
@@ -445,8 +447,9 @@ def _check_same_grid(case_id: str, volumes: list[Volume]) -> None:
     if bad:
         lines = "; ".join(_describe(v) for v in [ref, *bad])
         raise CaseError(
-            f"Case {case_id!r}: files lie on different voxel grids ({lines}). Resample them to "
-            "one grid (as BraTS preprocessing does) before opening them together."
+            f"Case {case_id!r}: files lie on different voxel grids ({lines}), even with their "
+            "voxel axes put in one order. Resample them to one grid (as BraTS preprocessing "
+            "does) before opening them together."
         )
 
 
@@ -499,6 +502,7 @@ def load_case(
     extra_segmentations: bool = True,
     max_bytes: int | None = None,
     progress: ProgressFn | None = None,
+    segmentation: bool = True,
 ) -> Case:
     """Load one case: a case folder, one file of a flat nnU-Net / MSD folder, or a single file.
 
@@ -517,6 +521,10 @@ def load_case(
         Largest decoded volume accepted per file (default :data:`DEFAULT_MAX_BYTES`).
     progress
         Called as ``progress(done, total, message)`` after each file.
+    segmentation
+        Read the case's segmentation. ``False`` (segmenting a case) leaves it unread, so an
+        odd ground truth cannot stop the scans from being segmented; the label convention then
+        follows from the file naming.
 
     Returns
     -------
@@ -534,6 +542,8 @@ def load_case(
         From reading the files (see :func:`load_volume`).
     """
     files = _case_files_or_label_map(Path(path), max_bytes)
+    if not segmentation and files.images and files.seg is not None:
+        files = replace(files, seg=None)
     notes = list(files.notes)
     total = len(files.all_files) - (0 if extra_segmentations else len(files.extra_segs))
     done = 0
@@ -699,6 +709,16 @@ def convention_from_header(header: nib.Nifti1Header | None) -> lab.LabelConventi
         return None
 
 
+def _header_places_like(header: nib.Nifti1Header, affine: np.ndarray) -> bool:
+    """Whether a reader of ``header`` gets ``affine`` (sform, else qform, else pixdim: the
+    NIfTI-1 precedence nibabel follows, as it did when the scan was read)."""
+    try:
+        best = header.get_best_affine()
+    except (nib.spatialimages.HeaderDataError, ValueError, np.linalg.LinAlgError):
+        return False
+    return bool(np.allclose(best, affine, rtol=0.0, atol=1e-4))
+
+
 def save_labels(
     path: PathLike,
     labels_display: np.ndarray,
@@ -718,8 +738,10 @@ def save_labels(
     labels_display
         Label map in display orientation, same shape as ``reference.data``.
     reference
-        The scan the labels belong to: its affine, header (sform and qform codes, units) and file
-        voxel order are reproduced.
+        The scan the labels belong to: its file voxel order and its header's sform and qform
+        (matrices and codes, code 0 "unknown" included) and units are reproduced, so that any
+        viewer places the labels exactly on the scan. Without a header (a volume made in
+        memory), its affine is written as sform and qform with code 1 (scanner).
     source_convention
         Convention of the values in ``labels_display``.
     target_convention
@@ -747,24 +769,32 @@ def save_labels(
         )
     target = source_convention if target_convention is None else target_convention
     values = lab.convert_labels(labels_display, source_convention, target)
+    # The scan was reoriented to display order from its own affine, so the same affine takes the
+    # labels back to the scan's voxel order, voxel for voxel.
     file_data = np.ascontiguousarray(orient.from_display(values, reference.affine), np.uint8)
     affine = np.asarray(reference.affine, float)
-    if reference.header is not None:
-        header = reference.header.copy()
-        sform_code = int(header["sform_code"]) or 1
-        qform_code = int(header["qform_code"]) or 1
-    else:
-        header = nib.Nifti1Header()
-        sform_code = qform_code = 1
+    header = reference.header.copy() if reference.header is not None else nib.Nifti1Header()
     header.set_data_dtype(np.uint8)
     header.set_data_shape(file_data.shape)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0, float(file_data.max(initial=0))
     header["descrip"] = f"{LABELS_DESCRIP_PREFIX}{lab.LabelConvention(target).value}".encode()[:79]
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    img = image_class(file_data, affine, header)
-    img.set_sform(affine, code=sform_code)
-    img.set_qform(affine, code=qform_code)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
+    if reference.header is not None and _header_places_like(header, affine):
+        # Keep the scan's sform and qform exactly, matrices and codes, code 0 included: viewers
+        # choose between them by code (NIfTI-1 standard), so any rewrite (a qform set from the
+        # sform, "no orientation" promoted to scanner space) can make a viewer place the labels
+        # elsewhere than the scan. No affine is passed so that nibabel leaves them untouched.
+        img = image_class(file_data, None, header)
+    else:
+        # No header, or one that no longer describes the volume's affine: the affine is all we
+        # know, so write it into both forms, with code 1 where the header has none (code 0
+        # would make readers ignore it).
+        img = image_class(file_data, affine, header)
+        img.set_sform(affine, code=int(header["sform_code"]) or 1)
+        img.set_qform(affine, code=int(header["qform_code"]) or 1)
+    # Written whole, then renamed into place: a stop or a crash never leaves a truncated label
+    # file where a good one (or the user's earlier result) was.
+    raw = img.to_bytes()
+    payload = gzip.compress(raw, compresslevel=6) if path.name.lower().endswith(".gz") else raw
+    return atomic_write(path, lambda tmp: tmp.write_bytes(payload))

@@ -295,7 +295,9 @@ class CaseFiles:
     extra_segs
         Further segmentations (e.g. algorithm outputs in a ``segmentations/`` subfolder).
     notes
-        Sentences about what was found (missing modalities, ignored files) for the user.
+        Sentences for the user about what was found or assumed (missing modalities, ignored
+        files, channel order assumed without a dataset.json); the napari reader shows them and
+        :func:`~napari_brats_kd.io.load_case` passes them on as ``Case.notes``.
     channel_source
         Where channel names came from (nnU-Net / MSD), e.g. a dataset.json path.
     """
@@ -375,20 +377,50 @@ def _label_file(image_dir: Path, case_id: str) -> Path | None:
     return None
 
 
-def _msd_channels(folder: Path) -> tuple[tuple[str, ...], str]:
+def _assumed_channels_note(channels: Sequence[str], layout: str) -> str:
+    """The note telling the user that channel names were assumed, not read from a dataset.json.
+
+    Parameters
+    ----------
+    channels
+        Modality key of each channel, in channel order.
+    layout
+        Whose default order was assumed, e.g. ``"MSD"`` or ``"nnU-Net BraTS"``.
+
+    Returns
+    -------
+    str
+        A sentence for :attr:`CaseFiles.notes`.
+    """
+    names = ", ".join(MODALITY_NAMES[c] for c in channels)
+    return (
+        f"No dataset.json found: channels assumed to be {names} ({layout} order); add a "
+        "dataset.json naming the channels if they are not."
+    )
+
+
+def _msd_channels(folder: Path) -> tuple[tuple[str, ...], str, str | None]:
+    """Channel modalities of an MSD file in ``folder``, where they came from, and a note for the
+    user when they were assumed."""
     ds = find_dataset_json(folder)
     if ds is not None:
-        return channels_from_dataset_json(ds), str(ds)
-    return MSD_DEFAULT_CHANNELS, "MSD Task01 default order (FLAIR, T1w, T1gd, T2w)"
+        return channels_from_dataset_json(ds), str(ds), None
+    return (
+        MSD_DEFAULT_CHANNELS,
+        "MSD Task01 default order (FLAIR, T1w, T1gd, T2w)",
+        _assumed_channels_note(MSD_DEFAULT_CHANNELS, "MSD"),
+    )
 
 
 def _nnunet_case(folder: Path, roles: list[FileRole], case_id: str) -> CaseFiles:
     ds = find_dataset_json(folder)
+    assumed: str | None = None
     if ds is not None:
         channels, source = channels_from_dataset_json(ds), str(ds)
     else:
         channels = NNUNET_DEFAULT_CHANNELS
         source = "nnU-Net BraTS default order (T1, T1ce, T2, FLAIR; no dataset.json found)"
+        assumed = _assumed_channels_note(channels, "nnU-Net BraTS")
     mine = sorted((r for r in roles if r.case_id == case_id), key=lambda r: r.channel or 0)
     got = {r.channel: r.path for r in mine}
     expected = set(range(len(channels)))
@@ -406,6 +438,10 @@ def _nnunet_case(folder: Path, roles: list[FileRole], case_id: str) -> CaseFiles
             f"{', '.join(MODALITY_NAMES[c] for c in channels)} (from {source})."
         )
     files = CaseFiles(case_id, "nnunet", channel_source=source)
+    if assumed is not None:
+        # A wrong guess swaps modalities silently (a model fed T1 as FLAIR still segments), so
+        # the user must hear that the order was assumed.
+        files.notes.append(assumed)
     for i, modality in enumerate(channels):
         files.images[modality] = got[i]
     files.seg = _label_file(folder, case_id)
@@ -553,8 +589,10 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
 def msd_case(path: Path) -> CaseFiles:
     """The files of one MSD Task01 case: a 4D image and its ``labelsTr`` twin, if present."""
     path = Path(path)
-    channels, source = _msd_channels(path.parent)
+    channels, source, assumed = _msd_channels(path.parent)
     files = CaseFiles(nifti_stem(path), "msd", channel_source=source)
+    if assumed is not None:
+        files.notes.append(assumed)
     files.multichannel = (path, channels)
     labels_dir = _labels_dir_for(path.parent)
     if labels_dir is not None and (labels_dir / path.name).is_file():
@@ -613,8 +651,8 @@ def case_files(path: str | Path) -> CaseFiles:
 def case_entries(folder: Path) -> list[Path]:
     """Paths that each open one case of ``folder`` (files for flat nnU-Net / MSD, else the folder).
 
-    Returns an empty list if ``folder`` holds no NIfTI file directly. Label folders (``labelsTr``)
-    and segmentation subfolders are not cases of their own.
+    Returns an empty list if ``folder`` holds no NIfTI file directly. Label folders (``labelsTr``),
+    segmentation subfolders and folders holding only label maps are not cases of their own.
     """
     folder = Path(folder)
     name = folder.name.lower()
@@ -624,6 +662,10 @@ def case_entries(folder: Path) -> list[Path]:
     if not files:
         return []
     roles = [classify_file(p) for p in files]
+    if all(r.kind == "seg" for r in roles):
+        # Label maps without scans (e.g. a folder of `brats-kd segment` outputs inside the
+        # dataset) are not a case: listing the dataset must not fail on them.
+        return []
     if all(r.kind == "channel" for r in roles):
         first: dict[str, Path] = {}
         for r in sorted(roles, key=lambda r: (r.case_id, r.channel or 0)):

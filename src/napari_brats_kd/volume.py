@@ -81,10 +81,38 @@ class Volume:
         """The array in the file's own voxel order (what a writer stores)."""
         return orient.from_display(self.data, self.affine)
 
+    @property
+    def display_affine(self) -> np.ndarray:
+        """Voxel-to-world affine of :attr:`data` (display order), so of what the user sees.
+
+        Two files stored in different voxel orders (say LPS and RAS) but covering the same world
+        grid have different file affines and the same display affine.
+        """
+        return orient.reoriented_affine(
+            self.affine, self.file_shape, self.file_axcodes, orient.DISPLAY_AXCODES
+        )
+
     def geometry_matches(self, other: Volume, atol: float = 1e-3) -> bool:
-        """Whether ``other`` lies on the same voxel grid (shape and affine)."""
+        """Whether ``other`` lies on the same world grid, whatever the voxel order of its file.
+
+        Parameters
+        ----------
+        other
+            The volume to compare with.
+        atol
+            Largest difference accepted between affine entries (mm for the origin).
+
+        Returns
+        -------
+        bool
+            True when both volumes have the same shape and affine in display order, so that
+            every displayed voxel of one covers the same point in space as that of the other.
+            Different voxel sizes, origins, shapes or (oblique) rotations give False.
+        """
+        # Compare in display order: every volume is reoriented into it on load, so files that
+        # differ only by a permutation or flip of voxel axes are the same grid once opened.
         return self.data.shape == other.data.shape and np.allclose(
-            self.affine, other.affine, atol=atol
+            self.display_affine, other.display_affine, rtol=0.0, atol=atol
         )
 
 
@@ -108,6 +136,9 @@ class Case:
     naming
         File-naming convention the case was found in (``"brats2021"``, ``"brats2023"``,
         ``"nnunet"``, ``"msd"``, ``"loose"``, ``"phantom"``, ``"single"``).
+    extra
+        Anything else a loader attaches, e.g. ``"files"``, ``"notes"`` (see :attr:`notes`) and
+        ``"segmentations"``.
     """
 
     case_id: str
@@ -129,6 +160,15 @@ class Case:
         if self.seg is not None:
             return self.seg
         raise CaseError(f"Case {self.case_id!r} holds no volume.")
+
+    @property
+    def notes(self) -> list[str]:
+        """Sentences for the user on how the case was read: what was assumed, what was skipped.
+
+        The napari reader shows them as notifications; :func:`~napari_brats_kd.io.load_case`
+        fills them (``extra["notes"]``). The list is live: appending adds a note.
+        """
+        return self.extra.setdefault("notes", [])
 
     @property
     def modalities(self) -> tuple[str, ...]:

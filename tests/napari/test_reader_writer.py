@@ -245,6 +245,19 @@ def test_get_reader_declines_what_it_cannot_read(tmp_path):
     assert callable(get_reader(str(tmp_path)))  # a dataset folder: the reader explains
 
 
+def test_folder_of_one_label_map_opens_as_labels(tmp_path):
+    # Datasets pass over folders of label maps alone (e.g. brats-kd segment outputs); opened on
+    # its own, such a folder still shows its label map.
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    seg = np.zeros((8, 9, 10), np.uint8)
+    seg[2:5, 3:6, 4:7] = 2
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / "BraTS2021_00001_seg.nii.gz")
+    layers = get_reader(str(folder))(str(folder))
+    assert [kind for _, _, kind in layers] == ["labels"]
+    assert np.count_nonzero(np.asarray(layers[0][0]) == 2) == 27
+
+
 def test_scan_with_unknown_name_opens_as_plain_image(
     make_napari_viewer, tmp_path, errors, warnings_shown
 ):

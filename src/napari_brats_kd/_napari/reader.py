@@ -91,7 +91,15 @@ def _read_layers(p: Path) -> tuple[list[LayerDataTuple], list[str]]:
             ]
         return case_to_layer_data(case), list(case.extra.get("notes", []))
     if p.is_dir():
-        cases = io.find_cases(p)
+        try:
+            cases = io.find_cases(p)
+        except CaseError:
+            # Datasets pass over folders of label maps alone (earlier outputs); opened on its
+            # own, such a folder is shown as the label map it holds.
+            files = naming.nifti_files(p)
+            if not files or any(naming.classify_file(f).kind != "seg" for f in files):
+                raise
+            cases = [p]
         if len(cases) > 1 or (cases and cases[0] != p):
             if len(cases) == 1:
                 p = cases[0]
