@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -165,43 +167,102 @@ def test_unavailable_device_is_a_resource_error(case, pointwise):
         segment(case, pointwise, device="cuda")
 
 
-def test_cli_segment_writes_labels_aligned_with_the_input(tmp_path, capsys):
-    from napari_brats_kd.cli import main
+_SUFFIX = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair"}
+
+
+def _write_case_folder(folder, case, affine, seg=None, zero=False):
+    """``case``'s scans as a BraTS 2021 case folder (``zero``: every scan empty)."""
+    folder.mkdir(parents=True)
+    for m, vol in case.images.items():
+        data = np.zeros_like(vol.file_data()) if zero else vol.file_data()
+        nib.save(nib.Nifti1Image(data, affine), folder / f"{folder.name}_{_SUFFIX[m]}.nii.gz")
+    if seg is not None:
+        nib.save(nib.Nifti1Image(seg, affine), folder / f"{folder.name}_seg.nii.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def student_ckpt(tmp_path_factory):
     from napari_brats_kd.models import save_checkpoint
+
+    student = tiny_student()
+    return save_checkpoint(
+        tmp_path_factory.mktemp("student") / "student", student.model, student.config
+    )
+
+
+def test_cli_segment_writes_labels_aligned_with_the_input(tmp_path, capsys, student_ckpt):
+    from napari_brats_kd.cli import main
 
     # An RAS case with anisotropic voxels: the output must keep the input's grid exactly.
     affine = np.diag([1.2, 1.0, 2.0, 1.0])
     affine[:3, 3] = [-20.0, 5.0, 3.0]
     case = make_case(affine=affine)
-    folder = tmp_path / "BraTS2021_00042"
-    folder.mkdir()
-    suffix = {"t1": "t1", "t1c": "t1ce", "t2": "t2", "flair": "flair"}
-    for m, vol in case.images.items():
-        nib.save(
-            nib.Nifti1Image(vol.file_data(), affine),
-            folder / f"BraTS2021_00042_{suffix[m]}.nii.gz",
-        )
-    student = tiny_student()
-    ckpt = save_checkpoint(tmp_path / "student", student.model, student.config)
+    folder = _write_case_folder(tmp_path / "BraTS2021_00042", case, affine)
     out = tmp_path / "out" / "pred.nii.gz"
-    assert main(["segment", str(folder), "-o", str(out), "--model", str(ckpt)]) == 0
+    assert main(["segment", str(folder), "-o", str(out), "--model", str(student_ckpt)]) == 0
     img = nib.load(out)
     np.testing.assert_allclose(img.affine, affine)
     assert img.shape == case.images["t1"].file_shape
     assert img.get_data_dtype() == np.uint8
     # the file holds the same labels segment() returns, in the file's voxel order (this RAS file's
     # order is not the model's LPS order), and they are not empty, so the comparison means something
-    result = segment(case, student)
+    result = segment(case, tiny_student())
     expected = Volume(result.labels, affine).file_data()
     assert np.count_nonzero(expected) > 20
     np.testing.assert_array_equal(np.asarray(img.dataobj), expected)
     assert "BraTS2021_00042" in capsys.readouterr().out
-    # a folder of cases -> a folder of <case_id>_seg.nii.gz; a folder that is no case is skipped
-    # with a message and a non-zero exit status, the others are still written
+    # a folder of cases -> a folder of <case_id>_seg.nii.gz; the folder of the earlier output is
+    # no case and is passed over
     many = tmp_path / "many"
-    assert main(["segment", str(tmp_path), "-o", str(many), "--model", str(ckpt)]) == 1
+    assert main(["segment", str(tmp_path), "-o", str(many), "--model", str(student_ckpt)]) == 0
     assert (many / "BraTS2021_00042_seg.nii.gz").is_file()
-    assert "skipped" in capsys.readouterr().err
+
+
+def test_cli_segment_batch_keeps_going_and_never_overwrites_unasked(tmp_path, capsys, student_ckpt):
+    import hashlib
+
+    from napari_brats_kd.cli import main
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    case = make_case(affine=affine)
+    data = tmp_path / "data"
+    seg = np.zeros(case.images["t1"].file_shape, np.uint8)
+    seg[10:14, 10:14, 8:12] = 5  # a label no convention has: not needed to segment the scans
+    _write_case_folder(data / "BraTS2021_00001", case, affine, seg=seg)
+    _write_case_folder(data / "BraTS2021_00002", case, affine, zero=True)  # fails in inference
+    _write_case_folder(data / "BraTS2021_00003", case, affine)
+    ckpt = ["--model", str(student_ckpt)]
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    truth = data / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz"
+    before = digest(truth)
+    # The ground truth is never the output, not even with --overwrite.
+    assert main(["segment", str(truth.parent), "-o", str(truth), "--overwrite", *ckpt]) == 2
+    assert "ground truth is kept" in capsys.readouterr().err and digest(truth) == before
+    # A case failing inside inference is reported; the cases after it are still segmented.
+    out = data / "predictions"  # inside the dataset: a later run must not take it for a case
+    assert main(["segment", str(data), "-o", str(out), *ckpt]) == 1
+    err = capsys.readouterr().err
+    assert "skipped" in err and "BraTS2021_00002" in err and "Every voxel" in err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["BraTS2021_00001_seg.nii.gz", "BraTS2021_00003_seg.nii.gz"]
+    # Running again refuses to replace the results before doing any work, unless asked to.
+    stamp = (out / written[0]).stat().st_mtime_ns
+    assert main(["segment", str(data), "-o", str(out), *ckpt]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / written[0]).stat().st_mtime_ns == stamp
+    assert main(["segment", str(data), "-o", str(out), "--overwrite", *ckpt]) == 1
+    assert digest(truth) == before
+    # Two folders holding cases with one id would write one file: refused up front.
+    _write_case_folder(tmp_path / "dup" / "siteB" / "BraTS2021_00003", case, affine)
+    shutil.copytree(data / "BraTS2021_00003", tmp_path / "dup" / "siteA" / "BraTS2021_00003")
+    assert main(["segment", str(tmp_path / "dup"), "-o", str(tmp_path / "dup_out"), *ckpt]) == 2
+    assert "one case id" in capsys.readouterr().err and not (tmp_path / "dup_out").exists()
+    with pytest.raises(SystemExit):
+        main(["segment", str(data), "-o", str(out), "--threads", "0"])
 
 
 def test_torch_and_onnxruntime_back_ends_agree(case):

@@ -288,3 +288,100 @@ def test_unknown_or_unfitting_convention_is_a_clear_error(tmp_path, capsys) -> N
     assert main(["evaluate", str(pred), str(gt), "--pred-convention", "brats2023"]) == 2
     err = capsys.readouterr().err
     assert "BRATS_001_seg.nii.gz" in err and "[4]" in err
+
+
+# --- what evaluate refuses or reports instead of scoring silently -------------------------------
+
+
+def _write_shifted(path, data_ras: np.ndarray, shift_mm=(0.0, 0.0, 0.0), zooms=(1.0, 1.0, 1.0)):
+    """A RAS label map whose grid is moved by ``shift_mm`` (world x, y, z) and/or rescaled."""
+    import nibabel as nib
+
+    from _nifti_factory import affine_for
+
+    affine = affine_for("RAS", data_ras.shape, zooms)
+    affine[:3, 3] += shift_mm
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data_ras, affine), str(path))
+
+
+def test_prediction_on_another_grid_is_refused_naming_case_and_files(tmp_path) -> None:
+    gt = tmp_path / "gt"
+    write_nifti(gt / "case1.nii.gz", seg_volume(), "RAS")
+    # The same world grid stored in the other voxel order lines up voxel for voxel: accepted.
+    write_nifti(tmp_path / "lps" / "case1.nii.gz", seg_volume(), "LPS")
+    results, _ = evaluate_folders(tmp_path / "lps", gt)
+    assert results[0].dice["WT"] == 1.0
+    # Same array, same shape, but 30 mm to the side: it used to score a perfect Dice.
+    _write_shifted(tmp_path / "shifted" / "case1.nii.gz", seg_volume(), shift_mm=(30, 0, 0))
+    with pytest.raises(CaseError) as exc:
+        evaluate_folders(tmp_path / "shifted", gt)
+    msg = str(exc.value)
+    assert "'case1'" in msg and "different voxel grids" in msg
+    assert "shifted by (30, 0, 0) mm" in msg
+    assert str(tmp_path / "shifted" / "case1.nii.gz") in msg
+    assert str(gt / "case1.nii.gz") in msg
+    # Same shape, other voxel size.
+    _write_shifted(tmp_path / "coarse" / "case1.nii.gz", seg_volume(), zooms=(2.0, 1.0, 1.0))
+    with pytest.raises(CaseError, match="voxel sizes differ"):
+        evaluate_folders(tmp_path / "coarse", gt)
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "complaint"),
+    [((0.1, 0.6), np.float32, "non-integer"), ((65538,), np.int32, "65538")],
+    ids=["probability-map", "int32-beyond-uint8"],
+)
+def test_prediction_that_is_not_a_label_map_is_refused(values, dtype, complaint, tmp_path) -> None:
+    from napari_brats_kd.errors import InvalidVolumeError
+
+    gt = tmp_path / "gt"
+    write_nifti(gt / "case1.nii.gz", seg_volume(), "RAS")
+    # Where the ground truth has tumour the file holds the last value, elsewhere the first: a
+    # probability map (or 65538, which an int16 cast wraps to 2) that used to score Dice 1.
+    wt = seg_volume() > 0
+    bad = np.where(wt, values[-1], values[0] if len(values) > 1 else 0).astype(dtype)
+    write_nifti(tmp_path / "pred" / "case1_pred.nii.gz", bad, "RAS")
+    with pytest.raises(InvalidVolumeError) as exc:
+        evaluate_folders(tmp_path / "pred", gt)
+    msg = str(exc.value)
+    assert "'case1'" in msg and "case1_pred.nii.gz" in msg and "prediction" in msg
+    assert complaint in msg
+
+
+def test_cases_without_counterpart_are_reported_and_scored_empty_on_request(
+    tmp_path, capsys
+) -> None:
+    from napari_brats_kd.cli import main
+    from napari_brats_kd.metrics import UnmatchedCasesWarning
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for case_id in ("case1", "case2", "case3"):
+        write_nifti(gt / f"{case_id}.nii.gz", seg_volume(), "RAS")
+    write_nifti(pred / "case1.nii.gz", seg_volume(), "RAS")
+    write_nifti(pred / "case_2.nii.gz", seg_volume(), "RAS")  # misnamed
+
+    with pytest.warns(UnmatchedCasesWarning, match="case2, case3"):
+        evaluation = evaluate_folders(pred, gt)
+    results, summary = evaluation  # still unpacks as the (results, summary) pair
+    assert [r.case_id for r in results] == ["case1"] and summary["dice_WT"]["n"] == 1
+    assert evaluation.missing_predictions == ("case2", "case3")
+    assert evaluation.unmatched_predictions == ("case_2",)
+
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    out = capsys.readouterr().out
+    assert "1 case(s)" in out
+    assert "2 ground-truth case(s) without prediction, left out of the scores: case2, case3" in out
+    assert "1 prediction(s) matching no ground-truth case, ignored: case_2" in out
+
+    # BraTS scores a missing prediction as an empty one: Dice 0 and the HD95 penalty.
+    out_csv = tmp_path / "m.csv"
+    assert main(["evaluate", str(pred), str(gt), "--missing-as-empty", "--csv", str(out_csv)]) == 0
+    out = capsys.readouterr().out
+    assert "3 case(s)" in out and "scored as empty predictions: case2, case3" in out
+    rows = {r["case_id"]: r for r in csv.DictReader(out_csv.open())}
+    assert float(rows["case1"]["dice_WT"]) == 1.0
+    for case_id in ("case2", "case3"):
+        assert float(rows[case_id]["dice_WT"]) == 0.0
+        assert float(rows[case_id]["hd95_ET"]) == pytest.approx(HD95_EMPTY_MM)
+    assert float(rows["mean"]["dice_WT"]) == pytest.approx(1 / 3)

@@ -280,6 +280,16 @@ def test_cli_rejects_bad_site(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert "Unknown phantom site" in capsys.readouterr().err
 
 
+def test_cli_output_that_is_a_file_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert cli.main(["phantom", str(afile), "--n", "1", "--spacing", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "brats-kd phantom: error:" in err and "afile" in err and "Traceback" not in err
+
+
 def test_2023_naming_uses_labels_123(tmp_path: Path) -> None:
     calls = []
     folders = write_phantom_dataset(

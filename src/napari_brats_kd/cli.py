@@ -124,8 +124,22 @@ def _add_segment(sub: argparse._SubParsersAction) -> Runner:
         default=0,
         help="remove tumour components smaller than this many voxels (default 0: keep all)",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that exist already (never a file of the input case)",
+    )
     return _run_segment
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _segment_output(output: Path, case_id: str, several: bool) -> Path:
@@ -134,6 +148,55 @@ def _segment_output(output: Path, case_id: str, several: bool) -> Path:
     if not several and is_nifti_name(output):
         return output
     return output / f"{case_id}_seg.nii.gz"
+
+
+def _planned_outputs(cases: list[Path], output: Path, overwrite: bool) -> dict[Path, Path]:
+    """``{case path: output file}``, checked before anything runs.
+
+    Raises
+    ------
+    CaseError
+        If two cases would write one file (the same case id in two folders), an output would
+        replace a file of its own case (its ground truth), or outputs exist and ``overwrite``
+        is not set.
+    """
+    from .errors import BratsKDError, CaseError
+    from .naming import case_files
+
+    several = len(cases) > 1
+    planned: dict[Path, Path] = {}
+    inputs: dict[Path, list[Path]] = {}
+    for case_path in cases:
+        try:
+            files = case_files(case_path)
+        except BratsKDError:
+            continue  # reported when the case is loaded
+        planned[case_path] = _segment_output(output, files.case_id, several)
+        inputs[case_path] = [f.resolve() for f in files.all_files]
+    by_out: dict[Path, list[Path]] = {}
+    for case_path, out in planned.items():
+        by_out.setdefault(out.resolve(), []).append(case_path)
+    clashes = {out: paths for out, paths in by_out.items() if len(paths) > 1}
+    if clashes:
+        out, paths = next(iter(clashes.items()))
+        raise CaseError(
+            f"{len(clashes)} output file(s) would be written by several cases with one case id, "
+            f"e.g. {out.name} by {', '.join(str(p) for p in paths)}: segment those folders "
+            "separately, into different output folders."
+        )
+    for case_path, out in planned.items():
+        if out.resolve() in inputs[case_path]:
+            raise CaseError(
+                f"The output {out} is a file of the case it segments (its segmentation): choose "
+                "another -o, so that the ground truth is kept."
+            )
+    existing = [out for out in planned.values() if out.exists()]
+    if existing and not overwrite:
+        raise CaseError(
+            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}: pass --overwrite "
+            "to replace them, or choose another -o."
+        )
+    return planned
 
 
 def _run_segment(args: argparse.Namespace) -> int:
@@ -145,37 +208,41 @@ def _run_segment(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)  # once, not per case
     cases = find_cases(args.input)
     several = len(cases) > 1
+    planned = _planned_outputs(cases, args.output, args.overwrite)
     case_bar = _tqdm_progress("cases", "case") if several else None
     failed: list[str] = []
     for i, case_path in enumerate(cases):
         try:
-            case = load_case(case_path, extra_segmentations=False)
+            # The ground truth is not needed: an odd one must not stop the scans' segmentation.
+            case = load_case(case_path, extra_segmentations=False, segmentation=False)
             case.require(model.config.modalities)
-        except BratsKDError as exc:
+            for note in case.extra.get("notes", []):
+                print(f"{case.case_id}: {note}", file=sys.stderr)
+            result = segment(
+                case,
+                model,
+                device=args.device,
+                tta=args.tta,
+                convention=args.convention,
+                min_component_voxels=args.min_component_voxels,
+                num_threads=args.threads,
+                progress=None if several else _tqdm_progress(case.case_id, "pass"),
+            )
+            out = save_labels(
+                planned.get(case_path) or _segment_output(args.output, case.case_id, several),
+                result.labels,
+                case.reference,
+                result.convention,
+            )
+        except (BratsKDError, OSError) as exc:
             if not several:
                 raise
-            # One unreadable folder (or a folder of earlier outputs) must not stop a batch.
+            # One unreadable or failing case must not stop a batch: the others still run.
             failed.append(str(case_path))
             print(f"skipped {case_path}: {exc}", file=sys.stderr)
             if case_bar is not None:
                 case_bar(i + 1, len(cases), "skipped")
             continue
-        result = segment(
-            case,
-            model,
-            device=args.device,
-            tta=args.tta,
-            convention=args.convention,
-            min_component_voxels=args.min_component_voxels,
-            num_threads=args.threads,
-            progress=None if several else _tqdm_progress(case.case_id, "pass"),
-        )
-        out = save_labels(
-            _segment_output(args.output, case.case_id, several),
-            result.labels,
-            case.reference,
-            result.convention,
-        )
         volumes = ", ".join(f"{r} {v:.1f} ml" for r, v in result.volumes_ml.items())
         message = f"{case.case_id}: {volumes} ({result.seconds:.1f} s on {result.device}/{result.backend}) -> {out}"
         if case_bar is not None:
@@ -186,6 +253,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     if several:
         done = len(cases) - len(failed)
         print(f"Segmented {done} of {len(cases)} cases with {model.name} into {args.output}")
+        if failed:
+            print(f"Failed ({len(failed)}): {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -488,25 +557,68 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> Runner:
         metavar="NAME",
         help=f"label convention of the predictions: {', '.join(conventions)} (default: detect)",
     )
+    p.add_argument(
+        "--missing-as-empty",
+        action="store_true",
+        help=(
+            "score a ground-truth case without prediction as an empty prediction (Dice 0, "
+            "HD95 373.13 mm where the ground truth has the region), as the BraTS challenges do "
+            "(default: score matched cases only and list the others)"
+        ),
+    )
     return _run_evaluate
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    import warnings
     from collections import Counter
 
-    from .metrics import evaluate_folders
+    from .metrics import UnmatchedCasesWarning, evaluate_folders
 
-    results, summary = evaluate_folders(
-        args.pred_dir,
-        args.gt_dir,
-        args.csv,
-        pred_convention=args.pred_convention,
-        gt_convention=args.gt_convention,
-        progress=_tqdm_progress("evaluate", "case"),
-    )
+    def some(ids: Sequence[str], first: int = 5) -> str:
+        # Enough ids to find the files, not a flood for a dataset of a thousand cases.
+        shown = ", ".join(ids[:first])
+        return shown if len(ids) <= first else f"{shown}, ... ({len(ids)} in all)"
+
+    with warnings.catch_warnings():
+        # Reported below in the summary, where the user reads the case count.
+        warnings.simplefilter("ignore", UnmatchedCasesWarning)
+        evaluation = evaluate_folders(
+            args.pred_dir,
+            args.gt_dir,
+            args.csv,
+            pred_convention=args.pred_convention,
+            gt_convention=args.gt_convention,
+            progress=_tqdm_progress("evaluate", "case"),
+            missing_as_empty=args.missing_as_empty,
+        )
+    results, summary = evaluation
+    missing, unmatched = evaluation.missing_predictions, evaluation.unmatched_predictions
     print(f"{len(results)} case(s)")
-    for what, attr in (("ground truth", "gt_convention"), ("predictions", "pred_convention")):
-        counts = Counter(getattr(r, attr) for r in results)
+    if missing:
+        if args.missing_as_empty:
+            print(
+                f"{len(missing)} ground-truth case(s) without prediction, scored as empty "
+                f"predictions: {some(missing)}"
+            )
+        else:
+            print(
+                f"warning: {len(missing)} ground-truth case(s) without prediction, left out of "
+                f"the scores: {some(missing)} (--missing-as-empty scores them as empty "
+                "predictions, as BraTS does)"
+            )
+    if unmatched:
+        print(
+            f"warning: {len(unmatched)} prediction(s) matching no ground-truth case, ignored: "
+            f"{some(unmatched)} (name predictions after their case id)"
+        )
+    read = {
+        "ground truth": Counter(r.gt_convention for r in results),
+        "predictions": Counter(r.pred_convention for r in results if not r.prediction_missing),
+    }
+    if args.missing_as_empty and missing:
+        read["predictions"]["none, scored as empty"] = len(missing)
+    for what, counts in read.items():
         read_as = ", ".join(f"{name} ({n})" for name, n in sorted(counts.items()))
         print(f"{what} read as: {read_as}")
     print(f"{'region':<8}{'Dice mean':>11}{'Dice std':>10}{'HD95 mean':>11}{'HD95 med':>10}")
@@ -561,6 +673,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runners[args.command](args)
     except BratsKDError as exc:
         print(f"brats-kd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The file system said no (a folder where a file goes, no permission, a full disk):
+        # its own words and the path are what the user needs, not a traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"brats-kd {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"brats-kd {args.command}: interrupted", file=sys.stderr)

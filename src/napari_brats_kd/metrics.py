@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
-from .errors import CaseError, LabelConventionError
+from .errors import CaseError, InvalidVolumeError, LabelConventionError, NiftiReadError
 from .labels import (
     REGIONS,
     REPORT_REGIONS,
@@ -39,6 +41,9 @@ from .labels import (
     get_convention,
     labels_to_regions,
 )
+
+if TYPE_CHECKING:
+    from .volume import Volume
 
 #: HD95 reported when exactly one of prediction and ground truth is empty (mm): the diagonal of a
 #: 240x240x155 mm BraTS volume, the value the BraTS 2021 evaluation uses.
@@ -137,7 +142,11 @@ class CaseMetrics:
     volume_pred_ml, volume_gt_ml
         ``{region or class: volume}`` in millilitres.
     pred_convention, gt_convention
-        Label conventions the prediction and the ground truth were read in (``""`` if unknown).
+        Label conventions the prediction and the ground truth were read in (``""`` if unknown,
+        as for a missing prediction).
+    prediction_missing
+        True when the case had no prediction and was scored as an empty one
+        (``evaluate_folders(..., missing_as_empty=True)``).
     """
 
     case_id: str
@@ -147,6 +156,7 @@ class CaseMetrics:
     volume_gt_ml: dict[str, float] = field(default_factory=dict)
     pred_convention: str = ""
     gt_convention: str = ""
+    prediction_missing: bool = False
 
     def as_row(self) -> dict[str, float | str]:
         """Flat ``{column: value}`` row for a CSV file (regions first, then classes)."""
@@ -303,10 +313,77 @@ def write_csv(
     return path
 
 
-def _load_labels(path: Path):
-    from .io import load_volume
+def _load_labels(path: Path, case_id: str, what: str) -> Volume:
+    """Read the label map ``path`` of ``case_id`` (``what``: "prediction" or "ground truth").
 
-    return load_volume(path)
+    Probability maps, scans and label values beyond 0..255 are refused rather than rounded or
+    cast: a float 0.6 read as label 1, or an int32 65538 wrapped to 2, would score as a real
+    segmentation.
+    """
+    from .io import load_segmentation
+
+    try:
+        return load_segmentation(path)
+    except (InvalidVolumeError, NiftiReadError) as exc:
+        hint = (
+            " Scores need integer label maps such as 0, 1, 2, 4: turn probability maps into "
+            "labels (argmax or a threshold) first."
+            if what == "prediction" and isinstance(exc, InvalidVolumeError)
+            else ""
+        )
+        # The loader's message starts with the file name; the folder tells which side it is.
+        raise type(exc)(f"Case {case_id!r}, {what} in {path.parent}: {exc}{hint}") from None
+
+
+def _fmt_mm(values: Iterable[float]) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
+
+
+def _describe_grid(vol: Volume) -> str:
+    """What a header viewer shows of a file: shape, voxel order, voxel size and origin."""
+    from . import orientation as orient
+
+    return (
+        f"{vol.path or '(in memory)'}: {'x'.join(map(str, vol.file_shape))} voxels "
+        f"stored {''.join(vol.file_axcodes)}, voxel size "
+        f"{_fmt_mm(orient.voxel_sizes(vol.affine))} mm, origin {_fmt_mm(vol.affine[:3, 3])} mm"
+    )
+
+
+def _check_same_grid(case_id: str, pred: Volume, gt: Volume, atol: float = 1e-3) -> None:
+    """Raise :class:`CaseError` unless ``pred`` and ``gt`` cover the same world grid.
+
+    Both are compared as loaded, in display order: files that differ only in the voxel order
+    they are stored in (LPS and RAS, say) line up voxel for voxel and pass. ``atol`` is in mm.
+    """
+    if pred.geometry_matches(gt, atol):
+        return
+    a, b = pred.display_affine, gt.display_affine
+    reasons: list[str] = []
+    if pred.data.shape != gt.data.shape:
+        reasons.append("they hold different numbers of voxels per axis")
+    sizes_a, sizes_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    if not np.allclose(sizes_a, sizes_b, rtol=0.0, atol=atol):
+        reasons.append("their voxel sizes differ")
+    # Direction cosines are unitless: scale the tolerance so that it still means `atol` mm at
+    # one voxel's distance.
+    dirs_a, dirs_b = a[:3, :3] / sizes_a, b[:3, :3] / sizes_b
+    if not np.allclose(dirs_a, dirs_b, rtol=0.0, atol=atol / max(sizes_b.max(), 1.0)):
+        reasons.append("their axes point in different directions (a rotated or oblique grid)")
+    shift = np.round(a[:3, 3] - b[:3, 3], 3) + 0.0  # + 0.0: no "-0" in the message
+    if not np.allclose(a[:3, 3], b[:3, 3], rtol=0.0, atol=atol):
+        reasons.append(
+            f"the prediction's grid is shifted by {_fmt_mm(shift)} mm (world x, y, z) against "
+            "the ground truth's"
+        )
+    if not reasons:  # the rotation-and-scale part differs below the thresholds tested above
+        reasons.append("their voxel-to-world affines differ")
+    raise CaseError(
+        f"Case {case_id!r}: the prediction and its ground truth lie on different voxel grids: "
+        f"{'; '.join(reasons)} (prediction {_describe_grid(pred)}; ground truth "
+        f"{_describe_grid(gt)}). Write the prediction on the grid of the case's own scans (as "
+        "brats-kd segment does), or resample it onto the ground truth's grid, before scoring."
+    )
 
 
 @dataclass(frozen=True)
@@ -392,6 +469,62 @@ def _checked_convention(
     return None if convention is None else get_convention(convention).convention
 
 
+class UnmatchedCasesWarning(UserWarning):
+    """Cases of one folder of :func:`evaluate_folders` that have no counterpart in the other."""
+
+
+class FolderEvaluation(tuple):
+    """What :func:`evaluate_folders` returns: ``(results, summary)``, plus the unmatched cases.
+
+    It unpacks like the pair it extends (``results, summary = evaluate_folders(...)``), so code
+    written for that keeps working; the case ids that could not be paired are attributes.
+
+    Attributes
+    ----------
+    results
+        Per-case :class:`CaseMetrics`, in case-id order.
+    summary
+        :func:`summarize` of the per-case rows.
+    missing_predictions
+        Ground-truth case ids without a prediction, sorted. They are scored as empty predictions
+        (and are among ``results``) only with ``missing_as_empty=True``.
+    unmatched_predictions
+        Prediction case ids without a ground truth (misnamed or extra files), sorted; never
+        scored.
+    """
+
+    missing_predictions: tuple[str, ...]
+    unmatched_predictions: tuple[str, ...]
+
+    def __new__(
+        cls,
+        results: list[CaseMetrics],
+        summary: dict[str, dict[str, float]],
+        missing_predictions: Iterable[str] = (),
+        unmatched_predictions: Iterable[str] = (),
+    ) -> FolderEvaluation:
+        self = super().__new__(cls, (results, summary))
+        self.missing_predictions = tuple(missing_predictions)
+        self.unmatched_predictions = tuple(unmatched_predictions)
+        return self
+
+    @property
+    def results(self) -> list[CaseMetrics]:
+        """Per-case metrics (``self[0]``)."""
+        return self[0]
+
+    @property
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Summary statistics (``self[1]``)."""
+        return self[1]
+
+
+def _some_ids(ids: Sequence[str], first: int = 5) -> str:
+    """``"a, b, c"`` or ``"a, b, c, ... (12 in all)"``: enough to find the files, not a flood."""
+    shown = ", ".join(ids[:first])
+    return shown if len(ids) <= first else f"{shown}, ... ({len(ids)} in all)"
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     gt_dir: str | Path,
@@ -399,7 +532,8 @@ def evaluate_folders(
     pred_convention: LabelConvention | str | None = None,
     gt_convention: LabelConvention | str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
-) -> tuple[list[CaseMetrics], dict[str, dict[str, float]]]:
+    missing_as_empty: bool = False,
+) -> FolderEvaluation:
     """Score every prediction in ``pred_dir`` against the ground truth of the same case id.
 
     Parameters
@@ -427,20 +561,37 @@ def evaluate_folders(
         else the one its label values imply.
     progress
         ``progress(done, total, message)`` callback.
+    missing_as_empty
+        Score a ground-truth case without prediction as an empty prediction, as the BraTS
+        challenges do (Dice 0 and HD95 :data:`HD95_EMPTY_MM` for each region the ground truth
+        has; Dice 1 and HD95 0 for one it lacks). ``False`` (default) scores matched cases only
+        and warns (:class:`UnmatchedCasesWarning`) about the others.
 
     Returns
     -------
-    list of CaseMetrics, summary
-        Per-case metrics (in case-id order; each records the conventions used) and
-        :func:`summarize` of them.
+    FolderEvaluation
+        Unpacks as ``(results, summary)``: per-case metrics (in case-id order; each records the
+        conventions used) and :func:`summarize` of them. Its ``missing_predictions`` and
+        ``unmatched_predictions`` list the case ids found in only one of the folders.
 
     Raises
     ------
     CaseError
-        If no case id occurs in both folders, or a matched pair lies on different grids.
+        If no case id occurs in both folders, or a matched pair lies on different voxel grids
+        (shape, voxel size, origin or axis directions, compared in the world: files stored in
+        different voxel orders on one grid match).
+    InvalidVolumeError
+        If a label map holds non-integer values (a probability map) or values outside 0..255;
+        the message names the case and the file.
     LabelConventionError
         If a convention name is unknown, or a file's values fit no convention (or not the one
         given).
+
+    Warns
+    -----
+    UnmatchedCasesWarning
+        When a prediction has no ground truth, or (without ``missing_as_empty``) a ground-truth
+        case has no prediction: the summary then covers fewer cases than the folders hold.
     """
     from .io import convention_from_header
     from .labels import detect_convention
@@ -455,36 +606,67 @@ def evaluate_folders(
     gts = _index_label_files(gt_dir)
     common = sorted(set(preds) & set(gts))
     if not common:
+        # Even with missing_as_empty: no match at all is a wrong folder or naming, not a model
+        # that predicted nothing, and scoring it as all-empty would hide that.
         raise CaseError(
             f"No case id is found in both {pred_dir} ({len(preds)} label files) and {gt_dir} "
             f"({len(gts)}); predictions must be named after their case, e.g. "
             f"{next(iter(gts), 'BraTS2021_00000')}.nii.gz."
         )
+    missing = sorted(set(gts) - set(preds))
+    unmatched = sorted(set(preds) - set(gts))
+    problems = []
+    if missing and not missing_as_empty:
+        problems.append(
+            f"{len(missing)} of {len(gts)} ground-truth case(s) in {gt_dir} have no prediction "
+            f"and are left out of the scores: {_some_ids(missing)} (missing_as_empty=True scores "
+            "them as empty predictions, as BraTS does)"
+        )
+    if unmatched:
+        problems.append(
+            f"{len(unmatched)} prediction(s) in {pred_dir} match no ground-truth case and are "
+            f"ignored: {_some_ids(unmatched)} (name predictions after their case id)"
+        )
+    if problems:
+        warnings.warn("; ".join(problems) + ".", UnmatchedCasesWarning, stacklevel=2)
+    scored = sorted(gts) if missing_as_empty else common
     results: list[CaseMetrics] = []
-    for i, case_id in enumerate(common):
-        pf, gf = preds[case_id], gts[case_id]
-        pv = _load_labels(pf.path)
-        gv = _load_labels(gf.path)
-        p = np.rint(pv.data).astype(np.int16)
-        g = np.rint(gv.data).astype(np.int16)
+    for i, case_id in enumerate(scored):
+        pf, gf = preds.get(case_id), gts[case_id]
+        gv = _load_labels(gf.path, case_id, "ground truth")
+        g = gv.data
         try:
             gconv = fixed_gt or detect_convention(np.unique(g), gf.naming)[0]
-            pconv = fixed_pred or _pred_convention(
-                np.unique(p), gconv, convention_from_header(pv.header)
-            )
-            spacing = pv.scale  # display-order voxel sizes match the display-order arrays
-            results.append(evaluate_labels(p, g, pconv, spacing, case_id, gt_convention=gconv))
+            spacing = gv.scale  # display-order voxel sizes match the display-order arrays
+            if pf is None:
+                # Empty labels fit every convention; reading them in the ground truth's compares
+                # the same regions.
+                result = evaluate_labels(
+                    np.zeros_like(g), g, gconv, spacing, case_id, gt_convention=gconv
+                )
+                result.pred_convention = ""
+                result.prediction_missing = True
+                results.append(result)
+            else:
+                pv = _load_labels(pf.path, case_id, "prediction")
+                _check_same_grid(case_id, pv, gv)
+                p = pv.data
+                pconv = fixed_pred or _pred_convention(
+                    np.unique(p), gconv, convention_from_header(pv.header)
+                )
+                results.append(evaluate_labels(p, g, pconv, spacing, case_id, gt_convention=gconv))
         except LabelConventionError as exc:
+            pred_name = pf.path.name if pf is not None else "no prediction"
             raise LabelConventionError(
-                f"Case {case_id!r} ({pf.path.name} vs ground truth {gf.path.name}): {exc}"
+                f"Case {case_id!r} ({pred_name} vs ground truth {gf.path.name}): {exc}"
             ) from None
         if progress is not None:
-            progress(i + 1, len(common), case_id)
+            progress(i + 1, len(scored), case_id)
     rows = [r.as_row() for r in results]
     summary = summarize(rows)
     if csv_path is not None:
         write_csv(rows, csv_path, summary)
-    return results, summary
+    return FolderEvaluation(results, summary, missing, unmatched)
 
 
 def _pred_convention(
@@ -527,6 +709,8 @@ def dice_torch(pred: object, target: object, eps: float = 1e-6) -> object:
 __all__ = [
     "HD95_EMPTY_MM",
     "CaseMetrics",
+    "FolderEvaluation",
+    "UnmatchedCasesWarning",
     "dice",
     "dice_torch",
     "evaluate_folders",
