@@ -151,7 +151,7 @@ evaluate() {
   for site in "${sites[@]}"; do
     if [ -f "$out/scores_${stem}_$site.csv" ]; then continue; fi
     log "evaluate $stem on held-out site $site"
-    (brats-kd segment "$out/data/test_$site" -o "$out/pred/$stem/$site" \
+    (brats-kd segment "$out/data/test_$site" -o "$out/pred/$stem/$site" --overwrite \
        --model "$out/$stem.safetensors" --device "$device" &&
      brats-kd evaluate "$out/pred/$stem/$site" "$out/data/test_$site" \
        --csv "$out/scores_${stem}_$site.csv") &
