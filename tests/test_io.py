@@ -279,6 +279,18 @@ def test_not_a_nifti(tmp_path):
         io.load_volume(plain)
 
 
+def test_misnamed_and_empty_files_say_what_to_do(tmp_path):
+    gz = write_nifti(tmp_path / "a.nii.gz", base_volume())
+    misnamed = tmp_path / "b.nii"
+    misnamed.write_bytes(gz.read_bytes())
+    with pytest.raises(NiftiReadError, match=r"gzip-compressed .*rename it to b\.nii\.gz"):
+        io.load_volume(misnamed)
+    for name in ("empty.nii.gz", "empty.nii"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(NiftiReadError, match=r"is empty \(0 bytes\)"):
+            io.load_volume(tmp_path / name)
+
+
 def test_truncated_gzip(tmp_path):
     path = write_nifti(tmp_path / "a.nii.gz", base_volume())
     raw = path.read_bytes()

@@ -187,9 +187,19 @@ def check_nifti(path: PathLike, max_bytes: int | None = None) -> nib.Nifti1Heade
         file_size = path.stat().st_size
     except OSError as exc:
         raise NiftiReadError(f"Cannot read {path}: {exc}") from None
+    if file_size == 0:
+        raise NiftiReadError(
+            f"{path.name} is empty (0 bytes): its download or export did not finish; get it again."
+        )
     if path.name.lower().endswith(".gz") and not gz:
         raise NiftiReadError(
             f"{path.name} ends in .gz but is not gzip-compressed: rename it to .nii or re-export."
+        )
+    if gz and not path.name.lower().endswith(".gz"):
+        # nibabel (and most tools) choose the decoder by the name, so the file must say .gz.
+        raise NiftiReadError(
+            f"{path.name} is gzip-compressed but its name ends in .nii: rename it to "
+            f"{path.name}.gz."
         )
     header = _parse_header(path, _read_head(path, gz))
     try:
