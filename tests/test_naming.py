@@ -193,8 +193,19 @@ def test_unassignable_file_in_case_folder(tmp_path):
         naming.case_files(folder)
 
 
+def test_a_label_map_beside_the_challenge_seg_is_an_extra_segmentation(tmp_path):
+    folder = write_case_2021(tmp_path)
+    write_nifti(folder / "BraTS2021_00000_pred.nii.gz", base_volume())
+    files = naming.case_files(folder)
+    # The BraTS-named _seg stays the ground truth and the case keeps its BraTS 2021 naming.
+    assert files.seg == folder / "BraTS2021_00000_seg.nii.gz"
+    assert files.extra_segs == [folder / "BraTS2021_00000_pred.nii.gz"]
+    assert files.naming == "brats2021" and len(files.images) == 4
+
+
 def test_two_segmentations_are_ambiguous(tmp_path):
     folder = write_case_2021(tmp_path)
+    (folder / "BraTS2021_00000_seg.nii.gz").rename(folder / "BraTS2021_00000_mask.nii.gz")
     write_nifti(folder / "BraTS2021_00000_label.nii.gz", base_volume())
     with pytest.raises(CaseError, match="2 segmentations"):
         naming.case_files(folder)

@@ -547,6 +547,14 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
         )
 
     _check_single_case(folder, roles)
+    seg_roles = [r for r in roles if r.kind == "seg"]
+    canonical = [r for r in seg_roles if r.naming in ("brats2021", "brats2023")]
+    alternates: list[Path] = []
+    if len(seg_roles) > 1 and len(canonical) == 1:
+        # The challenge-named `_seg` / `-seg` is the ground truth; other label maps beside it
+        # (an algorithm's `_pred`, a `_mask`) are shown as extra segmentations, not refused.
+        alternates = [r.path for r in seg_roles if r is not canonical[0]]
+        roles = [r for r in roles if r.path not in alternates]
     namings = {r.naming for r in roles}
     naming = namings.pop() if len(namings) == 1 else "loose"
     by_modality: dict[str, list[Path]] = {}
@@ -576,7 +584,7 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
     files = CaseFiles(case_id, naming)
     files.images = {m: by_modality[m][0] for m in MODALITIES if m in by_modality}
     files.seg = segs[0] if segs else None
-    files.extra_segs = extra
+    files.extra_segs = extra + alternates
     missing = [m for m in MODALITIES if m not in files.images]
     if missing and files.images:
         files.notes.append(
