@@ -187,11 +187,18 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path
     run = tmp_path / "run"
     cfg = _teacher_cfg(data_dir, run, "epochs=2", "steps_per_epoch=2", "val_every=5")
     steps: list[int] = []
+    lrs: dict[int, float] = {}
 
     def on_event(e: dict) -> None:
         if e["type"] == "step":
             steps.append(e["step"])
+            lrs[e["step"]] = e["lr"]
 
+    planned: dict[int, float] = {}
+    train_teacher(
+        replace(cfg, run_dir=str(tmp_path / "whole")),
+        on_event=lambda e: planned.update({e["step"]: e["lr"]}) if e["type"] == "step" else None,
+    )
     # Stop during the second epoch (after global step 3).
     result = train_teacher(cfg, should_stop=lambda: len(steps) >= 3, on_event=on_event)
     assert result.stopped and result.epochs_done == 1
@@ -206,7 +213,10 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path
     )
     assert [(e["start_epoch"], e["epochs"]) for e in starts] == [(1, 2)]
     assert not resumed.stopped and resumed.epochs_done == 2
-    assert steps == [4, 5]  # the interrupted epoch is redone, continuing the step count
+    # The interrupted epoch is redone from its start, step count and learning rates included:
+    # the run takes the 4 steps and the schedule it planned.
+    assert steps == [3, 4]
+    assert lrs == pytest.approx(planned)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     rows = list(csv.DictReader((run / "log.csv").open()))
     assert len(rows) == 2

@@ -850,6 +850,8 @@ def _run_in_context(
         except ImportError:  # TensorBoard is optional
             writer = None
 
+    epoch_start: dict[str, Any] = {"epoch": -1, "step": 0, "scheduler": None}
+
     def save(epoch_next: int, metrics: dict | None = None) -> None:
         """Checkpoint (rank 0): inference weights, then the training state."""
         if not ctx.is_main:
@@ -861,14 +863,20 @@ def _run_in_context(
             provenance={**model_cfg.provenance, **provenance, "epochs": epoch_next},
             metrics=metrics if metrics is not None else dict(model_cfg.metrics),
         )
-        extra = {"epoch": epoch_next, "global_step": global_step}
+        # Saved inside an epoch (a stop, checkpoint_every, a stopped validation), the epoch is
+        # replayed on resume: its step count and learning-rate schedule restart where it began,
+        # so the run still takes the steps and the schedule it planned.
+        mid_epoch = epoch_next == epoch_start["epoch"]
+        step = epoch_start["step"] if mid_epoch else global_step
+        sched = epoch_start["scheduler"] if mid_epoch else scheduler.state_dict()
+        extra = {"epoch": epoch_next, "global_step": step}
         save_checkpoint(run_dir / LAST_CKPT, model, out_cfg, extra=extra)
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "scheduler": sched,
             "epoch": epoch_next,
-            "global_step": global_step,
+            "global_step": step,
             "best_metric": best_metric,
             "best_epoch": best_epoch,
             "history": history,
@@ -917,6 +925,7 @@ def _run_in_context(
         })  # fmt: skip
     out_of_time = False
     for epoch in range(start_epoch, cfg.epochs):
+        epoch_start.update(epoch=epoch, step=global_step, scheduler=scheduler.state_dict())
         epoch_seed = cfg.seed + 1000 * epoch + ctx.rank
         _seed_everything(epoch_seed, cfg.deterministic)
         _seed_transforms(train_ds, epoch_seed)
