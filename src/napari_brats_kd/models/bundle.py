@@ -10,8 +10,8 @@ containers: opening a downloaded bundle cannot run code.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from ..errors import CheckpointError
 from .checkpoint import LoadedModel, load_state_dict_checked
 from .config import BUNDLE_ROI_SIZE, BUNDLE_SEGRESNET_ARGS, ModelConfig, canonical_modalities
 from .networks import build_model
+
+log = logging.getLogger(__name__)
 
 #: MONAI class names in ``network_def._target_`` -> our architecture keys.
 _TARGETS = {"segresnet": "segresnet", "unet": "unet", "swinunetr": "swinunetr"}
@@ -125,10 +127,15 @@ def _config_from_bundle(
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # torch's unpickler raises many exception types on junk
+        # torch's own text runs to many lines (with advice to unpickle unsafely): it goes to the
+        # log, the user gets what the file is not and what is accepted.
+        log.info("torch.load(%s) failed: %s", path, exc)
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"Cannot load {path} as plain weights ({exc}). Only state_dict files are accepted "
-            "(torch.load with weights_only=True); pickled objects are refused for safety."
+            f"{path.name} is not a PyTorch weights file that can be loaded safely ({first}). "
+            "Give a state_dict saved with torch.save (as MONAI bundles ship models/model.pt) or "
+            "a .safetensors checkpoint; pickled objects are refused."
         ) from exc
     for _ in range(2):  # {"state_dict": {...}} or {"model": {"state_dict": ...}}
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
