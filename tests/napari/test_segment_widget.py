@@ -130,6 +130,21 @@ def test_widget_autofills_runs_and_adds_aligned_labels(make_napari_viewer, qtbot
     np.testing.assert_array_equal(layer.data, widget.last_result.labels)
 
 
+def test_opening_a_second_case_moves_the_pickers_but_keeps_hand_picks(make_napari_viewer):
+    viewer = make_napari_viewer()
+    open_case(viewer, make_case("first_case"))
+    widget = open_widget(viewer)
+    hand_picked = viewer.layers["first_case T2"]
+    open_case(viewer, make_case("second_case", seed=1))
+    # Run now segments the case just opened, not the first one again.
+    for m in MODALITIES:
+        assert widget.modality_pickers[m].value.metadata["brats_kd"]["case_id"] == "second_case"
+    widget.modality_pickers["t2"].value = hand_picked
+    open_case(viewer, make_case("third_case", seed=2))
+    assert widget.modality_pickers["t2"].value is hand_picked
+    assert widget.modality_pickers["t1"].value.metadata["brats_kd"]["case_id"] == "third_case"
+
+
 def test_replace_keeps_one_layer_add_makes_another(make_napari_viewer, qtbot, tiny_student):
     from napari_brats_kd._napari.segment_widget import ADD, REPLACE
 
@@ -253,7 +268,10 @@ def test_cancel_stops_a_run(make_napari_viewer, qtbot, tiny_student, monkeypatch
     start = n_notifications()
     task = widget.run()
     assert widget.cancel_button.enabled and not widget.run_button.enabled
+    # Busy (animated) until the first count arrives: a one-pass run has nothing else to show.
+    assert widget.progress_bar.max == 0
     qtbot.waitUntil(lambda: widget.progress_bar.value >= 1, timeout=10000)
+    assert widget.progress_bar.max == 50
     widget.cancel_button.changed.emit(True)  # as a click does
     t0 = time.perf_counter()
     qtbot.waitUntil(lambda: not task.is_running, timeout=10000)

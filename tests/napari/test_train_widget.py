@@ -212,10 +212,11 @@ def test_stop_keeps_a_checkpoint_and_resume_continues(make_napari_viewer, qtbot,
     assert resumed.run_dir == stopped.run_dir
     assert not resumed.stopped and resumed.epochs_done == 3
     assert [int(r["epoch"]) for r in resumed.history] == [1, 2, 3]
-    # The step count goes on from the stop (the interrupted epoch is redone); the plot shows the
+    # The interrupted epoch is redone from its first step (3 steps per epoch); the plot shows the
     # epochs finished before the stop (from the run's log) and the new ones.
     assert steps_before == list(range(1, len(steps_before) + 1))
-    assert widget.plot.steps[0] == steps_before[-1] + 1
+    assert widget.plot.steps[0] == 3 * stopped.epochs_done + 1
+    assert widget.plot.steps[-1] == 9  # the 9 steps planned, not more
     assert widget.plot.epochs == [1, 2, 3]
     assert widget.trained_model == resumed.run_dir.name
 
@@ -230,6 +231,10 @@ def test_bad_input_becomes_notifications(make_napari_viewer, qtbot, data, tmp_pa
     assert widget.start() is None
     assert any("no_such_folder" in m for m in messages_since(start))
     assert widget.start_button.enabled
+    widget.data_dir.line_edit.value = ""  # an empty field: "No dataset folder", not "'.'"
+    start = n_notifications()
+    assert widget.start() is None
+    assert any("No dataset folder: pick" in m for m in messages_since(start))
 
     # The teacher needs T2, one case lacks it: the run fails with a message naming both.
     broken = tmp_path / "broken"
@@ -475,3 +480,21 @@ def test_open_cases_without_enough_labels_are_refused(make_napari_viewer, data, 
         messages
     )
     assert widget.start_button.enabled and widget.task is None
+
+
+def test_both_docks_fit_a_laptop_window(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1280, 800)
+    train = open_widget(viewer)
+    student = open_widget(viewer, STUDENT_WIDGET)
+    # A long message wraps instead of widening the dock.
+    train.model_info.value = "a long model description " * 20
+    student.status.value = "a long status line " * 20
+    window.resize(1280, 800)
+    qtbot.wait(300)
+    # The train form scrolls: the window keeps its size, and the canvas keeps most of the width.
+    assert window.height() <= 800
+    for widget in (train, student):
+        assert widget.native.minimumSizeHint().width() < 560
+    assert viewer.window._qt_viewer.canvas.native.width() > 400

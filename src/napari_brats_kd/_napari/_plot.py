@@ -113,7 +113,7 @@ class TrainingPlot(QWidget):
         super().__init__(parent)
         self.image = QLabel(self)
         self.image.setAlignment(Qt.AlignCenter)
-        self.image.setMinimumSize(260, 320)
+        self.image.setMinimumSize(200, 240)
         # Ignored: the pixmap must not drive the layout (it is rendered at the label's size).
         self.image.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Ignored)
         layout = QVBoxLayout(self)

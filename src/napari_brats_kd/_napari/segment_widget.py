@@ -26,6 +26,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_info, show_warning
 
 from ..labels import MODALITIES, MODALITY_NAMES
+from ._qt import scroll_area, wrap_to_dock_width
 from ._workers import Task, notify_error, start_task
 from .case_from_layers import (
     add_result_layer,
@@ -95,13 +96,15 @@ class SegmentWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, default_model: str = "student") -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = viewer
         self.default_model = default_model
         self.task: Task | None = None
         self.last_result: SegmentationResult | None = None
         self.last_layer = None
         self._required: tuple[str, ...] = MODALITIES
+        # The layer each picker was last given by autofill: a different value was picked by hand.
+        self._auto_picks: dict[str, Any] = {}
 
         self.model_picker = ComboBox(
             label="Model",
@@ -176,9 +179,11 @@ class SegmentWidget(Container):
         )
         self.volumes.native.setStyleSheet("font-family: monospace;")
         # Long messages (model descriptions, errors) wrap instead of widening the dock.
-        for label in (self.model_info, self.status):
-            label.native.setWordWrap(True)
-        self.extend(
+        wrap_to_dock_width(self.model_info, self.status)
+        # In a scroll area, as the training dock: docked together they fit a laptop screen.
+        # Filled after it is built: magicgui lines the labels up only for widgets added then.
+        self._body = body = Container(labels=True)
+        body.extend(
             [
                 self.model_picker,
                 Container(
@@ -199,6 +204,8 @@ class SegmentWidget(Container):
                 self.volumes,
             ]
         )
+        self.native.layout().addWidget(scroll_area(body.native, min_height=300))
+        self.native.layout().setContentsMargins(0, 0, 0, 0)
 
         self.model_picker.changed.connect(self._on_model_changed)
         self.load_button.changed.connect(self._on_load_clicked)
@@ -219,6 +226,13 @@ class SegmentWidget(Container):
         self._select_default_model()
         self._on_model_changed()
         self.autofill()
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh every picker's choices (napari calls this when layers change).
+
+        The widgets live in the scrolling body, not in this container's own list.
+        """
+        self._body.reset_choices()
 
     # ------------------------------------------------------------------------------------ models
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
@@ -327,22 +341,29 @@ class SegmentWidget(Container):
         if layer is not None and hasattr(layer, "events"):
             layer.events.name.connect(self._refresh_layer_choices)
         self._refresh_layer_choices()
-        self.autofill(only_empty=True)
+        self.autofill(keep_user_picks=True)
 
-    def autofill(self, only_empty: bool = False) -> None:
+    def autofill(self, keep_user_picks: bool = False) -> None:
         """Pick the modality layers of the open case (by metadata, else by layer name).
+
+        The most recently opened case wins (:func:`find_modality_layers`), so opening a second
+        case moves the pickers to it.
 
         Parameters
         ----------
-        only_empty
-            Keep the layers the user picked; fill only pickers that are empty.
+        keep_user_picks
+            Keep the layers the user picked by hand; pickers left empty or filled here before
+            follow the open case.
         """
         self._refresh_layer_choices()
         found = find_modality_layers(self.viewer.layers)
         for modality, picker in self.modality_pickers.items():
-            if only_empty and picker.value is not None:
+            current = picker.value
+            by_hand = current is not None and current is not self._auto_picks.get(modality)
+            if keep_user_picks and by_hand:
                 continue
             picker.value = found.get(modality)
+            self._auto_picks[modality] = picker.value
 
     def selected_layers(self) -> dict[str, Any]:
         """``{modality: layer}`` of the pickers the selected model needs."""
@@ -431,14 +452,19 @@ class SegmentWidget(Container):
             for modality, picker in self.modality_pickers.items():
                 picker.enabled = modality in self._required
         else:
-            self.progress_bar.max = 1
+            # Busy (an animated bar) until there is something to count: on a CPU the whole
+            # volume is often one network pass, which reports only when it is done.
             self.progress_bar.value = 0
+            self.progress_bar.max = 0
+        if not running and self.progress_bar.max == 0:
+            self.progress_bar.max = 1
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         if self._closed:
             return
-        self.progress_bar.max = max(int(total), 1)
-        self.progress_bar.value = min(int(done), self.progress_bar.max)
+        if int(total) > 1:
+            self.progress_bar.max = int(total)
+            self.progress_bar.value = min(int(done), self.progress_bar.max)
         if message:
             self.status.value = message
 
@@ -463,6 +489,7 @@ class SegmentWidget(Container):
             model_label,
             replace=self.output_choice.value == REPLACE,
         )
+        self.progress_bar.max = max(self.progress_bar.max, 1)
         self.progress_bar.value = self.progress_bar.max
         self.status.value = (
             f"{result.model} on {result.device}: {result.seconds:.1f} s -> "

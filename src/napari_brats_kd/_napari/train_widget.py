@@ -51,6 +51,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..labels import BUNDLE_MODALITY_ORDER, MODALITIES, MODALITY_NAMES, REPORT_REGIONS
 from ._plot import TrainingPlot
+from ._qt import scroll_area, wrap_to_dock_width
 from ._settings import load_settings, save_settings
 from ._workers import FrozenHeap, Task, notify_error, start_task
 from .segment_widget import ask_model_path, available_devices, model_summary
@@ -419,6 +420,8 @@ class TrainWidget(Container):
             tooltip="Validation Dice per region of the last run; * marks the checkpoint kept.",
         )
         self.results.native.setStyleSheet("font-family: monospace;")
+        # Long messages (model descriptions, paths, errors) wrap instead of widening the dock.
+        wrap_to_dock_width(self.model_info, self.status)
         self.segment_button = PushButton(
             text="Segment current case",
             tooltip=(
@@ -471,7 +474,15 @@ class TrainWidget(Container):
                 self.progress_bar,
             ]
         )
-        self.extend([self.form, self.status, self.plot_box, self.results, self.segment_button])
+        # The form, plots and results are taller than a laptop screen: they scroll, so that
+        # Start, Stop and the plots stay reachable. (napari docks a magicgui container's inner
+        # widget, so magicgui's own `scrollable` would be lost; the scroll area is built here.)
+        self._body = body = Container(
+            widgets=[self.form, self.status, self.plot_box, self.results, self.segment_button],
+            labels=False,
+        )
+        self.native.layout().addWidget(scroll_area(body.native))
+        self.native.layout().setContentsMargins(0, 0, 0, 0)
         self._control_widgets = {
             "data_dir": [self.data_dir, self.use_viewer_cases],
             "unlabeled": [self.unlabeled_dir, self.use_viewer_case],
@@ -628,12 +639,19 @@ class TrainWidget(Container):
                 return read_checkpoint_config(info.path)
         return resolve_model(spec, role="teacher").config
 
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh every picker's choices (napari calls this when layers change).
+
+        The widgets live in the scrolling body, not in this container's own list.
+        """
+        self._body.reset_choices()
+
     def _on_model_changed(self, *_: Any) -> None:
         from ..errors import BratsKDError
 
         spec = self.model_picker.value
         if not spec:
-            self.model_info.value = _wrap(
+            self.model_info.value = (
                 "No model picked: load a checkpoint or a MONAI bundle folder (a teacher can be "
                 "trained in the 'Train teacher' mode)."
             )
@@ -641,9 +659,9 @@ class TrainWidget(Container):
         try:
             config = self._model_config(spec)
         except BratsKDError as exc:
-            self.model_info.value = _wrap(str(exc))
+            self.model_info.value = str(exc)
             return
-        self.model_info.value = _wrap(model_summary(config, "Takes"))
+        self.model_info.value = model_summary(config, "Takes")
 
     def _on_load_clicked(self, *_: Any) -> None:
         path = ask_model_path(self.native, bundle=False)
@@ -723,10 +741,13 @@ class TrainWidget(Container):
         else:
             data_dir = _folder(self.data_dir.value)
             if data_dir is None or not data_dir.is_dir():
+                picked = _path_text(self.data_dir.value)
+                what = (
+                    f"Dataset folder {picked!r} does not exist" if picked else "No dataset folder"
+                )
                 raise TrainingError(
-                    f"Dataset folder {str(self.data_dir.value)!r} does not exist: pick a folder "
-                    "of labelled cases (one folder per case) in 'Dataset folder', or tick 'Use "
-                    "the labelled cases open in the viewer'."
+                    f"{what}: pick a folder of labelled cases (one folder per case) in 'Dataset "
+                    "folder', or tick 'Use the labelled cases open in the viewer'."
                 )
         values: dict[str, Any] = {
             "data_dir": str(data_dir),
@@ -771,9 +792,15 @@ class TrainWidget(Container):
                 else _folder(self.unlabeled_dir.value)
             )
             if not self.use_viewer_case.value and (unlabeled is None or not unlabeled.is_dir()):
+                picked = _path_text(self.unlabeled_dir.value)
+                what = (
+                    f"Unlabelled folder {picked!r} does not exist"
+                    if picked
+                    else "No unlabelled folder"
+                )
                 raise TrainingError(
-                    f"Unlabelled folder {str(self.unlabeled_dir.value)!r} does not exist: pick "
-                    "the folder of the new site's cases in 'Unlabelled folder'."
+                    f"{what}: pick the folder of the new site's cases in 'Unlabelled folder', or "
+                    "tick 'Use the case open in the viewer'."
                 )
             values.update(
                 {"unlabeled_dir": str(unlabeled), "unlabeled_weight": self.unlabeled_weight.value}
@@ -1095,14 +1122,14 @@ class TrainWidget(Container):
 
         if isinstance(exc, Cancelled):  # stopped before the first step (e.g. while caching)
             if not self._closed:
-                self.status.value = _wrap(f"Stopped. {exc}")
+                self.status.value = f"Stopped. {exc}"
             notify_error(exc, "Training")
             return
         if not self._closed:
             kept = ""
             if self.last_run_dir is not None and (self.last_run_dir / "last.safetensors").is_file():
                 kept = f" The last checkpoint is kept in {self.last_run_dir}; Resume continues it."
-            self.status.value = _wrap(f"Failed.{kept}")
+            self.status.value = f"Failed.{kept}"
             self.plot.redraw()
         notify_error(exc, "Training")
 
@@ -1117,7 +1144,7 @@ class TrainWidget(Container):
         self.plot.redraw()
         self.results.value = format_validation(result.history, result.best_epoch)
         if result.stopped:
-            self.status.value = _wrap(
+            self.status.value = (
                 f"Stopped after {result.epochs_done} finished epoch(s); checkpoint "
                 f"{result.last_checkpoint} kept. Resume continues the run."
             )
@@ -1133,7 +1160,7 @@ class TrainWidget(Container):
         self.reference_model = self._run_reference
         self._refresh_model_lists()
         best = f" (best epoch {result.best_epoch})" if result.best_epoch else ""
-        self.status.value = _wrap(
+        self.status.value = (
             f"Done: {result.epochs_done} epoch(s). Model {entry.name!r}{best} is in the Segment "
             f"widgets' model list; checkpoint {checkpoint}."
         )
@@ -1235,7 +1262,7 @@ class TrainWidget(Container):
         agree = ", ".join(
             f"{r} {dice(new_regions[i], ref_regions[i]):.2f}" for i, r in enumerate(REPORT_REGIONS)
         )
-        self.status.value = _wrap(
+        self.status.value = (
             f"{case.case_id}: {labels[0]} vs {labels[1]} agreement (Dice) {agree}; "
             f"{int((diff > 0).sum())} voxels differ (layer {name!r}: red = only the new model, "
             "blue = only the reference, yellow = other tumour class)."
@@ -1404,9 +1431,3 @@ def _format_seconds(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def _wrap(text: str, width: int = 60) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width))
