@@ -183,7 +183,19 @@ def test_distillation_draws_unlabelled_cases_by_unlabeled_weight(
             assert sum(labelled) <= 1  # 1 labelled per 50 unlabelled
 
 
-def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path) -> None:
+def test_stop_leaves_loadable_checkpoint_and_resume_continues(
+    data_dir, tmp_path, monkeypatch
+) -> None:
+    from napari_brats_kd.training import engine
+
+    used: list[float] = []  # the rate each step really runs at
+    real_step = engine.train_step
+
+    def recording_step(model, optimizer, *args):
+        used.append(optimizer.param_groups[-1]["lr"])
+        return real_step(model, optimizer, *args)
+
+    monkeypatch.setattr(engine, "train_step", recording_step)
     run = tmp_path / "run"
     cfg = _teacher_cfg(data_dir, run, "epochs=2", "steps_per_epoch=2", "val_every=5")
     steps: list[int] = []
@@ -199,6 +211,8 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path
         replace(cfg, run_dir=str(tmp_path / "whole")),
         on_event=lambda e: planned.update({e["step"]: e["lr"]}) if e["type"] == "step" else None,
     )
+    planned_used = list(used)
+    used.clear()
     # Stop during the second epoch (after global step 3).
     result = train_teacher(cfg, should_stop=lambda: len(steps) >= 3, on_event=on_event)
     assert result.stopped and result.epochs_done == 1
@@ -207,6 +221,7 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path
     # The training time so far is kept, so that a time budget set on resume counts it.
     assert state["epoch"] == 1 and state["train_seconds"] > 0
     steps.clear()
+    used.clear()
     starts: list[dict] = []
     resumed = resume_run(
         run, on_event=lambda e: starts.append(e) if e["type"] == "start" else on_event(e)
@@ -217,6 +232,7 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(data_dir, tmp_path
     # the run takes the 4 steps and the schedule it planned.
     assert steps == [3, 4]
     assert lrs == pytest.approx(planned)
+    assert used == pytest.approx(planned_used[2:])  # the replayed steps run at the planned rates
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     rows = list(csv.DictReader((run / "log.csv").open()))
     assert len(rows) == 2
@@ -331,10 +347,20 @@ def test_stop_during_validation_skips_the_rest_and_keeps_a_checkpoint(data_dir, 
     assert events[0]["type"] == "start" and events[0]["n_val"] == 2
     assert [(e["done"], e["total"]) for e in events if e["type"] == "val_progress"] == [(1, 2)]
     assert "val" not in types
-    assert result.stopped and result.epochs_done == 0 and result.best_checkpoint is None
+    assert result.stopped and result.best_checkpoint is None
     assert load_checkpoint(result.last_checkpoint).model is not None
-    # As for a stop during the steps, the interrupted epoch is redone on resume.
-    assert torch.load(run / "last_state.pt", weights_only=True)["epoch"] == 0
+    # The epoch's steps were all done: it counts as finished (without its validation), so that
+    # resuming goes on with the next epoch instead of training this one twice.
+    assert result.epochs_done == 1
+    assert torch.load(run / "last_state.pt", weights_only=True)["epoch"] == 1
+    steps: list[int] = []
+    resumed = resume_run(
+        run,
+        ["epochs=2"],
+        on_event=lambda e: steps.append(e["step"]) if e["type"] == "step" else None,
+    )
+    assert steps == [2] and resumed.epochs_done == 2 and not resumed.stopped
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
 
 
 def test_fine_tune_freezes_encoder(data_dir, teacher_ckpt, tmp_path) -> None:
@@ -381,9 +407,16 @@ def test_pretrained_layers_learn_slower_than_the_output_layer(arch) -> None:
     cfg = load_config("finetune", ["freeze=[]", "lr=1e-3"])
     body, head = _param_groups(model, cfg, arch, pretrained=True)
     assert body["lr"] == pytest.approx(1e-4) and head["lr"] == pytest.approx(1e-3)
-    # The head is the convolution that writes the 3 region channels, weight and bias.
-    assert [tuple(p.shape[:1]) for p in head["params"]] == [(3,), (3,)]
-    assert len(body["params"]) + 2 == len(list(model.parameters()))
+    # The head is the output block: every convolution in it writes the 3 region channels, and
+    # the one that maps features to them is among them.
+    convs = [
+        m for m in model.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)
+    ]
+    head_ids = {id(p) for p in head["params"]}
+    in_head = [m for m in convs if id(m.weight) in head_ids]
+    assert in_head and all(m.out_channels == 3 for m in in_head)
+    assert any(m.in_channels > 3 for m in in_head)
+    assert len(body["params"]) + len(head["params"]) == len(list(model.parameters()))
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -455,8 +488,8 @@ def test_out_of_memory_in_validation_keeps_the_epoch_and_names_the_settings(
     run = tmp_path / "run"
     with pytest.raises(ResourceError, match="val_sw_batch_size"):
         train_teacher(_teacher_cfg(data_dir, run, "epochs=2", "val_every=1"))
-    # The epoch's weights were saved before the error: resuming redoes only its validation.
-    assert load_checkpoint(run / "last.safetensors").config.provenance["epochs"] == 0
+    # The trained epoch was saved before the error: resuming goes on with epoch 2.
+    assert load_checkpoint(run / "last.safetensors").config.provenance["epochs"] == 1
 
 
 def test_out_of_memory_filling_the_memory_cache_suggests_the_disk_cache(

@@ -37,6 +37,17 @@ ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
     "swinunetr": ("swinViT.",),
 }
 
+#: Output-block parameter-name prefixes per architecture: the task-specific head that keeps the
+#: full learning rate while pretrained layers learn at ``pretrained_lr_factor`` (SegResNet's
+#: ``conv_final``; MONAI UNet's last up-sampling block ``model.2``, which maps features to the
+#: regions; SwinUNETR's ``out``).
+OUTPUT_PREFIXES: dict[str, tuple[str, ...]] = {
+    "segresnet": ("conv_final.",),
+    "student": ("net.conv_final.",),
+    "unet": ("model.2.",),
+    "swinunetr": ("out.",),
+}
+
 #: Values of ``DistillConfig.teacher_targets`` (see :mod:`.teacher_targets`).
 TARGET_MODES: tuple[str, ...] = ("auto", "online", "cached")
 
@@ -95,8 +106,7 @@ class TrainConfig:
         :data:`ENCODER_PREFIXES`).
     pretrained_lr_factor
         Learning-rate multiplier for parameters loaded from ``init_from`` (e.g. 0.1); the output
-        convolution (SegResNet's ``conv_final``, the last one of any network) always learns at
-        the full rate.
+        block (:data:`OUTPUT_PREFIXES`) always learns at the full rate.
     epochs, steps_per_epoch
         Training length. ``steps_per_epoch`` ``None`` = one pass over the training patches.
     max_minutes
@@ -445,6 +455,7 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
 
 __all__ = [
     "ENCODER_PREFIXES",
+    "OUTPUT_PREFIXES",
     "DistillConfig",
     "ModelSpec",
     "TrainConfig",

@@ -52,7 +52,14 @@ from .._files import atomic_write
 from ..errors import BratsKDError, Cancelled, CheckpointError, ResourceError, TrainingError
 from ..labels import MODALITIES, MODALITY_NAMES
 from . import distributed as dd
-from .config import ENCODER_PREFIXES, DistillConfig, TrainConfig, load_config, save_config
+from .config import (
+    ENCODER_PREFIXES,
+    OUTPUT_PREFIXES,
+    DistillConfig,
+    TrainConfig,
+    load_config,
+    save_config,
+)
 from .data import (
     TEACHER,
     CaseEntry,
@@ -424,11 +431,13 @@ def _expand_freeze(freeze: Sequence[str], arch: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _output_layer(model: nn.Module) -> str | None:
-    """Name of the network's output convolution: the last one it registers (SegResNet's
-    ``conv_final.2.conv``, UNet's last residual unit, SwinUNETR's ``out.conv.conv``)."""
+def _output_prefixes(model: nn.Module, arch: str) -> tuple[str, ...]:
+    """Parameter-name prefixes of the network's output block (:data:`OUTPUT_PREFIXES`; for an
+    architecture without an entry, its last convolution)."""
+    if arch in OUTPUT_PREFIXES:
+        return OUTPUT_PREFIXES[arch]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)]
-    return convs[-1] if convs else None
+    return (convs[-1] + ".",) if convs else ()
 
 
 def _param_groups(
@@ -451,9 +460,9 @@ def _param_groups(
     if not pretrained or cfg.pretrained_lr_factor == 1.0:
         return [{"params": [p for _, p in trainable], "lr": cfg.lr}]
     # The output layer is task-specific: it learns at the full rate, the pretrained body slower.
-    out = _output_layer(model)
-    head = [p for n, p in trainable if out and n.startswith(out + ".")]
-    body = [p for n, p in trainable if not (out and n.startswith(out + "."))]
+    out = _output_prefixes(model, arch)
+    head = [p for n, p in trainable if out and n.startswith(out)]
+    body = [p for n, p in trainable if not (out and n.startswith(out))]
     groups = [{"params": body, "lr": cfg.lr * cfg.pretrained_lr_factor}]
     if head:
         groups.append({"params": head, "lr": cfg.lr})
@@ -727,7 +736,11 @@ def _run_in_context(
     if unlab_entries:
         # Two pools mixed in the ratio the user asked for, not in proportion to their sizes.
         per_rank = math.ceil(len(train_ds) / ctx.world_size)
-        steps = cfg.steps_per_epoch or max(1, per_rank // cfg.batch_size)
+        # As the samplers below count it: DDP drops a last partial batch, one process does not.
+        batches = (
+            per_rank // cfg.batch_size if ctx.distributed else math.ceil(per_rank / cfg.batch_size)
+        )
+        steps = cfg.steps_per_epoch or max(1, batches)
         sampler: Any = PoolSampler(
             len(train_entries), len(unlab_entries), cfg.unlabeled_weight,
             steps * cfg.batch_size, ctx.rank, ctx.world_size, cfg.seed,
@@ -804,6 +817,11 @@ def _run_in_context(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # The optimizer's own rates are those of the moment it was saved; a stop inside an epoch
+        # saves the schedule of the epoch's start (the epoch is replayed), and the first replayed
+        # step must use that schedule's rate.
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
         best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         history = list(state["history"])
@@ -1002,7 +1020,7 @@ def _run_in_context(
         if do_val:
             # 0: validated; 1: stopped by the user; 2: failed (val_error) on rank 0.
             val_status = 0.0
-            val_error: BratsKDError | None = None
+            val_error: BaseException | None = None
             dice: dict[str, float] | None = None
             if ctx.is_main:
 
@@ -1018,26 +1036,29 @@ def _run_in_context(
                     )  # fmt: skip
                 except Cancelled:
                     val_status = 1.0
-                except (RuntimeError, MemoryError) as exc:
-                    val_error = user_error_in(exc)
-                    if val_error is None and not is_out_of_memory(exc):
-                        raise
-                    if val_error is None:
+                except Exception as exc:  # re-raised below, once every rank knows
+                    # Whatever went wrong, the other ranks wait in the broadcast below: they
+                    # must hear of it rather than hang until the process group times out.
+                    val_status = 2.0
+                    val_error = user_error_in(exc) or exc
+                    if val_error is exc and is_out_of_memory(exc):
                         val_error = ResourceError(
                             f"Out of memory validating epoch {epoch + 1} on {device} "
                             f"(sliding windows of {list(val_roi)}, val_sw_batch_size "
-                            f"{cfg.val_sw_batch_size}): lower val_sw_batch_size or val_roi_size. "
-                            f"The weights trained so far are saved in {run_dir} (resume from "
-                            "them)."
+                            f"{cfg.val_sw_batch_size}): lower val_sw_batch_size or val_roi_size, "
+                            f"then resume from {run_dir}: it goes on with epoch {epoch + 2}."
                         )
-                    val_error.__cause__ = exc
-                    val_status = 2.0
+                    if val_error is not exc:
+                        val_error.__cause__ = exc
             # Only rank 0 validates (and polls should_stop meanwhile): all ranks stop together.
             val_status = dd.broadcast_float(val_status, ctx)
             if val_status:
-                # As a stop during the steps: the epoch (its validation unfinished) is redone on
-                # resume; the weights trained so far are kept.
-                save(epoch, metrics=last_metrics)
+                # The epoch's steps are all done: it counts as finished without its validation,
+                # so that resuming goes on with the next epoch instead of training this one twice.
+                history.append(row)
+                save(epoch + 1, metrics=last_metrics)
+                if ctx.is_main:
+                    _write_log(history, run_dir / LOG_FILE)
                 if val_status == 1.0:
                     return result(stopped=True)
                 raise val_error or TrainingError(
