@@ -239,9 +239,12 @@ def test_cli_segment_batch_keeps_going_and_never_overwrites_unasked(tmp_path, ca
 
     truth = data / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz"
     before = digest(truth)
-    # The ground truth is never the output, not even with --overwrite.
+    # The ground truth is never the output, not even with --overwrite, nor is the case folder.
     assert main(["segment", str(truth.parent), "-o", str(truth), "--overwrite", *ckpt]) == 2
     assert "ground truth is kept" in capsys.readouterr().err and digest(truth) == before
+    assert main(["segment", str(truth.parent), "-o", str(truth.parent / "p.nii.gz"), *ckpt]) == 2
+    assert "outside the case folder" in capsys.readouterr().err
+    assert not (truth.parent / "p.nii.gz").exists()
     # A case failing inside inference is reported; the cases after it are still segmented.
     out = data / "predictions"  # inside the dataset: a later run must not take it for a case
     assert main(["segment", str(data), "-o", str(out), *ckpt]) == 1

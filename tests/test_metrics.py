@@ -237,6 +237,27 @@ def test_prediction_without_enhancing_tumour_keeps_its_recorded_convention(tmp_p
         assert r.volume_pred_ml["NCR"] == pytest.approx(0.008)
 
 
+def test_predictions_one_case_per_folder_and_recorded_ground_truth(tmp_path) -> None:
+    # Predictions stored one case per folder (pred/<case>/<case>_seg.nii.gz) are found, and a
+    # ground truth this plugin wrote in nnU-Net labels into a bare folder is read in them (its
+    # header records it), not as BraTS 2023 with necrosis and edema swapped.
+    gt = tmp_path / "gt"
+    _write_dataset("nnunet", gt)
+    bare_gt = tmp_path / "bare_gt"
+    _write_like_segment(gt, bare_gt)  # nnU-Net values, recorded in the header
+    flat = tmp_path / "flat"
+    _write_like_segment(gt, flat, "brats2021")
+    nested = tmp_path / "nested"
+    for f in flat.iterdir():
+        (nested / f.name.removesuffix("_seg.nii.gz")).mkdir(parents=True)
+        f.rename(nested / f.name.removesuffix("_seg.nii.gz") / f.name)
+    results, _ = evaluate_folders(nested, bare_gt)
+    assert len(results) == 2
+    for r in results:
+        assert r.dice == PERFECT and r.gt_convention == "nnunet"
+        assert r.volume_gt_ml["TC"] == pytest.approx(0.008)
+
+
 def test_cli_convention_options_override_detection(tmp_path, capsys) -> None:
     from napari_brats_kd.cli import main
 

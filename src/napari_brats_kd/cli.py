@@ -190,6 +190,13 @@ def _planned_outputs(cases: list[Path], output: Path, overwrite: bool) -> dict[P
                 f"The output {out} is a file of the case it segments (its segmentation): choose "
                 "another -o, so that the ground truth is kept."
             )
+        if out.resolve().parent in {f.parent for f in inputs[case_path]}:
+            # Beside the scans, a prediction would be read back as (or next to) the case's
+            # ground truth the next time the case is opened.
+            raise CaseError(
+                f"The output {out} would be written among the scans of the case it segments: "
+                "choose an -o outside the case folder."
+            )
     existing = [out for out in planned.values() if out.exists()]
     if existing and not overwrite:
         raise CaseError(

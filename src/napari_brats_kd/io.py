@@ -463,9 +463,31 @@ def _check_same_grid(case_id: str, volumes: list[Volume]) -> None:
         )
 
 
-def _label_convention(seg: Volume, case_naming: str | None) -> tuple[lab.LabelConvention, str]:
-    """Convention of a label map: the one its header records (:func:`save_labels` writes it)
-    when its values fit, else the one its case's naming and values imply."""
+def label_convention(
+    seg: Volume, case_naming: str | None = None
+) -> tuple[lab.LabelConvention, str]:
+    """Label convention of a label map, and why.
+
+    The one its header records (:func:`save_labels` writes it) when its values fit, else the one
+    its case's file naming and its values imply (:func:`~napari_brats_kd.labels.detect_convention`).
+
+    Parameters
+    ----------
+    seg
+        The label map.
+    case_naming
+        Naming of its case (``"nnunet"``, ``"brats2023"``...), or ``None``.
+
+    Returns
+    -------
+    LabelConvention, str
+        The convention and a sentence saying why.
+
+    Raises
+    ------
+    LabelConventionError
+        If its values fit no convention.
+    """
     values = np.unique(seg.data)
     recorded = convention_from_header(seg.header)
     # A file written by this package says what it holds; values alone cannot tell nnU-Net's
@@ -600,7 +622,7 @@ def load_case(
         _check_same_grid(files.case_id, grid)
     if seg is not None:
         try:
-            convention, reason = _label_convention(seg, files.naming)
+            convention, reason = label_convention(seg, files.naming)
         except LabelConventionError as exc:
             raise LabelConventionError(f"{files.seg.name}: {exc}") from None
     else:
@@ -613,7 +635,7 @@ def load_case(
         for p in files.extra_segs:
             try:
                 vol = load_segmentation(p, max_bytes)
-                conv, why = _label_convention(vol, None)
+                conv, why = label_convention(vol, None)
             except (NiftiReadError, InvalidVolumeError, LabelConventionError) as exc:
                 notes.append(f"Skipped {p.parent.name}/{p.name}: {exc}")
                 continue

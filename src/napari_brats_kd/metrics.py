@@ -433,7 +433,15 @@ def _index_label_files(folder: Path) -> dict[str, _LabelFile]:
     are used, each with the naming of its case.
     """
     from .io import find_cases
-    from .naming import case_entries, case_files, is_nifti_name, nifti_stem
+    from .naming import (
+        case_entries,
+        case_files,
+        classify_file,
+        is_nifti_name,
+        iter_dirs,
+        nifti_files,
+        nifti_stem,
+    )
 
     flat = sorted(f for f in folder.iterdir() if f.is_file() and is_nifti_name(f))
     found: dict[str, _LabelFile] = {}
@@ -451,14 +459,22 @@ def _index_label_files(folder: Path) -> dict[str, _LabelFile]:
                 stem = stem.removesuffix(suffix)
             found[stem] = _LabelFile(f, naming)
         return found
+    # Case folders holding a segmentation beside their scans...
     try:
         entries = find_cases(folder)
     except CaseError:
-        return found
+        entries = []
     for case_path in entries:
         files = case_files(case_path)
         if files.seg is not None:
             found[files.case_id] = _LabelFile(files.seg, files.naming)
+    # ... and folders holding one case's label map alone (predictions stored one case per
+    # folder), which a dataset listing passes over as no case.
+    for sub in iter_dirs(folder):
+        labels = nifti_files(sub) if sub != folder else []
+        roles = [classify_file(f) for f in labels]
+        if len(roles) == 1 and roles[0].kind == "seg" and roles[0].case_id:
+            found.setdefault(roles[0].case_id, _LabelFile(roles[0].path, None))
     return found
 
 
@@ -593,8 +609,7 @@ def evaluate_folders(
         When a prediction has no ground truth, or (without ``missing_as_empty``) a ground-truth
         case has no prediction: the summary then covers fewer cases than the folders hold.
     """
-    from .io import convention_from_header
-    from .labels import detect_convention
+    from .io import convention_from_header, label_convention
 
     fixed_pred = _checked_convention(pred_convention)
     fixed_gt = _checked_convention(gt_convention)
@@ -636,7 +651,7 @@ def evaluate_folders(
         gv = _load_labels(gf.path, case_id, "ground truth")
         g = gv.data
         try:
-            gconv = fixed_gt or detect_convention(np.unique(g), gf.naming)[0]
+            gconv = fixed_gt or label_convention(gv, gf.naming)[0]
             spacing = gv.scale  # display-order voxel sizes match the display-order arrays
             if pf is None:
                 # Empty labels fit every convention; reading them in the ground truth's compares
