@@ -13,7 +13,10 @@ sliding_window_inference). What it guarantees:
 - **Stop**: ``should_stop()`` is polled after every step and between validation cases; when it
   returns True the step (or case) finishes, the rest of validation is skipped, a checkpoint is
   written and the function returns a :class:`TrainResult` with ``stopped=True``. Resuming
-  (``resume=True`` or :func:`resume_run`) restarts the interrupted epoch.
+  (``resume=True`` or :func:`resume_run`) replays an epoch stopped during its steps from its
+  start, with the step count and learning rates it began with (the weights trained so far are
+  kept); an epoch stopped during its validation counts as done, and the run goes on with the
+  next one.
 - **Time budget**: ``max_minutes`` ends the run (normally: last validation, checkpoints) when the
   time is spent, with the learning-rate schedule paced to end there too.
 - **Callbacks**: ``progress(done, total, message)`` per step, and ``on_event(event)`` with
