@@ -11,6 +11,7 @@ import pytest
 
 from _nifti_factory import (
     base_volume,
+    seg_volume,
     write_case_2021,
     write_case_2023,
     write_case_loose,
@@ -201,6 +202,24 @@ def test_a_label_map_beside_the_challenge_seg_is_an_extra_segmentation(tmp_path)
     assert files.seg == folder / "BraTS2021_00000_seg.nii.gz"
     assert files.extra_segs == [folder / "BraTS2021_00000_pred.nii.gz"]
     assert files.naming == "brats2021" and len(files.images) == 4
+
+
+@pytest.mark.parametrize("mask_name", ["brainmask", "brain_mask", "bet_mask"])
+def test_a_brain_mask_is_passed_over_never_taken_for_the_tumour(tmp_path, mask_name):
+    # Loose names, no segmentation: a "..._brain_mask" used to be read as the case's labels.
+    folder = write_case_loose(tmp_path, extra=False)
+    mask = folder / f"TCGA-XX-0001_{mask_name}.nii.gz"
+    write_nifti(mask, seg_volume())
+    files = naming.case_files(folder)
+    assert files.seg is None and len(files.images) == 4 and mask not in files.all_files
+    assert any(mask.name in note and "brain mask" in note for note in files.notes)
+    # Beside a BraTS-named _seg, the _seg stays the labels and the mask is no extra map.
+    case = write_case_2021(tmp_path / "b")
+    write_nifti(case / f"BraTS2021_00000_{mask_name}.nii.gz", seg_volume())
+    files = naming.case_files(case)
+    assert files.seg == case / "BraTS2021_00000_seg.nii.gz" and files.extra_segs == []
+    with pytest.raises(CaseError, match="is a brain mask"):
+        naming.case_files(mask)
 
 
 def test_two_segmentations_are_ambiguous(tmp_path):

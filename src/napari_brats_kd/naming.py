@@ -69,6 +69,13 @@ _NOISE_TOKENS: frozenset[str] = frozenset(
     }
 )  # fmt: skip
 
+# Name endings of brain / head masks (skull stripping): neither a modality nor a tumour
+# segmentation, so a case folder passes over them (a mask read as labels would be a "tumour"
+# filling the brain). Compared on the last tokens joined: "_brainmask", "_brain_mask", "-bet_mask".
+_BRAIN_MASK_ENDINGS: frozenset[str] = frozenset(
+    {"brainmask", "betmask", "skullmask", "skullstripmask", "headmask", "brainseg", "bm"}
+)
+
 # Name tokens that mark a segmentation file.
 _SEG_TOKENS: frozenset[str] = frozenset(
     {
@@ -148,7 +155,8 @@ class FileRole:
         The file.
     kind
         ``"image"`` (one modality), ``"seg"`` (a segmentation), ``"channel"`` (an nnU-Net
-        ``_0000``-style channel file) or ``"unknown"``.
+        ``_0000``-style channel file), ``"brainmask"`` (a skull-stripping mask, not used) or
+        ``"unknown"``.
     modality
         Canonical modality key for ``"image"`` files.
     case_id
@@ -195,6 +203,10 @@ def classify_file(path: str | Path) -> FileRole:
             return FileRole(path, "image", table[m["token"]], m["case"], naming)
     # Loose names: look at the last few tokens, after dropping processing tags such as "_bet".
     spans = [(mt.start(), mt.group().lower()) for mt in _TOKEN_RE.finditer(stem)]
+    for n in (1, 2):
+        if len(spans) >= n and "".join(tok for _, tok in spans[-n:]) in _BRAIN_MASK_ENDINGS:
+            case_id = stem[: spans[-n][0]].rstrip("-_. ")
+            return FileRole(path, "brainmask", None, case_id, "loose")
     while spans and spans[-1][1] in _NOISE_TOKENS:
         spans.pop()
     if not spans:
@@ -503,6 +515,13 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
             "open its parent case folder, or one segmentation file."
         )
     roles = [classify_file(p) for p in files]
+    masks = [r.path.name for r in roles if r.kind == "brainmask"]
+    roles = [r for r in roles if r.kind != "brainmask"]
+    if masks and not roles:
+        raise CaseError(
+            f"Folder {folder} holds only brain masks ({', '.join(masks[:3])}) and no scans: open "
+            "the case folder with the scans."
+        )
 
     # nnU-Net raw: channel files, possibly of several cases (a flat imagesTr folder).
     channel_roles = [r for r in roles if r.kind == "channel"]
@@ -585,6 +604,8 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
     files.images = {m: by_modality[m][0] for m in MODALITIES if m in by_modality}
     files.seg = segs[0] if segs else None
     files.extra_segs = extra + alternates
+    if masks:
+        files.notes.append(f"Not used: {', '.join(masks)} (a brain mask, not a scan or labels).")
     missing = [m for m in MODALITIES if m not in files.images]
     if missing and files.images:
         files.notes.append(
@@ -634,6 +655,11 @@ def case_files_for_file(path: Path) -> CaseFiles:
         files.seg = path
     elif role.kind == "image" and role.modality is not None:
         files.images[role.modality] = path
+    elif role.kind == "brainmask":
+        raise CaseError(
+            f"{path.name} is a brain mask (skull stripping), not a scan or a tumour segmentation: "
+            "open the case's scans."
+        )
     else:
         raise CaseError(
             f"Cannot tell which modality {path.name} holds: its name ends in none of _t1, _t1ce, "
@@ -670,7 +696,7 @@ def case_entries(folder: Path) -> list[Path]:
     if not files:
         return []
     roles = [classify_file(p) for p in files]
-    if all(r.kind == "seg" for r in roles):
+    if all(r.kind in ("seg", "brainmask") for r in roles):
         # Label maps without scans (e.g. a folder of `brats-kd segment` outputs inside the
         # dataset) are not a case: listing the dataset must not fail on them.
         return []

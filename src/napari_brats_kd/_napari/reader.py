@@ -81,7 +81,7 @@ def _read_layers(p: Path) -> tuple[list[LayerDataTuple], list[str]]:
         try:
             case = io.load_case(p)
         except CaseError as exc:
-            if naming.classify_file(p).kind != "unknown":
+            if naming.classify_file(p).kind not in ("unknown", "brainmask"):
                 raise
             # A lone scan whose name names no modality: still show it, as a plain image.
             vol = io.load_volume(p)
