@@ -22,7 +22,9 @@ sliding_window_inference). What it guarantees:
 - **Callbacks**: ``progress(done, total, message)`` per step, and ``on_event(event)`` with
   ``{"type": "start", "epochs", "start_epoch", "steps_per_epoch", "n_train", "n_val", "run_dir",
   "kind"}`` once before the first step (``start_epoch`` is 0-based: the epochs already done),
-  ``{"type": "step", "epoch", "step", "loss", "lr"}``, ``{"type": "epoch", "epoch", "loss", ...}``,
+  ``{"type": "step", "epoch", "step", "loss", "lr"}`` (``lr``: the rate the schedule set after
+  the step, which the next step uses; ``log.csv``'s ``lr`` likewise), ``{"type": "epoch", "epoch",
+  "loss", ...}``,
   ``{"type": "val_progress", "epoch", "done", "total"}`` after each validation case and
   ``{"type": "val", "epoch", "dice": {region: value}, "mean_dice"}`` for live plots.
 - **Determinism**: Python, numpy, torch and MONAI transforms are seeded from ``seed`` per epoch
