@@ -33,7 +33,9 @@ $PIP install -q --upgrade pip
 # here; on a GPU machine install the CUDA build of your choice before running this script.
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "==> installing torch==${TORCH_VERSION:-2.13.0}"
-  $PIP install -q "torch==${TORCH_VERSION:-2.13.0}"
+  # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu takes the CPU build from PyTorch's own
+  # index, where plain PyPI would give a Linux machine the CUDA build.
+  $PIP install -q "torch==${TORCH_VERSION:-2.13.0}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 echo "==> installing napari-brats-kd[testing] (editable)"
 $PIP install -q -e ".[testing]"
