@@ -539,31 +539,25 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> Runner:
         description=(
             "Match predictions in PRED_DIR to ground-truth cases in GT_DIR by case id and report "
             "Dice, HD95 (mm) and volumes for WT, TC, ET and each tumour class, BraTS style. "
-            "Label conventions are detected per file unless given: the ground truth's from its "
-            "case's file naming (nnU-Net, MSD, BraTS 2021/2023) and label values; a "
-            "prediction's from its header (brats-kd segment records it), else the ground "
-            "truth's when its values fit, else its values."
+            "Label conventions are detected per file unless given: a file's header records "
+            "one when this plugin wrote it (brats-kd segment, napari's writer); otherwise the "
+            "ground truth's follows from its case's file naming (nnU-Net, MSD, BraTS "
+            "2021/2023) and label values, and a prediction's is the ground truth's when its "
+            "values fit, else what its values imply."
         ),
     )
     p.add_argument("pred_dir", type=Path, help="folder of predicted label maps")
     p.add_argument("gt_dir", type=Path, help="folder of ground-truth cases")
     p.add_argument("--csv", type=Path, default=None, help="write per-case metrics and summary")
-    p.add_argument(
-        "--gt-convention",
-        type=str.lower,
-        choices=conventions,
-        default=None,
-        metavar="NAME",
-        help=f"label convention of the ground truth: {', '.join(conventions)} (default: detect)",
-    )
-    p.add_argument(
-        "--pred-convention",
-        type=str.lower,
-        choices=conventions,
-        default=None,
-        metavar="NAME",
-        help=f"label convention of the predictions: {', '.join(conventions)} (default: detect)",
-    )
+    for side, what in (("gt", "the ground truth"), ("pred", "the predictions")):
+        p.add_argument(
+            f"--{side}-convention",
+            type=str.lower,
+            choices=conventions,
+            default=None,
+            metavar="NAME",
+            help=f"label convention of {what}: {', '.join(conventions)} (default: detect)",
+        )
     p.add_argument(
         "--missing-as-empty",
         action="store_true",
