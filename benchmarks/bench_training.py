@@ -120,6 +120,14 @@ def common_overrides(a: argparse.Namespace, run: Path, epochs: int) -> list[str]
     ]
 
 
+def _arg_text(value: object) -> str:
+    """A parsed argument as it is typed on the command line."""
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    text = str(value)
+    return f"'{text}'" if any(c in text for c in ' {}"') else text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_training"))
@@ -238,6 +246,15 @@ def write_results(a: argparse.Namespace, rows: dict[str, dict], total_s: float) 
         f"patches, {a.steps} steps/epoch, teacher {a.teacher_epochs} epochs "
         f"({a.teacher_arch} {a.teacher_args}), students {a.student_epochs} epochs ({a.student}), "
         f"augmentation {a.augment}. Total wall time {total_s:.0f} s.",
+        "",
+        # Every argument, defaults included, so that the run can be repeated exactly.
+        "Command: `python benchmarks/bench_training.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {_arg_text(v)}"
+            for k, v in sorted(vars(a).items())
+            if v is not None
+        )
+        + "`",
         "",
         "| model | test set | params | Dice WT | Dice TC | Dice ET | mean Dice | HD95 WT | "
         "HD95 TC | HD95 ET | patches/s | train s |",
