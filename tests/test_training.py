@@ -456,6 +456,11 @@ def test_mixed_label_conventions_are_refused(tmp_path, cache, workers) -> None:
         train_teacher(cfg)
 
 
+def _no_memory(*args, **kwargs):
+    """Stands in for a call that runs out of memory (Python's MemoryError)."""
+    raise MemoryError()
+
+
 def test_out_of_memory_in_a_step_is_a_resource_error_naming_the_settings(
     data_dir, tmp_path, monkeypatch
 ) -> None:
@@ -481,10 +486,7 @@ def test_out_of_memory_in_validation_keeps_the_epoch_and_names_the_settings(
     from napari_brats_kd.models import load_checkpoint
     from napari_brats_kd.training import engine
 
-    def no_memory(*args, **kwargs):
-        raise MemoryError()
-
-    monkeypatch.setattr(engine, "validate", no_memory)
+    monkeypatch.setattr(engine, "validate", _no_memory)
     run = tmp_path / "run"
     with pytest.raises(ResourceError, match="val_sw_batch_size"):
         train_teacher(_teacher_cfg(data_dir, run, "epochs=2", "val_every=1"))
@@ -497,10 +499,7 @@ def test_out_of_memory_filling_the_memory_cache_suggests_the_disk_cache(
 ) -> None:
     from monai import data as md
 
-    def no_memory(*args, **kwargs):
-        raise MemoryError()
-
-    monkeypatch.setattr(md, "CacheDataset", no_memory)
+    monkeypatch.setattr(md, "CacheDataset", _no_memory)
     with pytest.raises(ResourceError, match="cache: disk"):
         train_teacher(_teacher_cfg(data_dir, tmp_path / "run", "cache=memory"))
 

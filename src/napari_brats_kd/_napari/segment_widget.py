@@ -26,7 +26,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_info, show_warning
 
 from ..labels import MODALITIES, MODALITY_NAMES
-from ._qt import scroll_area, wrap_to_dock_width
+from ._qt import ScrollingDock, wrap_to_dock_width
 from ._workers import Task, notify_error, start_task
 from .case_from_layers import (
     add_result_layer,
@@ -84,7 +84,7 @@ def available_devices() -> list[str]:
     return devices
 
 
-class SegmentWidget(Container):
+class SegmentWidget(ScrollingDock):
     """Segment the tumour of the case open in ``viewer`` with a student or teacher model.
 
     Parameters
@@ -96,7 +96,7 @@ class SegmentWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, default_model: str = "student") -> None:
-        super().__init__(labels=False)
+        super().__init__()
         self.viewer = viewer
         self.default_model = default_model
         self.task: Task | None = None
@@ -180,9 +180,9 @@ class SegmentWidget(Container):
         self.volumes.native.setStyleSheet("font-family: monospace;")
         # Long messages (model descriptions, errors) wrap instead of widening the dock.
         wrap_to_dock_width(self.model_info, self.status)
-        # In a scroll area, as the training dock: docked together they fit a laptop screen.
+        # Scrolling, as the training dock: docked together they fit a laptop screen.
         # Filled after it is built: magicgui lines the labels up only for widgets added then.
-        self._body = body = Container(labels=True)
+        body = Container(labels=True)
         body.extend(
             [
                 self.model_picker,
@@ -204,8 +204,7 @@ class SegmentWidget(Container):
                 self.volumes,
             ]
         )
-        self.native.layout().addWidget(scroll_area(body.native, min_height=300))
-        self.native.layout().setContentsMargins(0, 0, 0, 0)
+        self.set_body(body, min_height=300)
 
         self.model_picker.changed.connect(self._on_model_changed)
         self.load_button.changed.connect(self._on_load_clicked)
@@ -226,13 +225,6 @@ class SegmentWidget(Container):
         self._select_default_model()
         self._on_model_changed()
         self.autofill()
-
-    def reset_choices(self, *_: Any) -> None:
-        """Refresh every picker's choices (napari calls this when layers change).
-
-        The widgets live in the scrolling body, not in this container's own list.
-        """
-        self._body.reset_choices()
 
     # ------------------------------------------------------------------------------------ models
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:

@@ -51,7 +51,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..labels import BUNDLE_MODALITY_ORDER, MODALITIES, MODALITY_NAMES, REPORT_REGIONS
 from ._plot import TrainingPlot
-from ._qt import scroll_area, wrap_to_dock_width
+from ._qt import ScrollingDock, wrap_to_dock_width
 from ._settings import load_settings, save_settings
 from ._workers import FrozenHeap, Task, notify_error, start_task
 from .segment_widget import ask_model_path, available_devices, model_summary
@@ -125,7 +125,7 @@ class _EventRelay(QObject):
     event = Signal(object)
 
 
-class TrainWidget(Container):
+class TrainWidget(ScrollingDock):
     """Train, distil, fine-tune or adapt a segmentation model from napari.
 
     Parameters
@@ -147,7 +147,7 @@ class TrainWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=False)
+        super().__init__()
         self.viewer = viewer
         self.task: Task | None = None
         self.segment_task: Task | None = None
@@ -474,15 +474,13 @@ class TrainWidget(Container):
                 self.progress_bar,
             ]
         )
-        # The form, plots and results are taller than a laptop screen: they scroll, so that
-        # Start, Stop and the plots stay reachable. (napari docks a magicgui container's inner
-        # widget, so magicgui's own `scrollable` would be lost; the scroll area is built here.)
-        self._body = body = Container(
-            widgets=[self.form, self.status, self.plot_box, self.results, self.segment_button],
-            labels=False,
+        # The form, plots and results are taller than a laptop screen: they scroll.
+        self.set_body(
+            Container(
+                widgets=[self.form, self.status, self.plot_box, self.results, self.segment_button],
+                labels=False,
+            )
         )
-        self.native.layout().addWidget(scroll_area(body.native))
-        self.native.layout().setContentsMargins(0, 0, 0, 0)
         self._control_widgets = {
             "data_dir": [self.data_dir, self.use_viewer_cases],
             "unlabeled": [self.unlabeled_dir, self.use_viewer_case],
@@ -638,13 +636,6 @@ class TrainWidget(Container):
             if info.name == spec and info.path.suffix == ".safetensors" and info.path.is_file():
                 return read_checkpoint_config(info.path)
         return resolve_model(spec, role="teacher").config
-
-    def reset_choices(self, *_: Any) -> None:
-        """Refresh every picker's choices (napari calls this when layers change).
-
-        The widgets live in the scrolling body, not in this container's own list.
-        """
-        self._body.reset_choices()
 
     def _on_model_changed(self, *_: Any) -> None:
         from ..errors import BratsKDError
