@@ -12,7 +12,8 @@ case of every site. Rows (those the folder has): the teacher, the distilled stud
 (``student``), one distilled from cached teacher outputs (``student_cached``) and the same with
 three times the steps (``student_long``), the same student without KD with both budgets
 (``student_nokd``, ``student_nokd_long``), a T1c + FLAIR student (cross-modal) and one with
-attention transfer (``student_attention``); ``--shipped`` names the one that ships. A second
+attention transfer (``student_attention``), and the label-corrected student distilled also on
+unlabelled scans of the training sites (``student_semi``); ``--shipped`` names the one that ships. A second
 table compares, on held-out site B, students distilled on sites A and C with and without
 unlabelled site-B scans (domain adaptation); a third puts each KD student beside the no-KD one
 with the same steps (``KD_PAIRS``), for this folder and every ``--compare`` folder (other seeds
@@ -83,6 +84,11 @@ MODELS = {
         "student, label-corrected KD, 3x steps",
         "student-small, as the label-corrected one with 1500 steps (STUDENT_EPOCHS=60)",
     ),
+    "student_semi": (
+        "student, label-corrected KD + unlabelled scans",
+        "student-small, as the label-corrected one, also on unlabelled scans of the training "
+        "sites (teacher targets only; one per two labelled cases)",
+    ),
 }
 #: KD-vs-no-KD pairs (same data, code, steps and seed): KD stem -> no-KD stem.
 KD_PAIRS = {
@@ -92,6 +98,8 @@ KD_PAIRS = {
     "student_attention": "student_nokd",
     "student_corrected": "student_nokd",
     "student_corrected_long": "student_nokd_long",
+    # KD can also learn from scans without labels; the no-KD student has only the labelled ones.
+    "student_semi": "student_nokd",
 }
 #: Domain adaptation rows, scored on held-out site B only: stem -> label.
 ADAPTATION = {

@@ -10,6 +10,8 @@
 #   student_corrected the student distilled from the teacher's outputs corrected by the labels
 #                     (--label-correction: where the teacher is wrong, its confidence on the
 #                     label's side);
+#   student_semi      the label-corrected student distilled also on unlabelled scans of the
+#                     training sites (14 per site, teacher targets only), which only KD can use;
 #   student_AC, student_AC_adaptB
 #                     students distilled on labelled sites A and C only, the second also on
 #                     unlabelled site-B scans (teacher targets only): domain adaptation, scored
@@ -33,7 +35,7 @@
 # SEED (training: split, initialisation, patches; the phantoms keep theirs), FROM_RUN (share
 # another run folder's phantoms, cached teacher outputs and teacher), STAGES (default all:
 # teacher student student_nokd student_AC student_AC_adaptB student_t1cflair student_attention
-# student_corrected)
+# student_corrected student_semi)
 # and JOBS (processes for phantoms and per-site evaluation).
 #
 # A stage whose model already exists is skipped, so an interrupted run continues where it stopped
@@ -124,6 +126,22 @@ if [ ! -f "$out/data/.complete" ]; then
   touch "$out/data/.complete"
 fi
 
+# Unlabelled scans of the training sites for student_semi: sites A and C (seeds 500.., 2500..)
+# beside the site-B ones above, segmentations deleted. Made only when that stage is wanted.
+if wanted student_semi && [ ! -f "$out/data/.complete_unlabeled_ABC" ]; then
+  rm -rf "$out/data/unlabeled_AC" "$out/data/unlabeled_ABC"
+  log "phantoms: $n_unlabeled unlabelled cases per site A and C"
+  phantoms "$out/data/unlabeled_AC" "$n_unlabeled" 500 A
+  phantoms "$out/data/unlabeled_AC" "$n_unlabeled" 2500 C
+  find "$out/data/unlabeled_AC" -name '*_seg.nii.gz' -delete
+  mkdir -p "$out/data/unlabeled_ABC"
+  for case in "$out"/data/unlabeled_AC/*/ "$out"/data/unlabeled_B/*/; do
+    from_dir=$(basename "$(dirname "$case")")
+    ln -sfn "../$from_dir/$(basename "$case")" "$out/data/unlabeled_ABC/$(basename "$case")"
+  done
+  touch "$out/data/.complete_unlabeled_ABC"
+fi
+
 common=(--batch-size 2 --num-workers "$workers" --device "$device"
         --seed "${SEED:-0}" --set steps_per_epoch="$steps" --set val_fraction=0.12
         --set val_roi_size=[192,192,160] --set cache=memory)
@@ -206,5 +224,14 @@ brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
   --out "$out/student_corrected.safetensors" --set kd_dice_weight=1 --label-correction \
   "${student_common[@]}" "${common[@]}"
 evaluate student_corrected
+
+# Semi-supervised KD: the same labelled cases and steps, one unlabelled scan per two labelled
+# cases drawn from the three sites' unlabelled scans (teacher targets only).
+stage student_semi "label-corrected KD, plus unlabelled scans of the training sites" &&
+brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
+  --out "$out/student_semi.safetensors" --set kd_dice_weight=1 --label-correction \
+  --unlabeled "$out/data/unlabeled_ABC" --set unlabeled_weight=0.5 \
+  "${student_common[@]}" "${common[@]}"
+evaluate student_semi
 
 log "done: models, run folders and per-case scores in $out/"
