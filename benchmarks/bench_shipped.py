@@ -8,17 +8,17 @@ through :func:`bench_inference.run_in_subprocess`.
 
 Columns: parameters, GFLOPs per forward (on the brain crop of the timed case), CPU seconds per
 case (median), peak RSS, training time, and Dice / HD95 for WT, TC and ET over every held-out
-case of every site. Rows (those the folder has): the teacher, the distilled student
-(``student``), one distilled from cached teacher outputs (``student_cached``) and the same with
-three times the steps (``student_long``), the same student without KD with both budgets
-(``student_nokd``, ``student_nokd_long``), a T1c + FLAIR student (cross-modal) and one with
-attention transfer (``student_attention``), and the label-corrected student distilled also on
-unlabelled scans of the training sites (``student_semi``); ``--shipped`` names the one that ships. A second
-table compares, on held-out site B, students distilled on sites A and C with and without
-unlabelled site-B scans (domain adaptation); a third puts each KD student beside the no-KD one
-with the same steps (``KD_PAIRS``), for this folder and every ``--compare`` folder (other seeds
-or budgets with the same teacher and held-out phantoms), and sums them up per KD variant and
-budget: mean Dice relative to the teacher, and the KD - no KD differences over seeds.
+case of every site. Rows (those the folder has): the teacher, the distilled student (``student``),
+one distilled from cached teacher outputs (``student_cached``) and the same with three times the
+steps (``student_long``), the same student without KD with both budgets (``student_nokd``,
+``student_nokd_long``), a T1c + FLAIR student (cross-modal) and one with attention transfer
+(``student_attention``), and the label-corrected student distilled also on unlabelled scans of the
+training sites (``student_semi``); ``--shipped`` names the one that ships. A second table compares,
+on held-out site B, students distilled on sites A and C with and without unlabelled site-B scans
+(domain adaptation); a third puts each KD student beside the no-KD one with the same steps
+(``KD_PAIRS``), for this folder and every ``--compare`` folder (other seeds or budgets with the
+same teacher and held-out phantoms), and sums them up per KD variant and budget: mean Dice relative
+to the teacher, and the KD - no KD differences over seeds.
 
 Usage::
 
