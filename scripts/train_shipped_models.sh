@@ -11,7 +11,8 @@
 #                     (--label-correction: where the teacher is wrong, its confidence on the
 #                     label's side);
 #   student_semi      the label-corrected student distilled also on unlabelled scans of the
-#                     training sites (14 per site, teacher targets only), which only KD can use;
+#                     training sites (N_SEMI per site, teacher targets only), which only KD can
+#                     use (with cache=memory, 37 + 21 cases need about 15 GB);
 #   student_AC, student_AC_adaptB
 #                     students distilled on labelled sites A and C only, the second also on
 #                     unlabelled site-B scans (teacher targets only): domain adaptation, scored
@@ -29,7 +30,7 @@
 #   FROM_RUN=runs/shipped SHIP_DIR=runs/b1000_s1 SEED=1 STUDENT_EPOCHS=40 \
 #     STAGES="student_corrected student_nokd" bash scripts/train_shipped_models.sh  # another budget
 #
-# Settings (environment): SHIP_DIR, N_TRAIN, N_TEST, N_UNLABELED (phantoms), TEACHER_ARCH,
+# Settings (environment): SHIP_DIR, N_TRAIN, N_TEST, N_UNLABELED, N_SEMI (phantoms), TEACHER_ARCH,
 # TEACHER_PATCH, TEACHER_EPOCHS, TEACHER_MINUTES, STUDENT_EPOCHS, STUDENT_MINUTES,
 # STEPS_PER_EPOCH, DEVICE, NUM_WORKERS, ALPHA, TEMPERATURE, TEACHER_TARGETS, ATTENTION_WEIGHT,
 # SEED (training: split, initialisation, patches; the phantoms keep theirs), FROM_RUN (share
@@ -56,6 +57,7 @@ out=${SHIP_DIR:-runs/shipped}
 n_train=${N_TRAIN:-14}            # labelled cases per site (sites A, B and C)
 n_test=${N_TEST:-4}               # held-out cases per site
 n_unlabeled=${N_UNLABELED:-14}    # unlabelled site-B cases for domain adaptation
+n_semi=${N_SEMI:-7}               # unlabelled cases per site for student_semi
 teacher_arch=${TEACHER_ARCH:-segresnet-halfres}
 teacher_patch=${TEACHER_PATCH:-96}
 teacher_epochs=${TEACHER_EPOCHS:-36}
@@ -126,19 +128,16 @@ if [ ! -f "$out/data/.complete" ]; then
   touch "$out/data/.complete"
 fi
 
-# Unlabelled scans of the training sites for student_semi: sites A and C (seeds 500.., 2500..)
-# beside the site-B ones above, segmentations deleted. Made only when that stage is wanted.
+# Unlabelled scans of the training sites for student_semi, segmentations deleted: $n_semi per site
+# (seeds 500.., 1500.., 2500..; site B's are the first of unlabeled_B's). Made only when wanted.
 if wanted student_semi && [ ! -f "$out/data/.complete_unlabeled_ABC" ]; then
-  rm -rf "$out/data/unlabeled_AC" "$out/data/unlabeled_ABC"
-  log "phantoms: $n_unlabeled unlabelled cases per site A and C"
-  phantoms "$out/data/unlabeled_AC" "$n_unlabeled" 500 A
-  phantoms "$out/data/unlabeled_AC" "$n_unlabeled" 2500 C
-  find "$out/data/unlabeled_AC" -name '*_seg.nii.gz' -delete
-  mkdir -p "$out/data/unlabeled_ABC"
-  for case in "$out"/data/unlabeled_AC/*/ "$out"/data/unlabeled_B/*/; do
-    from_dir=$(basename "$(dirname "$case")")
-    ln -sfn "../$from_dir/$(basename "$case")" "$out/data/unlabeled_ABC/$(basename "$case")"
+  rm -rf "$out/data/unlabeled_ABC"
+  log "phantoms: $n_semi unlabelled cases per site (A, B, C)"
+  for i in 0 1 2; do
+    site=$(echo A B C | cut -d' ' -f$((i + 1)))
+    phantoms "$out/data/unlabeled_ABC" "$n_semi" $((500 + i * 1000)) "$site"
   done
+  find "$out/data/unlabeled_ABC" -name '*_seg.nii.gz' -delete
   touch "$out/data/.complete_unlabeled_ABC"
 fi
 

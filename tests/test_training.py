@@ -504,6 +504,45 @@ def test_out_of_memory_filling_the_memory_cache_suggests_the_disk_cache(
         train_teacher(_teacher_cfg(data_dir, tmp_path / "run", "cache=memory"))
 
 
+def test_memory_cache_estimate_is_about_what_the_cache_keeps(data_dir) -> None:
+    from napari_brats_kd.training.data import LoadCased, discover_cases, memory_cache_bytes
+
+    entries = discover_cases(data_dir / "siteA")
+    loader = LoadCased(("t1c", "t1", "t2", "flair"))
+    kept = sum(
+        sum(v.nbytes for v in loader({"case_id": e.case_id, "path": str(e.path)}).values()
+            if hasattr(v, "nbytes"))
+        for e in entries
+    )  # fmt: skip
+    estimate = memory_cache_bytes(len(entries), entries[0], 4, 3)
+    assert 0.7 * kept < estimate < 1.3 * kept
+    # Cached teacher outputs (float16 per region) add a quarter more or so.
+    with_targets = memory_cache_bytes(len(entries), entries[0], 4, 3, teacher_targets=True)
+    assert with_targets > 1.2 * estimate
+
+
+def test_a_memory_cache_that_does_not_fit_is_refused_before_any_work(
+    data_dir, teacher_ckpt, tmp_path, monkeypatch
+) -> None:
+    import napari_brats_kd.device as device
+
+    # 1 MiB free: nothing is loaded, and the teacher's outputs are not cached, before the refusal.
+    monkeypatch.setattr(device, "available_memory", lambda _device: 2**20)
+    run = tmp_path / "run"
+    cfg = _distill_cfg(data_dir, teacher_ckpt, run, "cache=memory", "teacher_targets=cached")
+    # 2 training, 2 unlabelled and 1 validation case.
+    with pytest.raises(ResourceError, match=r"would keep 5 cases .* MiB in all, but 1 MiB .*: use "
+                       "cache: disk"):  # fmt: skip
+        distill(cfg)
+    assert not list(run.glob("cache/teacher_targets/*/*.npy"))
+    assert not (run / "last.safetensors").exists()
+    # The suggested disk cache is not refused (with the real free memory: the teacher's own
+    # memory check would refuse 1 MiB).
+    monkeypatch.undo()
+    distill(replace(cfg, cache="disk"))
+    assert (run / "last.safetensors").is_file()
+
+
 def test_teacher_modalities_missing_from_data(data_dir, teacher_ckpt, tmp_path) -> None:
     data = tmp_path / "data"
     shutil.copytree(data_dir / "siteA", data)

@@ -132,8 +132,8 @@ class TrainConfig:
         Split of ``data_dir`` (seeded) or a user's JSON ``{"train": [...], "val": [...],
         "test": [...]}`` of case ids; ``max_cases`` caps the cases used (quick runs).
     cache
-        ``"memory"`` (MONAI CacheDataset), ``"disk"`` (PersistentDataset in ``cache_dir``) or
-        ``"none"``.
+        ``"memory"`` (MONAI CacheDataset; refused before loading when it would not fit in the
+        free memory), ``"disk"`` (PersistentDataset in ``cache_dir``) or ``"none"``.
     num_workers
         DataLoader worker processes (augmentation runs there).
     augment

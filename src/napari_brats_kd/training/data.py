@@ -532,6 +532,83 @@ def build_dataset(
     return _KeepUserErrors(dataset)
 
 
+#: Share of a BraTS-sized field of view inside the brain (0.15-0.25 in phantoms and real scans):
+#: the cache keeps an int64 index per brain voxel for patch sampling.
+_BRAIN_FRACTION = 0.25
+#: Share of the available memory the memory cache may take; the rest is for the network, its
+#: batches, DataLoader workers and (in napari) the viewer.
+MEMORY_CACHE_SHARE = 0.8
+
+
+def memory_cache_bytes(
+    n_cases: int,
+    example: CaseEntry,
+    n_channels: int,
+    n_regions: int,
+    teacher_targets: bool = False,
+    min_size: Sequence[int] | None = None,
+) -> int:
+    """About how many bytes ``cache: memory`` keeps for ``n_cases`` cases the size of ``example``.
+
+    Per voxel: the normalised image (float32 per channel), the region labels (uint8 each), cached
+    teacher outputs (float16 each) and the patch sampler's brain indices.
+    """
+    import nibabel as nib
+
+    from ..naming import case_files
+
+    found = case_files(example.path)
+    first = next(iter(found.images.values()), found.multichannel[0] if found.multichannel else None)
+    if first is None:
+        return 0
+    voxels = float(np.prod(nib.load(str(first)).shape[:3]))
+    if min_size is not None:  # smaller volumes are padded to one patch
+        voxels = max(voxels, float(np.prod(min_size)))
+    per_voxel = 4 * n_channels + n_regions + 8 * _BRAIN_FRACTION
+    if teacher_targets:
+        per_voxel += 2 * n_regions
+    return int(n_cases * voxels * per_voxel)
+
+
+def check_memory_cache(needed: int, n_cases: int, processes: int = 1) -> None:
+    """Refuse a memory cache that would not fit, before minutes of loading end in the system
+    killing the process (and, in napari, the viewer with it).
+
+    Parameters
+    ----------
+    needed
+        Bytes one process keeps (:func:`memory_cache_bytes`).
+    n_cases
+        Cases it keeps (for the message).
+    processes
+        Processes on this machine that each keep a cache (``torchrun``'s ``LOCAL_WORLD_SIZE``).
+
+    Raises
+    ------
+    ResourceError
+        If the caches would take more than :data:`MEMORY_CACHE_SHARE` of the available memory.
+    """
+    import torch
+
+    from ..device import available_memory
+
+    available = available_memory(torch.device("cpu"))
+    total = needed * processes
+    if available is None or total <= MEMORY_CACHE_SHARE * available:
+        return
+    each = f" in each of {processes} processes" if processes > 1 else ""
+    raise ResourceError(
+        f"cache: memory would keep {n_cases} cases{each} in memory, about {_size(total)} in "
+        f"all, but {_size(available)} is available: use cache: disk (each case "
+        "stored once in cache_dir and read from there at every step), cache: none, or fewer "
+        "cases (max_cases)."
+    )
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says that memory ran out (CPU or GPU, as PyTorch and Python word it)."""
     import torch
@@ -552,10 +629,12 @@ __all__ = [
     "PoolSampler",
     "build_dataset",
     "case_stamp",
+    "check_memory_cache",
     "discover_cases",
     "first_case_info",
     "is_out_of_memory",
     "make_split",
+    "memory_cache_bytes",
     "patch_transforms",
     "read_split",
     "user_error_in",

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import os
 import random
 import shutil
 import time
@@ -71,10 +72,12 @@ from .data import (
     LoadCased,
     PoolSampler,
     build_dataset,
+    check_memory_cache,
     discover_cases,
     first_case_info,
     is_out_of_memory,
     make_split,
+    memory_cache_bytes,
     patch_transforms,
     read_split,
     user_error_in,
@@ -668,6 +671,29 @@ def _run_in_context(
         if distill
         else "none"
     )
+    if cfg.cache == "memory":
+        # Checked before the teacher's outputs are cached (minutes on a CPU) and before loading.
+        # Every process keeps its own cache; only rank 0 keeps the validation cases.
+        keep = [*train_entries, *unlab_entries]
+        need = memory_cache_bytes(
+            len(keep), keep[0], len(needed), len(model_cfg.regions),
+            teacher_targets=targets_mode == "cached", min_size=cfg.patch_size,
+        )  # fmt: skip
+        if val_entries and ctx.is_main:
+            keep += val_entries
+            need += memory_cache_bytes(
+                len(val_entries), val_entries[0], len(needed), len(model_cfg.regions)
+            )
+        refused: ResourceError | None = None
+        try:
+            check_memory_cache(need, len(keep), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ResourceError as exc:
+            refused = exc
+        # All processes stop together: one that went on would wait for the others forever.
+        if dd.any_true(refused is not None, ctx):
+            raise refused or ResourceError(
+                "cache: memory does not fit on another process's machine: use cache: disk."
+            )
     extra_loads: list = []
     if targets_mode == "cached":
         # The teacher runs once per training case here instead of on every patch.
