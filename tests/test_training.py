@@ -531,8 +531,8 @@ def test_a_memory_cache_that_does_not_fit_is_refused_before_any_work(
     run = tmp_path / "run"
     cfg = _distill_cfg(data_dir, teacher_ckpt, run, "cache=memory", "teacher_targets=cached")
     # 2 training, 2 unlabelled and 1 validation case.
-    with pytest.raises(ResourceError, match=r"would keep 5 cases .* MiB in all, but 1 MiB .*: use "
-                       "cache: disk"):  # fmt: skip
+    with pytest.raises(ResourceError, match=r"would keep 5 cases .* MiB in all, but 1 MiB .*: set "
+                       "cache=disk"):  # fmt: skip
         distill(cfg)
     assert not list(run.glob("cache/teacher_targets/*/*.npy"))
     assert not (run / "last.safetensors").exists()

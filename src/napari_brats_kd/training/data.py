@@ -599,9 +599,9 @@ def check_memory_cache(needed: int, n_cases: int, processes: int = 1) -> None:
     each = f" in each of {processes} processes" if processes > 1 else ""
     raise ResourceError(
         f"cache: memory would keep {n_cases} cases{each} in memory, about {_size(total)} in "
-        f"all, but {_size(available)} is available: use cache: disk (each case "
-        "stored once in cache_dir and read from there at every step), cache: none, or fewer "
-        "cases (max_cases)."
+        f"all, but {_size(available)} is available: set cache=disk (each case stored once in "
+        "cache_dir and read from there at every step), cache=none, or fewer cases (max_cases=N); "
+        "with --set on the command line, in Extra settings in the training widget."
     )
 
 
