@@ -90,7 +90,7 @@ MODELS = {
         "sites (teacher targets only; one per two labelled cases)",
     ),
 }
-#: KD-vs-no-KD pairs (same data, code, steps and seed): KD stem -> no-KD stem.
+#: KD-vs-no-KD pairs (same labelled data, code, steps and seed): KD stem -> no-KD stem.
 KD_PAIRS = {
     "student": "student_nokd",
     "student_cached": "student_nokd",
@@ -164,8 +164,8 @@ def describe(ckpt: Path) -> tuple[str, str, str]:
 
 
 def kd_pairs(runs: list[Path], teacher: float | None) -> tuple[list[str], list[str]]:
-    """KD against no KD: a row per pair in each run folder (same data, code, steps and seed
-    within a pair), and a summary per KD variant and step budget over the folders (seeds).
+    """KD against no KD: a row per pair in each run folder (same labelled data, code, steps and
+    seed within a pair; ``student_semi`` also learns from unlabelled scans), and a summary per KD variant and step budget over the folders (seeds).
 
     The summary is what the bar "KD student >= 97 % of the teacher and better than the same
     student without KD for the same budget" needs: the KD students' mean Dice relative to
@@ -223,8 +223,9 @@ def kd_tables(runs: list[Path], teacher: float | None) -> list[str]:
         return []
     return [
         "",
-        "KD against no KD (each pair: same data, code, steps and seed; all held-out cases; "
-        "KD / teacher: relative to the teacher's mean Dice on the same cases):",
+        "KD against no KD (each pair: same labelled data, code, steps and seed, the "
+        "`student_semi` students also learning from unlabelled scans of the training sites; all "
+        "held-out cases; KD / teacher: relative to the teacher's mean Dice on the same cases):",
         "",
         "| run / KD student | seed | steps | teacher targets | KD mean Dice | KD / teacher "
         "| no-KD mean Dice | KD - no KD | cases KD ahead | HD95 WT / TC / ET, KD vs no KD (mm) |",

@@ -129,16 +129,19 @@ if [ ! -f "$out/data/.complete" ]; then
 fi
 
 # Unlabelled scans of the training sites for student_semi, segmentations deleted: $n_semi per site
-# (seeds 500.., 1500.., 2500..; site B's are the first of unlabeled_B's). Made only when wanted.
-if wanted student_semi && [ ! -f "$out/data/.complete_unlabeled_ABC" ]; then
-  rm -rf "$out/data/unlabeled_ABC"
+# (seeds 500.., 1500.., 2500..; site B's are the first of unlabeled_B's). Made only when wanted,
+# in a folder of this process moved into place when complete: with FROM_RUN the data folder is
+# shared, and a run started beside this one may be making them too.
+if wanted student_semi && [ ! -d "$out/data/unlabeled_ABC" ]; then
+  part="$out/data/unlabeled_ABC.part$$"
+  rm -rf "$part"
   log "phantoms: $n_semi unlabelled cases per site (A, B, C)"
   for i in 0 1 2; do
     site=$(echo A B C | cut -d' ' -f$((i + 1)))
-    phantoms "$out/data/unlabeled_ABC" "$n_semi" $((500 + i * 1000)) "$site"
+    phantoms "$part" "$n_semi" $((500 + i * 1000)) "$site"
   done
-  find "$out/data/unlabeled_ABC" -name '*_seg.nii.gz' -delete
-  touch "$out/data/.complete_unlabeled_ABC"
+  find "$part" -name '*_seg.nii.gz' -delete
+  mv -T "$part" "$out/data/unlabeled_ABC" 2>/dev/null || rm -rf "$part"  # the other run's won
 fi
 
 common=(--batch-size 2 --num-workers "$workers" --device "$device"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from _model_helpers import make_case, pointwise_model, tiny_student
 from napari_brats_kd import inference
@@ -305,3 +307,50 @@ def test_real_case_segments_onto_its_own_grid(real_data_dir, tmp_path):
     written = nib.load(out)
     np.testing.assert_allclose(written.affine, source.affine)
     assert written.shape == source.shape
+
+
+def _cgroup_tree(root: Path, group: str, files: dict[str, str]) -> None:
+    node = root / group.strip("/")
+    node.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (node / name).write_text(text)
+
+
+def test_a_container_or_job_memory_limit_counts_as_the_free_memory(tmp_path) -> None:
+    from napari_brats_kd.device import cgroup_free_memory
+
+    gib = 2**30
+    # cgroup v2: a SLURM job limited to 8 GiB using 5 GiB, 1 GiB of it reclaimable page cache;
+    # the step below it has no limit of its own.
+    proc = tmp_path / "cgroup_v2"
+    proc.write_text("0::/job_7/step_0\n")
+    _cgroup_tree(tmp_path / "v2", "/job_7", {
+        "memory.max": f"{8 * gib}\n", "memory.current": f"{5 * gib}\n",
+        "memory.stat": f"anon {4 * gib}\ninactive_file {gib}\n",
+    })  # fmt: skip
+    _cgroup_tree(tmp_path / "v2", "/job_7/step_0", {"memory.max": "max\n", "memory.current": "0"})
+    assert cgroup_free_memory(tmp_path / "v2", proc) == 4 * gib
+    # cgroup v1 (Docker --memory 2g, 0.5 GiB used); "no limit" is 2^63 rounded down to pages.
+    proc = tmp_path / "cgroup_v1"
+    proc.write_text("5:cpu:/\n4:memory:/docker/abc\n")
+    _cgroup_tree(tmp_path / "v1" / "memory", "/docker/abc", {
+        "memory.limit_in_bytes": f"{2 * gib}", "memory.usage_in_bytes": f"{gib // 2}",
+    })  # fmt: skip
+    _cgroup_tree(tmp_path / "v1" / "memory", "/", {
+        "memory.limit_in_bytes": "9223372036854771712", "memory.usage_in_bytes": f"{20 * gib}",
+    })  # fmt: skip
+    assert cgroup_free_memory(tmp_path / "v1", proc) == gib + gib // 2
+    # No limit anywhere, or no cgroup file (not Linux): None, and the system figure is used.
+    proc.write_text("4:memory:/\n")
+    assert cgroup_free_memory(tmp_path / "v1", proc) is None
+    assert cgroup_free_memory(tmp_path / "v1", tmp_path / "missing") is None
+
+
+def test_free_cpu_memory_is_the_smaller_of_the_machines_and_the_limits(monkeypatch) -> None:
+    import napari_brats_kd.device as device
+
+    monkeypatch.setattr(device, "_system_available", lambda: 16 * 2**30)
+    monkeypatch.setattr(device, "cgroup_free_memory", lambda: 2 * 2**30)
+    assert device.available_memory(torch.device("cpu")) == 2 * 2**30
+    monkeypatch.setattr(device, "cgroup_free_memory", lambda: None)
+    assert device.available_memory(torch.device("cpu")) == 16 * 2**30

@@ -500,7 +500,7 @@ def test_out_of_memory_filling_the_memory_cache_suggests_the_disk_cache(
     from monai import data as md
 
     monkeypatch.setattr(md, "CacheDataset", _no_memory)
-    with pytest.raises(ResourceError, match="cache: disk"):
+    with pytest.raises(ResourceError, match="set cache=disk"):
         train_teacher(_teacher_cfg(data_dir, tmp_path / "run", "cache=memory"))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ResourceError
@@ -65,23 +66,109 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes that can still be allocated on ``device`` (``None`` when unknown, e.g. MPS)."""
+    """Bytes that can still be allocated on ``device`` (``None`` when unknown, e.g. MPS).
+
+    On a CPU: the system's available memory (free plus reclaimable caches), or less when this
+    process runs under a memory limit of its own (a container, a batch job's ``--mem``).
+    """
     import torch
 
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    if device.type == "cpu":
-        try:
-            import psutil
+    if device.type != "cpu":
+        return None
+    system = _system_available()
+    limited = cgroup_free_memory()
+    if limited is not None and (system is None or limited < system):
+        return limited
+    return system
 
-            return int(psutil.virtual_memory().available)
-        except ImportError:  # psutil is optional; fall back to sysconf on POSIX
-            try:
-                return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-            except (ValueError, OSError, AttributeError):
-                return None
-    return None
+
+def _system_available() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # psutil is optional
+        pass
+    try:  # Linux: MemAvailable counts the page cache the kernel would give back (MemFree does not)
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: Limits at or above this are "no limit" (cgroup v1 writes 2^63 rounded to pages).
+_NO_LIMIT = 2**60
+
+
+def cgroup_free_memory(
+    root: str | os.PathLike = "/sys/fs/cgroup", proc_cgroup: str | os.PathLike = "/proc/self/cgroup"
+) -> int | None:
+    """Bytes left under the memory limits of this process's control groups (Linux).
+
+    A container or a batch job (Docker ``--memory``, SLURM ``--mem``) is killed at its group's
+    limit however much memory the machine has free. The limits of the process's group and of every
+    group above it count (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``); usage counts
+    without the inactive page cache, which the kernel reclaims first.
+
+    Returns
+    -------
+    int or None
+        The smallest headroom, or ``None`` without a limit (or off Linux).
+    """
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    best: int | None = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, group = parts
+        if controllers == "":  # cgroup v2
+            base, files = Path(root), ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):  # cgroup v1
+            base = Path(root) / "memory"
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        node = base / group.strip("/")
+        while True:
+            free = _group_headroom(node, *files)
+            if free is not None:
+                best = free if best is None else min(best, free)
+            if node == base or base not in node.parents:
+                break
+            node = node.parent
+    return best
+
+
+def _group_headroom(node: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        limit_text = (node / limit_file).read_text().strip()
+        if limit_text == "max" or int(limit_text) >= _NO_LIMIT:
+            return None
+        usage = int((node / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    inactive = 0
+    try:
+        for line in (node / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                inactive = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(0, int(limit_text) - usage + inactive)
 
 
 @dataclass(frozen=True)

@@ -514,8 +514,7 @@ def build_dataset(
             if is_out_of_memory(exc):
                 raise ResourceError(
                     f"Out of memory while loading {len(items)} case(s) into memory (cache: "
-                    "memory): use cache: disk (cases stored once on disk, read at every step) or "
-                    "cache: none."
+                    f"memory): {CACHE_REMEDY}."
                 ) from exc
             raise
     elif cache == "disk":
@@ -538,6 +537,13 @@ _BRAIN_FRACTION = 0.25
 #: Share of the available memory the memory cache may take; the rest is for the network, its
 #: batches, DataLoader workers and (in napari) the viewer.
 MEMORY_CACHE_SHARE = 0.8
+#: What to do when the memory cache does not fit, in the key=value form that works both with
+#: ``--set`` and in the training widget's Extra settings.
+CACHE_REMEDY = (
+    "set cache=disk (each case stored once in cache_dir, about as large as in memory, and read "
+    "from there at every step) or cache=none (the NIfTI files read at every step); with --set "
+    "on the command line, in Extra settings in the training widget"
+)
 
 
 def memory_cache_bytes(
@@ -552,7 +558,14 @@ def memory_cache_bytes(
 
     Per voxel: the normalised image (float32 per channel), the region labels (uint8 each), cached
     teacher outputs (float16 each) and the patch sampler's brain indices.
+
+    Raises
+    ------
+    OSError, nibabel.filebasedimages.ImageFileError
+        If the example's image header cannot be read.
     """
+    import itertools
+
     import nibabel as nib
 
     from ..naming import case_files
@@ -561,47 +574,66 @@ def memory_cache_bytes(
     first = next(iter(found.images.values()), found.multichannel[0] if found.multichannel else None)
     if first is None:
         return 0
-    voxels = float(np.prod(nib.load(str(first)).shape[:3]))
-    if min_size is not None:  # smaller volumes are padded to one patch
-        voxels = max(voxels, float(np.prod(min_size)))
+    shape = nib.load(str(first)).shape[:3]
+    voxels = float(np.prod(shape))
+    if min_size is not None:
+        # Smaller volumes are padded to one patch, axis by axis (in the model's axis order, which
+        # may not be the file's: the largest of the pairings).
+        voxels = max(
+            float(np.prod([max(s, p) for s, p in zip(shape, order, strict=True)]))
+            for order in itertools.permutations(min_size)
+        )
     per_voxel = 4 * n_channels + n_regions + 8 * _BRAIN_FRACTION
     if teacher_targets:
         per_voxel += 2 * n_regions
     return int(n_cases * voxels * per_voxel)
 
 
-def check_memory_cache(needed: int, n_cases: int, processes: int = 1) -> None:
-    """Refuse a memory cache that would not fit, before minutes of loading end in the system
+@dataclass(frozen=True)
+class MemoryCacheVerdict:
+    """Whether the memory caches of the processes on this machine fit in its free memory."""
+
+    fits: bool
+    message: str
+
+
+def memory_cache_verdict(
+    per_process: int, once: int, n_cases: int, processes: int = 1
+) -> MemoryCacheVerdict | None:
+    """Check memory caches against the free memory before minutes of loading end in the system
     killing the process (and, in napari, the viewer with it).
 
     Parameters
     ----------
-    needed
-        Bytes one process keeps (:func:`memory_cache_bytes`).
+    per_process
+        Bytes every process keeps (the training cases; :func:`memory_cache_bytes`).
+    once
+        Bytes kept by one process only (rank 0's validation cases).
     n_cases
-        Cases it keeps (for the message).
+        Cases one process keeps at most (for the message).
     processes
-        Processes on this machine that each keep a cache (``torchrun``'s ``LOCAL_WORLD_SIZE``).
+        Processes on this machine that each keep a cache.
 
-    Raises
-    ------
-    ResourceError
-        If the caches would take more than :data:`MEMORY_CACHE_SHARE` of the available memory.
+    Returns
+    -------
+    MemoryCacheVerdict or None
+        ``None`` when the free memory is unknown.
     """
     import torch
 
     from ..device import available_memory
 
     available = available_memory(torch.device("cpu"))
-    total = needed * processes
-    if available is None or total <= MEMORY_CACHE_SHARE * available:
-        return
+    if available is None:
+        return None
+    total = per_process * processes + once
     each = f" in each of {processes} processes" if processes > 1 else ""
-    raise ResourceError(
-        f"cache: memory would keep {n_cases} cases{each} in memory, about {_size(total)} in "
-        f"all, but {_size(available)} is available: set cache=disk (each case stored once in "
-        "cache_dir and read from there at every step), cache=none, or fewer cases (max_cases=N); "
-        "with --set on the command line, in Extra settings in the training widget."
+    return MemoryCacheVerdict(
+        fits=total <= MEMORY_CACHE_SHARE * available,
+        message=(
+            f"cache: memory would keep {n_cases} cases{each} in memory, about {_size(total)} in "
+            f"all, but {_size(available)} is available: {CACHE_REMEDY}."
+        ),
     )
 
 
@@ -624,17 +656,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 __all__ = [
+    "CACHE_REMEDY",
+    "MEMORY_CACHE_SHARE",
     "CaseEntry",
     "LoadCased",
+    "MemoryCacheVerdict",
     "PoolSampler",
     "build_dataset",
     "case_stamp",
-    "check_memory_cache",
     "discover_cases",
     "first_case_info",
     "is_out_of_memory",
     "make_split",
     "memory_cache_bytes",
+    "memory_cache_verdict",
     "patch_transforms",
     "read_split",
     "user_error_in",

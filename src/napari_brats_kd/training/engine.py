@@ -67,17 +67,18 @@ from .config import (
     save_config,
 )
 from .data import (
+    CACHE_REMEDY,
     TEACHER,
     CaseEntry,
     LoadCased,
     PoolSampler,
     build_dataset,
-    check_memory_cache,
     discover_cases,
     first_case_info,
     is_out_of_memory,
     make_split,
     memory_cache_bytes,
+    memory_cache_verdict,
     patch_transforms,
     read_split,
     user_error_in,
@@ -673,27 +674,31 @@ def _run_in_context(
     )
     if cfg.cache == "memory":
         # Checked before the teacher's outputs are cached (minutes on a CPU) and before loading.
-        # Every process keeps its own cache; only rank 0 keeps the validation cases.
+        # Every process on this machine keeps its own cache of the training cases; rank 0 also
+        # keeps the validation cases. Every rank computes the same sum, so all decide alike.
         keep = [*train_entries, *unlab_entries]
-        need = memory_cache_bytes(
-            len(keep), keep[0], len(needed), len(model_cfg.regions),
-            teacher_targets=targets_mode == "cached", min_size=cfg.patch_size,
-        )  # fmt: skip
-        if val_entries and ctx.is_main:
-            keep += val_entries
-            need += memory_cache_bytes(
-                len(val_entries), val_entries[0], len(needed), len(model_cfg.regions)
-            )
-        refused: ResourceError | None = None
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
         try:
-            check_memory_cache(need, len(keep), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        except ResourceError as exc:
-            refused = exc
-        # All processes stop together: one that went on would wait for the others forever.
-        if dd.any_true(refused is not None, ctx):
-            raise refused or ResourceError(
-                "cache: memory does not fit on another process's machine: use cache: disk."
+            per_process = memory_cache_bytes(
+                len(keep), keep[0], len(needed), len(model_cfg.regions),
+                teacher_targets=targets_mode == "cached", min_size=cfg.patch_size,
+            )  # fmt: skip
+            once = (
+                memory_cache_bytes(len(val_entries), val_entries[0], len(needed),
+                                   len(model_cfg.regions))
+                if val_entries else 0
+            )  # fmt: skip
+            verdict = memory_cache_verdict(
+                per_process, once, len(keep) + len(val_entries), processes
             )
+        except Exception:  # an unreadable case is reported, with its name, when it is loaded
+            verdict = None
+        # All processes stop together: one that went on would wait for the others forever.
+        if dd.any_true(verdict is not None and not verdict.fits, ctx):
+            raise ResourceError(
+                verdict.message if verdict is not None
+                else f"cache: memory does not fit in another process's memory: {CACHE_REMEDY}."
+            )  # fmt: skip
     extra_loads: list = []
     if targets_mode == "cached":
         # The teacher runs once per training case here instead of on every patch.
