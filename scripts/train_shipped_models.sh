@@ -129,9 +129,9 @@ if [ ! -f "$out/data/.complete" ]; then
 fi
 
 # Unlabelled scans of the training sites for student_semi, segmentations deleted: $n_semi per site
-# (seeds 500.., 1500.., 2500..; site B's are the first of unlabeled_B's). Made only when wanted,
-# in a folder of this process moved into place when complete: with FROM_RUN the data folder is
-# shared, and a run started beside this one may be making them too.
+# (seeds 500.., 1500.., 2500..; site B's seeds give the same scans as unlabeled_B's first ones).
+# Made only when wanted, in a folder of this process moved into place when complete: with
+# FROM_RUN the data folder is shared, and a run started beside this one may be making them too.
 if wanted student_semi && [ ! -d "$out/data/unlabeled_ABC" ]; then
   part="$out/data/unlabeled_ABC.part$$"
   rm -rf "$part"

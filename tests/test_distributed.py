@@ -102,9 +102,13 @@ TEACHER_ARGS = "model.arch_args={init_filters: 8, blocks_down: [1,1,1,1], dropou
 
 
 def _engine_run(
-    data_dir: str, run_dir: str, batch_size: int, teacher_ports: tuple[int, int] | None = None
+    data_dir: str,
+    run_dir: str,
+    batch_size: int,
+    distil_from: str,
+    teacher_ports: tuple[int, int] | None = None,
 ) -> None:
-    """Train a teacher, then distil a student from it (the DDP run's teacher, for both runs)."""
+    """Train a teacher, then distil a student from the teacher ``distil_from``."""
     import os
 
     from napari_brats_kd.training import distill, load_config, train_teacher
@@ -128,7 +132,7 @@ def _engine_run(
     student = load_config(
         "distill",
         [f"data_dir={data_dir}", f"run_dir={run_dir}/student", f"batch_size={batch_size}",
-         f"teacher={Path(data_dir).parent}/ddp/teacher/last.safetensors",
+         f"teacher={distil_from}",
          "model.arch=student-tiny", "teacher_targets=cached", *ENGINE_SETTINGS],
     )  # fmt: skip
     assert distill(student).history[0]["kd"] > 0
@@ -150,7 +154,7 @@ def _engine_worker(
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1"
     )
-    _engine_run(data_dir, run_dir, batch_size=1, teacher_ports=ports)
+    _engine_run(data_dir, run_dir, 1, f"{run_dir}/teacher/last.safetensors", teacher_ports=ports)
 
 
 @pytest.mark.slow
@@ -164,7 +168,9 @@ def test_train_and_distill_under_two_processes_match_one_process(tmp_path: Path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the two processes: the same kernels, the same rounding
     try:
-        _engine_run(str(data), str(tmp_path / "single"), batch_size=2)
+        _engine_run(
+            str(data), str(tmp_path / "single"), 2, str(tmp_path / "ddp/teacher/last.safetensors")
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -193,7 +199,7 @@ def test_train_and_distill_under_two_processes_match_one_process(tmp_path: Path)
     assert len(list((tmp_path / "ddp" / "student").glob("cache/teacher_targets/*/*.npy"))) == 2
 
 
-def _refusing_worker(rank: int, ports: tuple[int, int], data_dir: str, out_dir: str) -> None:
+def _refusing_worker(rank: int, ports: tuple[int, ...], data_dir: str, out_dir: str) -> None:
     import os
 
     import napari_brats_kd.device as device
