@@ -58,6 +58,32 @@ def test_binary_kl_matches_definition() -> None:
     assert binary_kl_divergence(t, s).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_binary_kl_value_and_gradient_match_the_textbook_form_for_any_logits() -> None:
+    # The fused form (cross-entropy minus the teacher's entropy) must give the same divergence
+    # and the same pull on the student as the four-log-sigmoid form, also for saturated logits.
+    import torch.nn.functional as F
+
+    t = torch.cat([_logits(1, 3, 4, 4, 4), torch.full((1, 3, 4, 4, 4), 30.0)], 0)
+    t[1, 1] = -30.0
+    s0 = torch.cat([_logits(1, 3, 4, 4, 4), torch.full((1, 3, 4, 4, 4), -25.0)], 0)
+    for temperature in (1.0, 2.0, 4.0):
+        s = s0.clone().requires_grad_(True)
+        teacher = t.clone().requires_grad_(True)
+        fused = binary_kl_divergence(teacher, s, temperature)
+        fused.sum().backward()
+        s_ref = s0.clone().requires_grad_(True)
+        a, b = t / temperature, s_ref / temperature
+        p = torch.sigmoid(a)
+        textbook = p * (F.logsigmoid(a) - F.logsigmoid(b)) + (1 - p) * (
+            F.logsigmoid(-a) - F.logsigmoid(-b)
+        )
+        textbook = textbook.flatten(1).mean(1)
+        textbook.sum().backward()
+        assert torch.allclose(fused, textbook, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(s.grad, s_ref.grad, rtol=1e-5, atol=1e-9)
+        assert teacher.grad is None  # the teacher is a constant
+
+
 def test_supervised_mask_ignores_unlabelled_samples() -> None:
     logits = _logits(2, 3, 6, 6, 6)
     target = (torch.rand(2, 3, 6, 6, 6) > 0.7).float()
