@@ -244,3 +244,28 @@ def test_a_memory_cache_refused_on_one_process_stops_all_of_them(tmp_path: Path)
     for rank in (0, 1):
         assert "set cache=disk" in (tmp_path / f"refused_{rank}.txt").read_text()
     assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_an_epoch_longer_than_one_pass_reshuffles_every_pass_on_every_rank() -> None:
+    """With ``steps_per_epoch`` above one pass of the cases, each rank's DistributedSampler would
+    replay one order pass after pass; every pass must be a new shuffle, with the ranks still
+    splitting each pass between them, and an epoch replayed on resume must repeat itself."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from napari_brats_kd.training.engine import _cycle
+
+    cases = list(range(8))
+
+    def passes(rank: int, epoch: int, n_passes: int = 3) -> list[list[int]]:
+        sampler = DistributedSampler(cases, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        sampler.set_epoch(epoch)  # as the training loop does at each epoch's start
+        batches = _cycle(DataLoader(cases, batch_size=1, sampler=sampler), epoch)
+        drawn = [int(next(batches)) for _ in range(4 * n_passes)]
+        return [drawn[i : i + 4] for i in range(0, len(drawn), 4)]
+
+    rank0, rank1 = passes(0, epoch=5), passes(1, epoch=5)
+    for a, b in zip(rank0, rank1, strict=True):
+        assert sorted(a + b) == cases  # each pass: the ranks share out all cases
+    assert len({tuple(p) for p in rank0}) == 3  # a new order every pass
+    assert passes(0, epoch=5) == rank0  # replaying the epoch draws the same
+    assert passes(0, epoch=6)[0] != rank0[0]

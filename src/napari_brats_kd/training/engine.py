@@ -419,9 +419,25 @@ def _amp_settings(cfg: TrainConfig, device: torch.device):
     return torch.float16, torch.cuda.amp.GradScaler()
 
 
-def _cycle(loader: Any) -> Iterator[dict]:
+#: Added to the epoch per extra pass of one epoch, for samplers that shuffle by epoch: far from
+#: any real epoch number, so no pass repeats another pass's order.
+_PASS_STRIDE = 1_000_003
+
+
+def _cycle(loader: Any, epoch: int = 0) -> Iterator[dict]:
+    """The batches of ``loader`` without end, each pass in a new order.
+
+    A plain ``RandomSampler`` reshuffles on its own; a ``DistributedSampler`` shuffles by its
+    epoch only, so an epoch of more steps than one pass (``steps_per_epoch``) would repeat the
+    same order pass after pass. Each further pass therefore gets its own sampler epoch (the same
+    on every rank, and the same when the epoch is replayed on resume).
+    """
+    passes = 0
     while True:
         yield from loader
+        passes += 1
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch + passes * _PASS_STRIDE)
 
 
 # --------------------------------------------------------------------------------- model setup
@@ -986,7 +1002,7 @@ def _run_in_context(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         ddp_model.train()
-        batches = _cycle(loader)
+        batches = _cycle(loader, epoch)
         sums = {"loss": 0.0, "supervised": 0.0, "kd": 0.0}
         if attention is not None:
             sums["attention"] = 0.0
