@@ -9,11 +9,11 @@ patches per step, ``cache: memory``, augmentation ``light``) trained two ways on
   --set kd_dice_weight=1``), as the shipped student was made.
 
 The teacher's outputs are computed first if the cache does not hold them yet (not timed). Each
-run trains ``--steps`` steps without validation; the table gives the median time of the steps
-after the first ``--skip`` (DataLoader start-up, allocator warm-up) and the patches per second
-that makes. ``--compare SRC`` runs the same measurement, in a subprocess, with another copy of the
-package (a ``src`` folder, e.g. of a ``git worktree`` at an older commit) for a before / after
-table on one machine::
+run trains ``--steps`` steps without validation; the table gives the median duration of the
+steps after the first ``--skip`` (DataLoader start-up, allocator warm-up) and the patches per
+second that makes. ``--compare SRC`` runs the same measurement, in a subprocess, with another
+copy of the package (a ``src`` folder, e.g. of a ``git worktree`` at an older commit) for a
+before / after table on one machine::
 
     git worktree add /tmp/before <commit>
     python benchmarks/bench_train_speed.py --compare /tmp/before/src
@@ -59,13 +59,13 @@ def code_version(src: Path) -> str:
 
 
 def make_data(folder: Path, n: int) -> Path:
-    """``n`` labelled 1 mm phantoms of site A (seeds 0..n-1), made once."""
+    """``n`` labelled 1 mm phantoms of site A (seeds 0..n-1), made once (again for more)."""
     from napari_brats_kd.phantom import write_phantom_dataset
 
-    done = folder / ".complete"
-    if not done.is_file():
+    done = folder / ".complete"  # holds how many cases were made
+    if not done.is_file() or int(done.read_text() or 0) < n:
         write_phantom_dataset(folder, n=n, seed=0, spacing=1.0)
-        done.touch()
+        done.write_text(str(n))
     return folder
 
 
@@ -78,7 +78,7 @@ def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
     torch.set_num_threads(a.threads)
     out: dict[str, dict[str, float]] = {}
     for variant in a.variants:
-        run = a.work / "runs" / f"{variant}-{os.getpid()}"
+        run = a.work / "runs" / f"{variant}-{len(out)}-{os.getpid()}"
         settings = [
             f"data_dir={a.data}",
             f"run_dir={run}",
@@ -98,10 +98,16 @@ def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
             "lr=0.002",
             f"seed={a.seed}",
         ]
+        # The start event comes just before the first step, progress after every step: the
+        # differences are the steps' durations, first step included.
         stamps: list[float] = []
 
         def progress(done: int, total: int, message: str, stamps: list[float] = stamps) -> None:
             stamps.append(time.perf_counter())
+
+        def on_event(event: dict, stamps: list[float] = stamps) -> None:
+            if event.get("type") == "start":
+                stamps.append(time.perf_counter())
 
         if variant == "kd":
             cfg = load_config(
@@ -110,12 +116,12 @@ def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
                  "teacher_targets=cached", "kd_label_correction=true", "kd_dice_weight=1",
                  "alpha=0.5", "temperature=2"],
             )  # fmt: skip
-            distill(cfg, progress=progress)
+            distill(cfg, progress=progress, on_event=on_event)
         else:
             cfg = load_config(
                 "teacher", [*settings, "model.kind=student", "model.arch=student-small"]
             )
-            train_teacher(cfg, progress=progress)
+            train_teacher(cfg, progress=progress, on_event=on_event)
         steps = [b - t for t, b in itertools.pairwise(stamps)][a.skip :]
         if not steps:
             raise SystemExit(f"--steps {a.steps} leaves no step after --skip {a.skip}")
@@ -130,7 +136,9 @@ def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter, allow_abbrev=False
+    )
     p.add_argument(
         "--data",
         type=Path,
@@ -161,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari_brats_kd
 
-    if a.teacher is None:
+    if a.teacher is None and "kd" in a.variants:
         from napari_brats_kd.models.registry import shipped_models
 
         a.teacher = next(m.path for m in shipped_models() if m.role == "teacher")
@@ -176,13 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [(code_version(here), measure(a))]
     if a.compare is not None:
         result = a.work / f"compare-{os.getpid()}.json"
-        forwarded = [x for x in (argv if argv is not None else sys.argv[1:])]
-        i = forwarded.index("--compare")
-        forwarded = forwarded[:i] + forwarded[i + 2 :]
+        # The child sees --compare too, but --json makes it measure and return before using it.
+        forwarded = list(argv if argv is not None else sys.argv[1:])
         env = {**os.environ, "PYTHONPATH": str(a.compare.resolve())}
         subprocess.run(
-            [sys.executable, __file__, *forwarded, "--data", str(a.data), "--teacher",
-             str(a.teacher), "--json", str(result)],
+            [sys.executable, __file__, *forwarded, "--data", str(a.data), "--json", str(result),
+             *(["--teacher", str(a.teacher)] if a.teacher is not None else [])],
             env=env, check=True,
         )  # fmt: skip
         compared = json.loads(result.read_text())

@@ -514,7 +514,7 @@ def build_dataset(
                 cache_rate=1.0,
                 num_workers=max(1, num_workers),
                 progress=False,
-                copy_cache=not _crops_first(random_transforms),
+                copy_cache=not _crops_first(transforms, len(loaders)),
             )
         except (RuntimeError, MemoryError) as exc:
             error = user_error_in(exc)
@@ -540,8 +540,9 @@ def build_dataset(
     return _KeepUserErrors(dataset)
 
 
-def _crops_first(random_transforms: Sequence | None) -> bool:
-    """Whether ``random_transforms`` start with :func:`patch_transforms`' crop and patch copy.
+def _crops_first(transforms: Any, n_cached: int) -> bool:
+    """Whether the memory cache's ``transforms`` (a ``Compose``) hand the cached case, after the
+    first ``n_cached`` transforms, to :func:`patch_transforms`' crop and then its patch copy.
 
     MONAI's CacheDataset deep-copies the whole cached case (image, labels, teacher outputs,
     sampling indices: about 300 MB at BraTS size) at every draw, so that random transforms
@@ -550,13 +551,18 @@ def _crops_first(random_transforms: Sequence | None) -> bool:
     :class:`CopyPatchd` (each patch in its own memory), nothing can write into the cache, so
     the case need not be copied.
     """
-    from monai.transforms import RandCropByPosNegLabeld
+    from monai.transforms import RandCropByPosNegLabeld, RandomizableTrait
 
+    # Where CacheDataset starts applying transforms to the cached case (its own rule).
+    first = transforms.get_index_of_first(
+        lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
+    )
+    steps = transforms.transforms
     return (
-        random_transforms is not None
-        and len(random_transforms) >= 2
-        and isinstance(random_transforms[0], RandCropByPosNegLabeld)
-        and isinstance(random_transforms[1], CopyPatchd)
+        first == n_cached
+        and len(steps) >= n_cached + 2
+        and isinstance(steps[n_cached], RandCropByPosNegLabeld)
+        and isinstance(steps[n_cached + 1], CopyPatchd)
     )
 
 
