@@ -126,6 +126,7 @@ def test_training_draws_never_change_the_memory_cache(data_dir, augmented: bool)
     from napari_brats_kd.training.augment import AugmentConfig, build_augmentation
     from napari_brats_kd.training.data import (
         IMAGE,
+        LABEL,
         TEACHER,
         LoadCased,
         build_dataset,
@@ -160,7 +161,7 @@ def test_training_draws_never_change_the_memory_cache(data_dir, augmented: bool)
     for _ in range(3):
         for i in range(len(dataset)):
             for patch in dataset[i]:
-                for key in (IMAGE, "label", TEACHER):
+                for key in (IMAGE, LABEL, TEACHER):
                     patch[key] += 1  # a consumer working in place
     # Random draws (different crops, augmentations), not one patch again and again.
     assert not np.array_equal(np.asarray(first[0][IMAGE]), np.asarray(dataset[0][0][IMAGE]))

@@ -424,7 +424,7 @@ def _amp_settings(cfg: TrainConfig, device: torch.device):
 _PASS_STRIDE = 1_000_003
 
 
-def _cycle(loader: Any, epoch: int = 0) -> Iterator[dict]:
+def _cycle(loader: Any, epoch: int) -> Iterator[dict]:
     """The batches of ``loader`` without end, each pass in a new order.
 
     A plain ``RandomSampler`` reshuffles on its own; a ``DistributedSampler`` shuffles by its
