@@ -16,7 +16,9 @@ from napari_brats_kd.metrics import (
     dice_torch,
     evaluate_folders,
     evaluate_labels,
+    false_positive_ml,
     hd95,
+    missed_lesions,
     summarize,
 )
 
@@ -66,6 +68,52 @@ def test_hd95_identical_and_shifted_cubes() -> None:
     assert hd95(a, a) == 0.0
     b = _cube(lo=(7, 5, 5), size=(6, 6, 6))  # faces move by 2 voxels
     assert hd95(a, b) == pytest.approx(2.0)
+
+
+def test_hd95_of_masks_at_the_volume_edge_and_far_apart() -> None:
+    # HD95 works on the masks' bounding box only; masks on the array's faces and in opposite
+    # corners must give what the whole-volume definition gives (here written out in full).
+    from scipy import ndimage
+
+    def whole_volume_hd95(p, g, spacing):
+        cross = ndimage.generate_binary_structure(3, 1)
+        surf = [m & ~ndimage.binary_erosion(np.pad(m, 1), cross)[1:-1, 1:-1, 1:-1] for m in (p, g)]
+        d = [ndimage.distance_transform_edt(~s, sampling=spacing) for s in surf]
+        return float(np.percentile(np.concatenate([d[1][surf[0]], d[0][surf[1]]]), 95))
+
+    rng = np.random.default_rng(3)
+    for spacing in ((1.0, 1.0, 1.0), (1.0, 2.0, 3.0)):
+        a = np.zeros((30, 20, 10), bool)
+        a[0:3, 0:4, 0:10] = True  # on three faces of the array
+        b = np.zeros_like(a)
+        b[27:30, 16:20, 4:6] = True  # the opposite corner
+        b |= rng.random(a.shape) > 0.995
+        assert hd95(a, b, spacing) == whole_volume_hd95(a, b, spacing)
+
+
+def test_false_positive_volume_counts_outside_and_far_voxels() -> None:
+    gt = _cube(shape=(40, 20, 20), lo=(5, 5, 5), size=(6, 6, 6))
+    pred = gt.copy()
+    pred[11:13, 5:11, 5:11] = True  # a 2-voxel rim next to the tumour: 72 voxels
+    pred[28:31, 5:8, 5:8] = True  # a blob 18 voxels away: 27 voxels
+    assert false_positive_ml(pred, gt) == pytest.approx(99 / 1000)
+    assert false_positive_ml(pred, gt, beyond_mm=10) == pytest.approx(27 / 1000)
+    # millimetres, not voxels: at 0.5 mm along axis 0 the blob lies 9 mm away
+    assert false_positive_ml(pred, gt, (0.5, 1, 1), beyond_mm=10) == 0.0
+    assert false_positive_ml(pred, np.zeros_like(gt)) == pytest.approx(pred.sum() / 1000)
+    assert false_positive_ml(gt, gt, beyond_mm=10) == 0.0
+
+
+def test_missed_lesions_counts_large_untouched_components() -> None:
+    gt = _cube(shape=(40, 20, 20), lo=(2, 2, 2), size=(8, 8, 8))  # 512 voxels
+    gt[30:38, 2:10, 2:10] = True  # a second lesion, 512 voxels
+    gt[20, 15, 15] = True  # a speck below min_ml
+    pred = np.zeros_like(gt)
+    pred[5, 5, 5] = True  # touches the first lesion only
+    assert missed_lesions(pred, gt, min_ml=0.5) == 1
+    assert missed_lesions(pred, gt, min_ml=0.001) == 2  # the speck counts too
+    assert missed_lesions(gt, gt) == 0
+    assert missed_lesions(pred, np.zeros_like(gt)) == 0
 
 
 def test_dice_torch_matches_numpy() -> None:

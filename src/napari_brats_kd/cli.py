@@ -125,6 +125,12 @@ def _add_segment(sub: argparse._SubParsersAction) -> Runner:
         help="remove tumour components smaller than this many voxels (default 0: keep all)",
     )
     p.add_argument(
+        "--keep-far-components",
+        action="store_true",
+        help="keep tumour components far from the main lesion that the model is unsure of "
+        "(by default they are dropped, with a note)",
+    )
+    p.add_argument(
         "--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)"
     )
     p.add_argument(
@@ -232,9 +238,12 @@ def _run_segment(args: argparse.Namespace) -> int:
                 tta=args.tta,
                 convention=args.convention,
                 min_component_voxels=args.min_component_voxels,
+                drop_far_components=not args.keep_far_components,
                 num_threads=args.threads,
                 progress=None if several else _tqdm_progress(case.case_id, "pass"),
             )
+            for note in result.notes:
+                print(f"{case.case_id}: {note}", file=sys.stderr)
             out = save_labels(
                 planned.get(case_path) or _segment_output(args.output, case.case_id, several),
                 result.labels,

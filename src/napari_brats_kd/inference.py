@@ -32,6 +32,8 @@ from .device import autocast_dtype, estimate_memory, fits, select_device
 from .errors import Cancelled, CheckpointError, ModelInputError, ResourceError
 from .models import LoadedModel, normalize_input, resolve_model
 from .models.networks import count_parameters, first_stage_width, network_stride
+from .orientation import MODEL_AXCODES, voxel_sizes_in
+from .postprocess import FAR_MM, MIN_CONFIDENCE, DroppedComponent, drop_far_unlikely_components
 from .volume import Case
 
 Progress = Callable[[int, int, str], None]
@@ -171,6 +173,15 @@ def count_windows(
     ]
     n = len(dense_patch_slices(size, list(roi), interval))
     return int(np.ceil(n / batch))
+
+
+def _dropped_note(dropped: Sequence[DroppedComponent], voxel_mm3: float) -> str:
+    total_ml = sum(c.voxels for c in dropped) * voxel_mm3 / 1000.0
+    return (
+        f"dropped {len(dropped)} doubtful component(s), {total_ml:.1f} ml in all, more than "
+        f"{FAR_MM:g} mm from the main lesion (mean tumour probability under {MIN_CONFIDENCE:g}); "
+        "drop_far_components=False keeps them"
+    )
 
 
 def remove_small_components(label_map: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -508,6 +519,7 @@ def segment(
     tta: bool = False,
     return_probabilities: bool = False,
     min_component_voxels: int = 0,
+    drop_far_components: bool = True,
     overlap: float = 0.5,
     sw_batch_size: int = 1,
     convention: lab.LabelConvention | str | None = None,
@@ -541,6 +553,10 @@ def segment(
         Also return the sigmoid probabilities (float32, display order).
     min_component_voxels
         Remove tumour components smaller than this many voxels (0 keeps everything).
+    drop_far_components
+        Remove tumour components that lie far from the main lesion and that the model is unsure
+        of (:func:`~napari_brats_kd.postprocess.drop_far_unlikely_components`; a note says what
+        was removed). On by default: on real scans these are mostly vessels and dura.
     overlap
         Overlap of sliding windows (only used when the brain exceeds the model's ROI).
     sw_batch_size
@@ -594,9 +610,11 @@ def segment(
     if isinstance(case_or_image, Case):
         default_conv = case_or_image.convention
         voxel_mm3 = case_or_image.reference.voxel_volume_mm3
+        spacing = voxel_sizes_in(case_or_image.reference.affine, MODEL_AXCODES)
     else:
         default_conv = lab.LabelConvention(cfg.convention)
         voxel_mm3 = 1.0 if voxel_volume_mm3 is None else float(voxel_volume_mm3)
+        spacing = (voxel_mm3 ** (1 / 3),) * 3
     target = lab.get_convention(convention if convention is not None else default_conv).convention
     # min/max propagate NaN and show inf without allocating a mask as large as the case.
     if not all(np.isfinite(channel.min()) and np.isfinite(channel.max()) for channel in image):
@@ -641,6 +659,11 @@ def segment(
     # clearing those voxels removes margin/padding artefacts at no cost.
     labels_crop[~np.any(image[(slice(None), *box)] != 0, axis=0)] = 0
     labels_crop = remove_small_components(labels_crop, min_component_voxels)
+    if drop_far_components:
+        wt_probability = probs_crop[list(cfg.regions).index("WT")]
+        labels_crop, dropped = drop_far_unlikely_components(labels_crop, wt_probability, spacing)
+        if dropped:
+            notes.append(_dropped_note(dropped, voxel_mm3))
     labels_model = np.zeros(image.shape[1:], np.uint8)
     labels_model[box] = labels_crop
     labels_display = np.ascontiguousarray(Case.from_model_order(labels_model))

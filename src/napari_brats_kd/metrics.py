@@ -81,6 +81,14 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return (padded & ~eroded)[1:-1, 1:-1, 1:-1]
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    where = [
+        np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        for axis in range(mask.ndim)
+    ]
+    return tuple(slice(int(w[0]), int(w[-1]) + 1) for w in where)
+
+
 def _surface_distances(
     a_surface: np.ndarray, b_surface: np.ndarray, spacing: Sequence[float]
 ) -> np.ndarray:
@@ -121,12 +129,67 @@ def hd95(
         return 0.0
     if has_p != has_g:
         return float(empty_value)
-    sp, sg = _surface(pred), _surface(gt)
+    # Only the bounding box of both masks matters: every surface voxel lies in it, so the
+    # distances are the same, at a fraction of the cost on a 240x240x155 volume.
+    box = _bounding_box(pred | gt)
+    sp, sg = _surface(pred[box]), _surface(gt[box])
     spacing = tuple(float(s) for s in spacing)
     distances = np.concatenate(
         [_surface_distances(sp, sg, spacing), _surface_distances(sg, sp, spacing)]
     )
     return float(np.percentile(distances, 95))
+
+
+def false_positive_ml(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    beyond_mm: float = 0.0,
+) -> float:
+    """Volume (ml) of ``pred`` outside ``gt``, counting only voxels beyond ``beyond_mm`` of it.
+
+    Parameters
+    ----------
+    pred, gt
+        3D masks of one shape (say, predicted and expert whole tumour).
+    spacing
+        Voxel size (mm) along the array axes.
+    beyond_mm
+        0 counts every false-positive voxel; 10 counts those more than 10 mm from ``gt``: the
+        far ones (vessels, dura), not a margin drawn a little wide.
+
+    Returns
+    -------
+    float
+        The volume in ml (cm3). With an empty ``gt`` every predicted voxel counts.
+    """
+    pred = np.asarray(pred, bool)
+    gt = np.asarray(gt, bool)
+    outside = pred & ~gt
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    if beyond_mm > 0 and gt.any() and outside.any():
+        distance = ndimage.distance_transform_edt(~gt, sampling=tuple(map(float, spacing)))
+        outside &= distance > beyond_mm
+    return float(outside.sum()) * voxel_ml
+
+
+def missed_lesions(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    min_ml: float = 0.5,
+) -> int:
+    """Number of lesions of ``gt`` (26-connected components of at least ``min_ml``) that no
+    voxel of ``pred`` touches: what a multi-focal tumour loses to a too-eager clean-up.
+    """
+    pred = np.asarray(pred, bool)
+    components, n = ndimage.label(np.asarray(gt, bool), structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return 0
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    large = np.flatnonzero(np.bincount(components.ravel())[1:] * voxel_ml >= min_ml) + 1
+    hit = np.unique(components[pred])
+    return int(np.count_nonzero(~np.isin(large, hit)))
 
 
 @dataclass

@@ -115,15 +115,18 @@ def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in nib.affines.voxel_sizes(np.asarray(affine, dtype=float)))
 
 
-def display_scale(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel sizes in :data:`DISPLAY_AXCODES` order, for a napari layer's ``scale``."""
-    src = axcodes(affine)
+def voxel_sizes_in(affine: np.ndarray, dst: Sequence[str]) -> tuple[float, float, float]:
+    """Voxel sizes (mm) along the axes of the array reoriented to ``dst`` axis codes."""
     sizes = voxel_sizes(affine)
-    transform = _transform(src, DISPLAY_AXCODES)
     out = [1.0, 1.0, 1.0]
-    for i, (axis, _flip) in enumerate(transform):
+    for i, (axis, _flip) in enumerate(_transform(axcodes(affine), dst)):
         out[int(axis)] = sizes[i]
     return tuple(out)  # type: ignore[return-value]
+
+
+def display_scale(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel sizes in :data:`DISPLAY_AXCODES` order, for a napari layer's ``scale``."""
+    return voxel_sizes_in(affine, DISPLAY_AXCODES)
 
 
 def to_display(data: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -256,6 +256,35 @@ def _slow_segment(seconds: float, record: dict | None = None):
     return segment
 
 
+def test_far_spot_option_reaches_segment_and_its_note_is_shown(
+    make_napari_viewer, qtbot, tiny_student, monkeypatch
+):
+    from napari_brats_kd import inference
+
+    real_segment = inference.segment
+    asked = []
+
+    def recording_segment(*args, **kwargs):
+        asked.append(kwargs["drop_far_components"])
+        result = real_segment(*args, **kwargs)
+        result.notes.append("dropped 1 doubtful component(s), 0.3 ml in all")
+        return result
+
+    monkeypatch.setattr(inference, "segment", recording_segment)
+    viewer = make_napari_viewer()
+    open_case(viewer, make_case())
+    widget = open_widget(viewer)
+    widget.load_model(tiny_student)
+    assert widget.far_box.value is True  # on by default, as in segment()
+    start = n_notifications()
+    run_and_wait(qtbot, widget)
+    widget.far_box.value = False
+    run_and_wait(qtbot, widget)
+    assert asked == [True, False]
+    shown = [str(n.message) for n in notifications_since(start)]
+    assert sum("tiny_case: dropped 1 doubtful component" in m for m in shown) == 2
+
+
 def test_cancel_stops_a_run(make_napari_viewer, qtbot, tiny_student, monkeypatch):
     from napari_brats_kd import inference
 

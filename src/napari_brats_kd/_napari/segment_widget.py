@@ -26,6 +26,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_info, show_warning
 
 from ..labels import MODALITIES, MODALITY_NAMES
+from ..postprocess import FAR_MM, MIN_CONFIDENCE
 from ._qt import ScrollingDock, wrap_to_dock_width
 from ._workers import Task, notify_error, start_task
 from .case_from_layers import (
@@ -152,6 +153,16 @@ class SegmentWidget(ScrollingDock):
                 "more accurate, several times slower."
             ),
         )
+        self.far_box = CheckBox(
+            text="Drop doubtful spots far from the tumour",
+            value=True,
+            tooltip=(
+                f"Remove tumour components more than {FAR_MM:g} mm from the main lesion whose "
+                f"mean probability is under {MIN_CONFIDENCE:g}: on real scans these are mostly "
+                "vessels and dura. A satellite lesion the model is sure of is kept. A "
+                "notification says what was removed."
+            ),
+        )
         self.output_choice = RadioButtons(
             label="Result",
             choices=[REPLACE, ADD],
@@ -195,6 +206,7 @@ class SegmentWidget(ScrollingDock):
                 *self.modality_pickers.values(),
                 self.device_picker,
                 self.tta_box,
+                self.far_box,
                 self.output_choice,
                 Container(
                     widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
@@ -391,6 +403,7 @@ class SegmentWidget(ScrollingDock):
         spec = self.model_spec
         device = self.device_picker.value
         tta = bool(self.tta_box.value)
+        drop_far = bool(self.far_box.value)
 
         def work(progress, should_stop):
             from ..inference import segment
@@ -400,6 +413,7 @@ class SegmentWidget(ScrollingDock):
                 model=spec,
                 device=device,
                 tta=tta,
+                drop_far_components=drop_far,
                 progress=progress,
                 should_stop=should_stop,
             )
@@ -437,6 +451,7 @@ class SegmentWidget(ScrollingDock):
             self.bundle_button,
             self.device_picker,
             self.tta_box,
+            self.far_box,
             *self.modality_pickers.values(),
         ):
             widget.enabled = not running
@@ -488,6 +503,8 @@ class SegmentWidget(ScrollingDock):
             f"layer {self.last_layer.name!r}"
         )
         self.volumes.value = format_volumes(result.volumes_ml)
+        for note in result.notes:
+            show_info(f"{case.case_id}: {note}")
 
 
 class StudentSegmentWidget(SegmentWidget):
