@@ -40,6 +40,19 @@ class Pointwise(nn.Module):
         return self.conv(x)
 
 
+def ship_students(tmp_path, monkeypatch, students: dict[str, tuple[str, ...]]) -> None:
+    """Pretend the package ships these untrained students (name -> modalities), in this order."""
+    from napari_brats_kd.models import registry, save_checkpoint
+
+    infos = []
+    for name, modalities in students.items():
+        loaded = tiny_student(modalities)
+        loaded.config.name = name
+        path = save_checkpoint(tmp_path / name, loaded.model, loaded.config)
+        infos.append(registry.ModelInfo(name, path, "", "student", "shipped"))
+    monkeypatch.setattr(registry, "shipped_models", lambda: list(infos))
+
+
 def pointwise_model(modalities=("t1c", "t1", "t2", "flair"), **overrides) -> LoadedModel:
     cfg = student_config(modalities, preset="student-tiny")
     for key, value in overrides.items():

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _bundles import write_bundle
-from _model_helpers import tiny_student
+from _model_helpers import ship_students, tiny_student
 from napari_brats_kd.errors import CheckpointError
 from napari_brats_kd.models import (
     available_models,
@@ -226,3 +226,33 @@ def test_registered_models_are_listed_and_resolved(tmp_path):
     assert resolve_model("my-distilled").config == loaded.config
     register_model(loaded, name="in-memory")
     assert resolve_model("in-memory") is loaded
+
+
+FOUR = ("t1c", "t1", "t2", "flair")
+
+
+def test_the_default_student_falls_back_to_one_that_fits_the_scans(tmp_path, monkeypatch):
+    from napari_brats_kd.models import resolve_model_for
+
+    ship_students(tmp_path, monkeypatch, {"student": FOUR, "student-t1cflair": ("t1c", "flair")})
+    loaded, why = resolve_model_for("student", FOUR)
+    assert loaded.config.name == "student" and why is None
+    loaded, why = resolve_model_for("student", ("flair", "t1c"))
+    assert loaded.config.modalities == ("t1c", "flair")
+    assert why == "used student-t1cflair (T1c, FLAIR): the case has no T1, T2, which student needs"
+    # A model asked for by name is taken as it is: the caller says what the case lacks.
+    loaded, why = resolve_model_for("student-t1cflair", FOUR)
+    assert loaded.config.name == "student-t1cflair" and why is None
+
+
+def test_no_fitting_student_lists_what_each_one_needs(tmp_path, monkeypatch):
+    from napari_brats_kd.errors import CaseError
+    from napari_brats_kd.models import resolve_model_for
+
+    ship_students(tmp_path, monkeypatch, {"student": FOUR, "student-t1cflair": ("t1c", "flair")})
+    with pytest.raises(CaseError) as err:
+        resolve_model_for("student", ("t1c",))
+    assert str(err.value).startswith(
+        "No shipped student fits a case with T1c: student needs T1c, T1, T2, FLAIR; "
+        "student-t1cflair needs T1c, FLAIR."
+    )

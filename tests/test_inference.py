@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from _model_helpers import make_case, pointwise_model, tiny_student
+from _model_helpers import make_case, pointwise_model, ship_students, tiny_student
 from napari_brats_kd import inference
 from napari_brats_kd import labels as lab
 from napari_brats_kd.errors import Cancelled, CaseError, ModelInputError, ResourceError
@@ -152,6 +152,18 @@ def test_small_components_are_removed(case, pointwise):
     assert segment(case, pointwise).volumes_ml["WT"] > 0
     cleared = segment(case, pointwise, min_component_voxels=10**7)
     assert not cleared.labels.any() and cleared.volumes_ml["WT"] == 0
+
+
+def test_a_case_without_t1_and_t2_gets_the_student_that_fits(tmp_path, monkeypatch):
+    ship_students(
+        tmp_path, monkeypatch, {"student": ("t1c", "t1", "t2", "flair"), "s-2": ("t1c", "flair")}
+    )
+    case = make_case(modalities=("t1c", "flair"))
+    result = segment(case, "student")
+    assert result.model == "s-2" and result.labels.shape == case.reference.data.shape
+    assert "used s-2 (T1c, FLAIR): the case has no T1, T2, which student needs" in result.notes
+    with pytest.raises(CaseError, match="No shipped student fits a case with FLAIR"):
+        segment(make_case(modalities=("flair",)), "student")
 
 
 def test_memory_refusal_is_a_resource_error(case, pointwise, monkeypatch):

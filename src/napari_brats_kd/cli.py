@@ -216,9 +216,10 @@ def _run_segment(args: argparse.Namespace) -> int:
     from .errors import BratsKDError
     from .inference import segment
     from .io import find_cases, load_case, save_labels
-    from .models import resolve_model
+    from .models import resolve_model, resolve_model_for
 
-    model = resolve_model(args.model)  # once, not per case
+    resolve_model(args.model)  # a wrong name stops here, before any case is read
+    used: dict[str, int] = {}
     cases = find_cases(args.input)
     several = len(cases) > 1
     planned = _planned_outputs(cases, args.output, args.overwrite)
@@ -228,7 +229,11 @@ def _run_segment(args: argparse.Namespace) -> int:
         try:
             # The ground truth is not needed: an odd one must not stop the scans' segmentation.
             case = load_case(case_path, extra_segmentations=False, segmentation=False)
+            # Loaded once and cached: "student" picks the shipped student these scans fit.
+            model, picked = resolve_model_for(args.model, case.modalities)
             case.require(model.config.modalities)
+            if picked:
+                print(f"{case.case_id}: {picked}", file=sys.stderr)
             for note in case.extra.get("notes", []):
                 print(f"{case.case_id}: {note}", file=sys.stderr)
             result = segment(
@@ -259,6 +264,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             if case_bar is not None:
                 case_bar(i + 1, len(cases), "skipped")
             continue
+        used[result.model] = used.get(result.model, 0) + 1
         volumes = ", ".join(f"{r} {v:.1f} ml" for r, v in result.volumes_ml.items())
         message = f"{case.case_id}: {volumes} ({result.seconds:.1f} s on {result.device}/{result.backend}) -> {out}"
         if case_bar is not None:
@@ -268,7 +274,8 @@ def _run_segment(args: argparse.Namespace) -> int:
             print(message)
     if several:
         done = len(cases) - len(failed)
-        print(f"Segmented {done} of {len(cases)} cases with {model.name} into {args.output}")
+        models = ", ".join(f"{name} ({n})" for name, n in used.items()) or "no model"
+        print(f"Segmented {done} of {len(cases)} cases with {models} into {args.output}")
         if failed:
             print(f"Failed ({len(failed)}): {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

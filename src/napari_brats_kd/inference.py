@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from . import labels as lab
 from .device import autocast_dtype, estimate_memory, fits, select_device
 from .errors import Cancelled, CheckpointError, ModelInputError, ResourceError
-from .models import LoadedModel, normalize_input, resolve_model
+from .models import LoadedModel, normalize_input, resolve_model, resolve_model_for
 from .models.networks import count_parameters, first_stage_width, network_stride
 from .orientation import MODEL_AXCODES, voxel_sizes_in
 from .postprocess import FAR_MM, MIN_CONFIDENCE, DroppedComponent, drop_far_unlikely_components
@@ -541,7 +541,10 @@ def segment(
         whose channels are ``modalities``.
     model
         ``"student"`` / ``"teacher"`` (shipped weights), a registered model name, a checkpoint or
-        MONAI bundle path, or a :class:`~napari_brats_kd.models.LoadedModel`.
+        MONAI bundle path, or a :class:`~napari_brats_kd.models.LoadedModel`. For a case that
+        lacks a modality the default model of the role needs, ``"student"`` / ``"teacher"``
+        take the shipped model of the role that needs only what the case has (a note says
+        which, and why).
     modalities
         Channel names of an array input (default: the model's own order). Ignored for a Case.
     device
@@ -599,7 +602,14 @@ def segment(
         If ``should_stop`` returned True.
     """
     start = time.perf_counter()
-    loaded = resolve_model(model)
+    notes: list[str] = []
+    if isinstance(case_or_image, Case):
+        # "student" / "teacher": the shipped model of that role that needs only these scans.
+        loaded, picked = resolve_model_for(model, case_or_image.modalities)
+        if picked:
+            notes.append(picked)
+    else:
+        loaded = resolve_model(model)
     cfg = loaded.config
     missing_regions = {"WT", "TC", "ET"} - set(cfg.regions)
     if missing_regions:
@@ -630,7 +640,6 @@ def segment(
         box = grow_to_multiple(box, network_stride(cfg), image.shape[1:])
     crop = normalize_input(image[(slice(None), *box)], cfg.normalization)
 
-    notes: list[str] = []
     old_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))

@@ -24,6 +24,7 @@ from .registry import (
     clear_session_models,
     register_model,
     resolve_model,
+    resolve_model_for,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "read_checkpoint_config",
     "register_model",
     "resolve_model",
+    "resolve_model_for",
     "save_checkpoint",
     "student_config",
     "teacher_config",

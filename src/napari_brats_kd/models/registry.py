@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CaseError, CheckpointError
+from ..labels import MODALITY_NAMES
 from .checkpoint import LoadedModel, load_checkpoint, read_checkpoint_config
 
 #: Folder of shipped weights and its index.
@@ -228,6 +230,62 @@ def resolve_model(spec: str | os.PathLike | LoadedModel, role: str = "student") 
             f"{_HOW_TO_GET}"
         )
     return _load_path(path)
+
+
+def resolve_model_for(
+    spec: str | os.PathLike | LoadedModel, modalities: Sequence[str]
+) -> tuple[LoadedModel, str | None]:
+    """The model ``spec`` names, or, for a role, the shipped one that fits the scans at hand.
+
+    ``"student"`` and ``"teacher"`` mean "the shipped model of that role": when the first one
+    needs a modality the case lacks (say a clinical scan with T1c and FLAIR only), the first
+    shipped model of the role whose inputs the case has is taken instead. A named model or a
+    file is taken as it is, fitting or not (the caller's check then says what is missing).
+
+    Parameters
+    ----------
+    spec
+        As for :func:`resolve_model`.
+    modalities
+        The modalities the case has.
+
+    Returns
+    -------
+    model, reason
+        The model, and why it was picked when it is not the one ``spec`` names by default
+        (``None`` otherwise).
+
+    Raises
+    ------
+    CaseError
+        If ``spec`` is a role and no shipped model of it fits: the message lists each model
+        with the modalities it would need.
+    CheckpointError
+        As :func:`resolve_model`.
+    """
+    first = resolve_model(spec)
+    have = set(modalities)
+    if str(spec) not in ROLES or have >= set(first.config.modalities):
+        return first, None
+    candidates = [info for info in shipped_models() if info.role == str(spec)]
+    needs = {info.name: read_checkpoint_config(info.path).modalities for info in candidates}
+    for info in candidates:
+        if have >= set(needs[info.name]):
+            lacking = [m for m in first.config.modalities if m not in have]
+            return _load_path(info.path), (
+                f"used {info.name} ({_names(needs[info.name])}): the case has no "
+                f"{_names(lacking)}, which {first.config.name or spec} needs"
+            )
+    options = "; ".join(f"{name} needs {_names(need)}" for name, need in needs.items())
+    raise CaseError(
+        f"No shipped {spec} fits a case with {_names(modalities) or 'no scans'}: {options}. "
+        "Add the missing scans, or give a model trained on these (brats-kd distill "
+        "--modalities ...)."
+    )
+
+
+def _names(modalities: Sequence[str]) -> str:
+    return ", ".join(MODALITY_NAMES[m] for m in modalities)
 
 
 def clear_session_models() -> None:
