@@ -13,6 +13,7 @@ import torch
 from _model_helpers import make_case, pointwise_model, ship_students, tiny_student
 from napari_brats_kd import inference
 from napari_brats_kd import labels as lab
+from napari_brats_kd import orientation as orient
 from napari_brats_kd.errors import Cancelled, CaseError, ModelInputError, ResourceError
 from napari_brats_kd.inference import brain_bbox, count_windows, segment
 from napari_brats_kd.labels import LabelConvention
@@ -231,6 +232,23 @@ def test_cli_segment_writes_labels_aligned_with_the_input(tmp_path, capsys, stud
     many = tmp_path / "many"
     assert main(["segment", str(tmp_path), "-o", str(many), "--model", str(student_ckpt)]) == 0
     assert (many / "BraTS2021_00042_seg.nii.gz").is_file()
+
+
+def test_cli_segments_a_t1c_flair_case_with_the_student_that_fits(tmp_path, monkeypatch, capsys):
+    from napari_brats_kd.cli import main
+
+    ship_students(
+        tmp_path, monkeypatch, {"student": ("t1c", "t1", "t2", "flair"), "s-2": ("t1c", "flair")}
+    )
+    case = make_case(modalities=("t1c", "flair"))
+    folder = _write_case_folder(tmp_path / "BraTS2021_00043", case, orient.BRATS_AFFINE)
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(folder), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "BraTS2021_00043: used s-2 (T1c, FLAIR): the case has no T1, T2" in err
+    written = nib.load(out)
+    assert written.shape == case.reference.file_shape
+    np.testing.assert_allclose(written.affine, orient.BRATS_AFFINE)
 
 
 def test_cli_segment_batch_keeps_going_and_never_overwrites_unasked(tmp_path, capsys, student_ckpt):
