@@ -2,7 +2,7 @@
 # Set up (scripts/setup.sh) and run the main job end to end, headless, on synthetic cases:
 #   phantoms with exact ground truth -> train a teacher -> distil a student from it ->
 #   segment held-out phantoms with the student -> Dice / HD95 against the ground truth;
-#   then the shipped demo student on two held-out 1 mm phantoms (the BraTS grid).
+#   then the shipped student on two held-out 1 mm phantoms (the BraTS grid).
 # Steps 1-5 are small and short on purpose (4 mm phantoms, a few epochs: about 5-10 minutes on 2 CPU cores), so
 # it shows the whole pipeline working; the scores of such a short run are not the models' quality.
 # Set DEMO_DIR to choose where it writes (default runs/demo); EPOCHS to train longer.
@@ -32,7 +32,7 @@ brats-kd segment "$out/test" -o "$out/pred" --model "$out/student.safetensors"
 
 echo "==> 5/6 scoring against the ground truth"
 brats-kd evaluate "$out/pred" "$out/test" --csv "$out/scores.csv"
-echo "==> 6/6 the shipped demo student (trained on phantoms; see its model card) on 1 mm cases"
+echo "==> 6/6 the shipped student (phantoms, then 15 real cases; see its model card) on 1 mm phantoms"
 brats-kd phantom "$out/test_1mm" --n 2 --seed 9500
 brats-kd segment "$out/test_1mm" -o "$out/pred_shipped" --model student
 brats-kd evaluate "$out/pred_shipped" "$out/test_1mm" --csv "$out/scores_shipped.csv"

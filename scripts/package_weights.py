@@ -5,11 +5,12 @@
 Writes into ``src/napari_brats_kd/weights/``:
 
 - ``teacher.safetensors`` (weights stored in fp16, half the size; loaded back as fp32) and
-  ``student.safetensors`` (fp32), each with its held-out metrics and a "demo, not clinical"
-  description in the embedded model config;
-- ``teacher.md`` and ``student.md``, the model cards (data, config, seed, training time, hardware,
-  held-out metrics, limits);
-- ``index.json`` entries, so ``resolve_model("student")`` and the Segment widgets find them.
+  ``student_phantom.safetensors`` (fp32, shipped as ``student-phantom``: the real-data
+  ``student`` of ``scripts/package_real_weights.py`` is fine-tuned from it), each with its
+  held-out metrics and a "demo, not clinical" description in the embedded model config;
+- ``teacher.md`` and ``student_phantom.md``, the model cards (data, config, seed, training time,
+  hardware, held-out metrics, limits);
+- ``index.json`` entries, so ``resolve_model("teacher")`` and the Segment widgets find them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ DISCLAIMER = (
 )
 SHIPPED = {
     # name in the package -> (checkpoint stem in the run folder, role, stored dtype, one line)
-    "student": (
+    # The phantom student ships as student-phantom: `student` is the one fine-tuned on real
+    # cases (scripts/package_real_weights.py), which starts from this one.
+    "student-phantom": (
         "student_corrected",  # the default of --student-stem: the label-corrected student
         "student",
         None,
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--student-stem",
-        default=SHIPPED["student"][0],
+        default=SHIPPED["student-phantom"][0],
         help="which student of the run folder ships (its checkpoint stem)",
     )
     parser.add_argument(
@@ -261,9 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg.description = f"{line or describe_teacher(loaded)}. {DISCLAIMER}"
         cfg.metrics = {"held_out_phantoms": metrics}
         out = save_checkpoint(
-            args.dest / f"{name}.safetensors", loaded.model, cfg, sidecar=False, dtype=dtype
+            args.dest / f"{name.replace('-', '_')}.safetensors",
+            loaded.model,
+            cfg,
+            sidecar=False,
+            dtype=dtype,
         )
-        card = args.dest / f"{name}.md"
+        card = args.dest / f"{name.replace('-', '_')}.md"
         card.write_text(
             model_card(
                 name, role, loaded, args.run, stem, metrics, hardware.get(name), notes.get(name)

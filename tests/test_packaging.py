@@ -93,11 +93,13 @@ def test_wheel_ships_manifest_and_assets(tmp_path: Path) -> None:
         assert any(n.startswith("napari_brats_kd/assets/") for n in names), (
             "phantom anatomy missing"
         )
+        index = json.loads(zf.read("napari_brats_kd/weights/index.json"))
         shipped = {
-            f"napari_brats_kd/weights/{n}" for n in ("index.json", "student.md", "teacher.md")
+            f"napari_brats_kd/weights/{entry[key]}"
+            for entry in index["models"]
+            for key in ("file", "card")
         }
-        shipped |= {"napari_brats_kd/weights/student.safetensors"}
-        shipped |= {"napari_brats_kd/weights/teacher.safetensors"}
+        assert {e["name"] for e in index["models"]} >= {"student", "teacher"}
         assert shipped <= names, "shipped weights or model cards missing from the wheel"
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "napari_brats_kd:napari.yaml" in zf.read(entry_points).decode()

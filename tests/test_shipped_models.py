@@ -1,4 +1,4 @@
-"""The demo models that ship in the package: present, honest, small, and they segment."""
+"""The models that ship in the package: present, honest, small, and they segment."""
 
 from __future__ import annotations
 
@@ -15,38 +15,54 @@ from napari_brats_kd.models import available_models, resolve_model
 from napari_brats_kd.models.registry import INDEX_FILE, WEIGHTS_DIR
 from napari_brats_kd.phantom import make_phantom
 
+REAL_DATA_MODELS = ("student", "student-t1cflair")
+
 
 def shipped() -> dict[str, dict]:
-    return {e["role"]: e for e in json.loads(INDEX_FILE.read_text())["models"]}
+    return {e["name"]: e for e in json.loads(INDEX_FILE.read_text())["models"]}
 
 
-def test_a_student_and_a_teacher_ship_with_model_cards():
+def test_the_shipped_models_have_model_cards():
     entries = shipped()
-    assert set(entries) == {"student", "teacher"}
+    assert set(entries) >= {"student", "student-phantom", "teacher"}  # INTERIM
     listed = {(m.name, m.role) for m in available_models() if m.source == "shipped"}
-    assert listed == {("student", "student"), ("teacher", "teacher")}
-    for entry in entries.values():
+    assert listed == {(name, e["role"]) for name, e in entries.items()}
+    for name, entry in entries.items():
         assert (WEIGHTS_DIR / entry["file"]).is_file()
         card = (WEIGHTS_DIR / entry["card"]).read_text()
-        # The card says what the model is, what it was trained on and how well it does.
-        for needed in ("not for clinical use", "phantom", "Training time", "Held-out metrics"):
-            assert needed in card, f"{entry['card']} lacks {needed!r}"
+        assert "not for clinical use" in card.lower(), name
+        assert "Training time" in card, name
+        if name in REAL_DATA_MODELS:
+            # Data, recipe, cross-validated real-case scores, phantoms, terms and citation.
+            for needed in ("BraTS 2018", "cross-validated", "HD95", "phantoms", "Menze", "Limits"):
+                assert needed in card, f"{entry['card']} lacks {needed!r}"
+        else:
+            assert "Held-out metrics (phantoms)" in card, name
 
 
-def test_descriptions_say_demo_not_clinical():
-    for role in ("student", "teacher"):
-        loaded = resolve_model(role)
-        for text in (loaded.config.description, shipped()[role]["description"]):
-            assert "synthetic phantoms" in text and "not for clinical use" in text
-        assert loaded.config.metrics["held_out_phantoms"]["all"]["n_cases"] >= 12
+def test_descriptions_say_what_each_model_was_trained_on():
+    for name, entry in shipped().items():
+        loaded = resolve_model(name)
+        assert loaded.config.name == name
+        for text in (loaded.config.description, entry["description"]):
+            assert "not for clinical use" in text.lower()
+            assert ("real BraTS 2018" if name in REAL_DATA_MODELS else "synthetic phantoms") in text
+        metrics = loaded.config.metrics
+        if name in REAL_DATA_MODELS:
+            assert metrics["cross_validated_real_cases"]["post"]["n_cases"] == 15
+        assert (
+            metrics["held_out_phantoms"].get("n_cases", 0)
+            + metrics["held_out_phantoms"].get("all", {}).get("n_cases", 0)
+            >= 12
+        )
 
 
 def test_the_package_stays_lean():
-    student = WEIGHTS_DIR / shipped()["student"]["file"]
-    teacher = WEIGHTS_DIR / shipped()["teacher"]["file"]
-    assert student.stat().st_size < 5e6
+    sizes = {name: (WEIGHTS_DIR / e["file"]).stat().st_size for name, e in shipped().items()}
+    assert sum(sizes.values()) < 20e6
+    assert all(sizes[name] < 5e6 for name in sizes if name != "teacher")
     # The teacher is stored in fp16 (half the bytes) and loads back as fp32.
-    with safe_open(str(teacher), framework="pt") as fh:
+    with safe_open(str(WEIGHTS_DIR / shipped()["teacher"]["file"]), framework="pt") as fh:
         dtypes = {fh.get_tensor(k).dtype for k in fh.keys()}
     assert {str(d) for d in dtypes} == {"torch.float16"}
     params = resolve_model("teacher").model.parameters()
@@ -58,16 +74,17 @@ def held_out_phantom():
     return make_phantom(9999, "A")  # a seed no shipped model was trained or tested on
 
 
-# What the demo models do (their model cards): they find the whole tumour, the core and the
-# enhancing rim; on this case, when shipped, the student scored WT / TC / ET Dice of 0.96 / 0.98 /
-# 0.96 and the teacher 0.97 / 0.98 / 0.96. A regression to an empty map, an everywhere-tumour map
-# or a model blind to TC / ET (as an early student was) fails here.
-@pytest.mark.parametrize(("role", "floor"), [("student", 0.85), ("teacher", 0.85)])
-def test_shipped_models_segment_a_held_out_phantom(held_out_phantom, role, floor):
+# What the models do on a phantom (their model cards): a regression to an empty map, an
+# everywhere-tumour map or a model blind to TC / ET fails here. The students fine-tuned on real
+# scans keep most of what they knew of phantoms (see their cards), the phantom-only ones more.
+@pytest.mark.parametrize(
+    ("name", "floor"),
+    [("student", 0.6), ("student-phantom", 0.85), ("teacher", 0.85)],  # INTERIM
+)
+def test_shipped_models_segment_a_held_out_phantom(held_out_phantom, name, floor):
     case = held_out_phantom
-    result = segment(case, role, device="cpu")
+    result = segment(case, name, device="cpu")
     assert result.labels.shape == case.seg.data.shape
-    assert set(resolve_model(role).config.modalities) == set(MODALITIES)
     scores = evaluate_labels(result.labels, case.seg.data, result.convention)
     for region in ("WT", "TC", "ET"):
         assert scores.dice[region] > floor, scores.dice
@@ -79,3 +96,16 @@ def test_segment_defaults_resolve_to_the_shipped_weights(role):
     loaded = resolve_model(role)
     assert loaded.path is not None and loaded.path.parent == WEIGHTS_DIR
     assert loaded.config.name == role
+    assert set(loaded.config.modalities) == set(MODALITIES)
+
+
+@pytest.mark.skipif("student-t1cflair" not in shipped(), reason="INTERIM")
+def test_a_case_with_t1c_and_flair_only_gets_the_cross_modal_student(held_out_phantom):
+    from napari_brats_kd.volume import Case
+
+    case = held_out_phantom
+    two = Case(case.case_id, {m: case.images[m] for m in ("t1c", "flair")}, naming="brats2021")
+    result = segment(two, "student", device="cpu")
+    assert result.model == "student-t1cflair"
+    assert any("used student-t1cflair (T1c, FLAIR)" in note for note in result.notes)
+    assert result.volumes_ml["WT"] > 0

@@ -178,7 +178,8 @@ def count_windows(
 def _dropped_note(dropped: Sequence[DroppedComponent], voxel_mm3: float) -> str:
     total_ml = sum(c.voxels for c in dropped) * voxel_mm3 / 1000.0
     return (
-        f"dropped {len(dropped)} doubtful component(s), {total_ml:.1f} ml in all, more than "
+        f"dropped {len(dropped)} doubtful component(s), {total_ml:.{1 if total_ml >= 1 else 2}f} "
+        "ml in all, more than "
         f"{FAR_MM:g} mm from the main lesion and with a mean tumour probability under "
         f"{MIN_CONFIDENCE:g} (to keep them: --keep-far-components, drop_far_components=False or "
         "the widget's 'Drop doubtful spots' box)"
