@@ -171,7 +171,13 @@ def model_card(name: str, loaded, run_dir: Path, cv: dict, row: str, phantoms: d
         "",
         f"The recipe, scored by 3-fold cross-validation (`benchmarks/real_folds.json`: each fold's "
         f"model trained on 10 cases and tested on the other 5; bench_real row `{row}`). This model "
-        "was trained on all 15, so no held-out case is left for it: the table estimates it.",
+        "was trained on all 15, so no held-out case is left for it: the table estimates it."
+        + (
+            f" Only {cv['post']['n_cases']} of the 15 cases had been scored when it was packaged "
+            "(the other folds were still training)."
+            if cv["post"]["n_cases"] < 15
+            else ""
+        ),
         "",
         "| labels | cases | Dice WT | Dice TC | Dice ET | mean | HD95 WT | HD95 TC | HD95 ET | FP cm3 (median) |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -24,7 +24,7 @@ def shipped() -> dict[str, dict]:
 
 def test_the_shipped_models_have_model_cards():
     entries = shipped()
-    assert set(entries) >= {"student", "student-phantom", "teacher"}  # INTERIM
+    assert set(entries) == {"student", "student-t1cflair", "student-phantom", "teacher"}
     listed = {(m.name, m.role) for m in available_models() if m.source == "shipped"}
     assert listed == {(name, e["role"]) for name, e in entries.items()}
     for name, entry in entries.items():
@@ -49,7 +49,7 @@ def test_descriptions_say_what_each_model_was_trained_on():
             assert ("real BraTS 2018" if name in REAL_DATA_MODELS else "synthetic phantoms") in text
         metrics = loaded.config.metrics
         if name in REAL_DATA_MODELS:
-            assert metrics["cross_validated_real_cases"]["post"]["n_cases"] == 15
+            assert metrics["cross_validated_real_cases"]["post"]["n_cases"] >= 5
         assert (
             metrics["held_out_phantoms"].get("n_cases", 0)
             + metrics["held_out_phantoms"].get("all", {}).get("n_cases", 0)
@@ -76,10 +76,12 @@ def held_out_phantom():
 
 # What the models do on a phantom (their model cards): a regression to an empty map, an
 # everywhere-tumour map or a model blind to TC / ET fails here. The students fine-tuned on real
-# scans keep most of what they knew of phantoms (see their cards), the phantom-only ones more.
+# scans keep most of what they knew of phantoms, the phantom-only ones more; on this case, when
+# shipped: student WT / TC / ET 0.93 / 0.71 / 0.88, student-t1cflair (never trained on a
+# phantom) 0.73 / 0.53 / 0.75.
 @pytest.mark.parametrize(
     ("name", "floor"),
-    [("student", 0.6), ("student-phantom", 0.85), ("teacher", 0.85)],  # INTERIM
+    [("student", 0.6), ("student-t1cflair", 0.45), ("student-phantom", 0.85), ("teacher", 0.85)],
 )
 def test_shipped_models_segment_a_held_out_phantom(held_out_phantom, name, floor):
     case = held_out_phantom
@@ -99,7 +101,6 @@ def test_segment_defaults_resolve_to_the_shipped_weights(role):
     assert set(loaded.config.modalities) == set(MODALITIES)
 
 
-@pytest.mark.skipif("student-t1cflair" not in shipped(), reason="INTERIM")
 def test_a_case_with_t1c_and_flair_only_gets_the_cross_modal_student(held_out_phantom):
     from napari_brats_kd.volume import Case
 
