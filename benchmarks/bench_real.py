@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 REAL = ROOT.parent / "shared" / "data" / "real_labelled"
 FOLDS = HERE / "real_folds.json"
-FAR_MM = 10.0
+FAR_FP_MM = 10.0
 MIN_LESION_ML = 0.5
 
 
@@ -103,7 +103,7 @@ def score(labels: np.ndarray, case, spacing) -> dict[str, float]:
     row.update({f"hd95_{r}": m.hd95[r] for r in REPORT_REGIONS})
     row.update(
         fp_ml=false_positive_ml(pred_wt, gt_wt, spacing),
-        far_fp_ml=false_positive_ml(pred_wt, gt_wt, spacing, beyond_mm=FAR_MM),
+        far_fp_ml=false_positive_ml(pred_wt, gt_wt, spacing, beyond_mm=FAR_FP_MM),
         missed=missed_lesions(pred_wt, gt_wt, spacing, min_ml=MIN_LESION_ML),
     )
     return row
@@ -231,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         if (r.key, "raw") not in summaries
         or summaries[(r.key, "raw")]["n"] < sum(len(f) for f in folds)
     ]
+    if not per_case:
+        print(
+            f"Nothing to score: no checkpoints in {args.runs} (run scripts/train_real_models.sh)",
+            file=sys.stderr,
+        )
+        return 1
     lines = table(summaries, rows)
     print("\n".join(lines))
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "Fold models are scored on their fold's held-out cases only (3 folds of 10 / 5, "
         "`benchmarks/real_folds.json`); phantom-only models on all 15. `raw`: the network's "
         "labels; `post`: after dropping far, doubtful components (the default of `segment`). "
-        f"FP: predicted whole tumour outside the expert's; far FP: more than {FAR_MM:g} mm from "
+        f"FP: predicted whole tumour outside the expert's; far FP: more than {FAR_FP_MM:g} mm from "
         f"it; lesions missed: expert components of at least {MIN_LESION_ML} cm3 not touched. "
         "s / case: median model call in a warm process (not the whole command).",
         "",

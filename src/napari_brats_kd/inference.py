@@ -561,7 +561,9 @@ def segment(
     drop_far_components
         Remove tumour components that lie far from the main lesion and that the model is unsure
         of (:func:`~napari_brats_kd.postprocess.drop_far_unlikely_components`; a note says what
-        was removed). On by default: on real scans these are mostly vessels and dura.
+        was removed). On by default: on real scans these are mostly vessels and dura. Distances
+        come from a case's affine; an array input is taken as isotropic voxels of
+        ``voxel_volume_mm3`` (give a Case for anisotropic scans).
     overlap
         Overlap of sliding windows (only used when the brain exceeds the model's ROI).
     sw_batch_size

@@ -165,6 +165,8 @@ def false_positive_ml(
     """
     pred = np.asarray(pred, bool)
     gt = np.asarray(gt, bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"false_positive_ml: shapes differ, {pred.shape} vs {gt.shape}.")
     outside = pred & ~gt
     voxel_ml = float(np.prod(spacing)) / 1000.0
     if beyond_mm > 0 and gt.any() and outside.any():
@@ -180,9 +182,11 @@ def missed_lesions(
     min_ml: float = 0.5,
 ) -> int:
     """Number of lesions of ``gt`` (26-connected components of at least ``min_ml``) that no
-    voxel of ``pred`` touches: what a multi-focal tumour loses to a too-eager clean-up.
+    voxel of ``pred`` overlaps: what a multi-focal tumour loses to a too-eager clean-up.
     """
     pred = np.asarray(pred, bool)
+    if pred.shape != np.shape(gt):
+        raise ValueError(f"missed_lesions: shapes differ, {pred.shape} vs {np.shape(gt)}.")
     components, n = ndimage.label(np.asarray(gt, bool), structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return 0

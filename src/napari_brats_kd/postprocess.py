@@ -8,7 +8,8 @@ whole tumour (all classes together, 26-connected) is dropped when
 - it is not the **main lesion** (the component with the largest probability mass, i.e. the sum of
   its whole-tumour probabilities: size and confidence together, so a large faint artefact does not
   outrank a smaller confident tumour),
-- it lies more than ``far_mm`` from the main lesion (surface to surface), and
+- it lies more than ``far_mm`` from the main lesion (nearest voxels; a doubtful spot beside a
+  confident far satellite counts as far: it is measured from the main lesion only), and
 - its mean whole-tumour probability is below ``min_confidence``.
 
 A satellite lesion of a multi-focal tumour that the model is sure of stays, however far; a
