@@ -49,7 +49,7 @@ def test_descriptions_say_what_each_model_was_trained_on():
             assert ("real BraTS 2018" if name in REAL_DATA_MODELS else "synthetic phantoms") in text
         metrics = loaded.config.metrics
         if name in REAL_DATA_MODELS:
-            assert metrics["cross_validated_real_cases"]["post"]["n_cases"] >= 5
+            assert metrics["cross_validated_real_cases"]["post"]["n_cases"] == 15
         assert (
             metrics["held_out_phantoms"].get("n_cases", 0)
             + metrics["held_out_phantoms"].get("all", {}).get("n_cases", 0)
