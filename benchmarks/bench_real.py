@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from bench_inference import cpu_name  # this folder is on sys.path when run as a script
 
 from napari_brats_kd.inference import segment
 from napari_brats_kd.io import load_case
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Real cases, cross-validated (`python benchmarks/bench_real.py`)",
         "",
         f"Command: `python benchmarks/bench_real.py {' '.join(argv or sys.argv[1:])}`; machine: "
-        f"{_cpu_name()} ({machine}), torch {torch.__version__}.",
+        f"{cpu_name()} ({machine}), torch {torch.__version__}.",
         "Fold models are scored on their fold's held-out cases only (3 folds of 10 / 5, "
         "`benchmarks/real_folds.json`); phantom-only models on all 15. `raw`: the network's "
         "labels; `post`: after dropping far, doubtful components (the default of `segment`). "
@@ -294,16 +295,6 @@ def _earlier_scores(csv_path: Path) -> dict[tuple[str, str, str], list[dict]]:
             parsed["fold"] = int(parsed["fold"])
             out.setdefault((row["model"], row["case_id"], row["file"]), []).append(parsed)
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":
