@@ -10,6 +10,8 @@ Writes into ``src/napari_brats_kd/weights/``:
 - ``student_phantom.safetensors``: the phantom-only student that shipped before, renamed
   ``student-phantom`` (the starting point of the fine-tuning, and the benchmark's baseline), when
   the package still ships it as ``student``;
+- beside each weights file its ONNX graph (``<file stem>.onnx``), which ``segment`` runs without
+  torch;
 - a model card for each (``<file stem>.md``) with the cross-validated real-case scores of its
   recipe, read from ``benchmarks/results/real_cases_per_case.csv``, and the index entries.
 """
@@ -28,6 +30,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from package_weights import _cpu_name, _git_commit
 
+from napari_brats_kd.export import write_graph
 from napari_brats_kd.models import load_checkpoint, save_checkpoint
 from napari_brats_kd.models.networks import count_parameters
 from napari_brats_kd.models.registry import INDEX_FILE, WEIGHTS_DIR
@@ -232,6 +235,7 @@ def ship(
     cfg.metrics = {"cross_validated_real_cases": cv, "held_out_phantoms": phantoms}
     file_stem = name.replace("-", "_")
     out = save_checkpoint(dest / f"{file_stem}.safetensors", loaded.model, cfg, sidecar=False)
+    print(write_graph(load_checkpoint(out), out))  # the graph segment runs without torch
     card = dest / f"{file_stem}.md"
     card.write_text(model_card(name, loaded, run_dir, cv, row, phantoms))
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB), {card}")
@@ -279,6 +283,7 @@ def keep_phantom_student(dest: Path, entries: list[dict]) -> dict | None:
         "on 15 real BraTS cases). Not for clinical use."
     )
     save_checkpoint(target, loaded.model, cfg, sidecar=False)
+    print(write_graph(load_checkpoint(target), target))
     return {
         "name": cfg.name,
         "file": target.name,

@@ -10,6 +10,8 @@ Writes into ``src/napari_brats_kd/weights/``:
   held-out metrics and a "demo, not clinical" description in the embedded model config;
 - ``teacher.md`` and ``student_phantom.md``, the model cards (data, config, seed, training time,
   hardware, held-out metrics, limits);
+- ``teacher.onnx`` and ``student_phantom.onnx``, the ONNX graphs ``segment`` runs without torch
+  (checked against PyTorch here and by ``tests/test_lean_inference.py``);
 - ``index.json`` entries, so ``resolve_model("teacher")`` and the Segment widgets find them.
 """
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from napari_brats_kd.export import write_graph
 from napari_brats_kd.models import load_checkpoint, save_checkpoint
 from napari_brats_kd.models.networks import count_parameters
 from napari_brats_kd.models.registry import INDEX_FILE, WEIGHTS_DIR
@@ -270,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             sidecar=False,
             dtype=dtype,
         )
+        # The lean inference path's graph, made from the weights as stored (fp16 for the teacher).
+        print(write_graph(load_checkpoint(out), out))
         card = args.dest / f"{name.replace('-', '_')}.md"
         card.write_text(
             model_card(

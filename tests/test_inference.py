@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from _model_helpers import make_case, pointwise_model, ship_students, tiny_student
-from napari_brats_kd import inference
+from napari_brats_kd import inference, postprocess, predict_onnx, predict_torch
 from napari_brats_kd import labels as lab
 from napari_brats_kd import orientation as orient
 from napari_brats_kd.errors import Cancelled, CaseError, ModelInputError, ResourceError
-from napari_brats_kd.inference import brain_bbox, count_windows, segment
+from napari_brats_kd.inference import brain_bbox, segment
 from napari_brats_kd.labels import LabelConvention
+from napari_brats_kd.passes import count_windows
 from napari_brats_kd.volume import Case, Volume
 
 
@@ -101,12 +102,13 @@ def test_sliding_windows_agree_with_full_pass(case, pointwise):
     assert windows.strategy == "sliding"
     np.testing.assert_allclose(windows.probabilities, full.probabilities, atol=1e-5)
     np.testing.assert_array_equal(windows.labels, full.labels)
-    # progress is reported once per batch of windows and ends at total
+    # progress: the scans ready, once per batch of windows, the labels made; it ends at total
     box = brain_bbox(case.model_input(pointwise.config.modalities))
     crop = [s.stop - s.start for s in box]
     expected = count_windows(crop, (16, 16, 16), 0.25, batch=2)
     assert windows.n_forward == expected > 1
-    assert calls == [(i, expected) for i in range(1, expected + 1)]
+    total = expected + 2
+    assert calls == [(i, total) for i in range(1, total + 1)]
 
 
 def test_tta_averages_mirrored_passes(case, pointwise):
@@ -136,9 +138,9 @@ def test_cancellation_between_passes(case, pointwise):
             strategy="sliding",
             roi_size=(16, 16, 16),
             progress=lambda d, t, m: seen.append(d),
-            should_stop=lambda: len(seen) >= 2,
+            should_stop=lambda: len(seen) >= 3,  # scans ready, then two passes
         )
-    assert seen == [1, 2]
+    assert seen == [1, 2, 3]
 
 
 def test_small_components_are_removed(case, pointwise):
@@ -146,7 +148,7 @@ def test_small_components_are_removed(case, pointwise):
     label_map[2:8, 2:8, 2:8] = 2  # 216 voxels of edema around
     label_map[4:6, 4:6, 4:6] = 4  # a core: same component
     label_map[15, 15, 15:17] = 1  # a 2-voxel speck
-    cleaned = inference.remove_small_components(label_map, 10)
+    cleaned = postprocess.remove_small_components(label_map, 10)
     assert cleaned[15, 15, 15] == 0 and cleaned[15, 15, 16] == 0
     np.testing.assert_array_equal(cleaned[:10], label_map[:10])
     # wired through segment(): a threshold above every component clears the map
@@ -168,9 +170,16 @@ def test_a_case_without_t1_and_t2_gets_the_student_that_fits(tmp_path, monkeypat
 
 
 def test_memory_refusal_is_a_resource_error(case, pointwise, monkeypatch):
-    monkeypatch.setattr(inference, "fits", lambda estimate, device, fraction=0.9: False)
+    monkeypatch.setattr(predict_torch, "fits", lambda estimate, device, fraction=0.9: False)
     with pytest.raises(ResourceError, match="needs about"):
         segment(case, pointwise, device="cpu")
+
+
+def test_memory_refusal_on_the_onnx_path_is_a_resource_error(case, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(predict_onnx, "fits", lambda estimate, device, fraction=0.9: False)
+    with pytest.raises(ResourceError, match="needs about"):
+        segment(case, "student", device="cpu")
 
 
 def test_unavailable_device_is_a_resource_error(case, pointwise):

@@ -716,8 +716,9 @@ def test_cached_teacher_targets_are_the_teachers_outputs_and_are_reused(
 ) -> None:
     import numpy as np
 
-    import napari_brats_kd.inference as inference
-    from napari_brats_kd.inference import brain_bbox, predict_probabilities
+    import napari_brats_kd.predict_torch as predict_torch
+    from napari_brats_kd.inference import brain_bbox
+    from napari_brats_kd.predict_torch import predict_probabilities
     from napari_brats_kd.training.data import LoadCased
 
     cache = tmp_path / "cache"
@@ -757,7 +758,7 @@ def test_cached_teacher_targets_are_the_teachers_outputs_and_are_reused(
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher ran again")
 
-    monkeypatch.setattr(inference, "predict_probabilities", no_teacher)
+    monkeypatch.setattr(predict_torch, "predict_probabilities", no_teacher)
     again = distill(replace(cfg, run_dir=str(tmp_path / "run2")))
     assert again.history[0]["kd"] > 0
     assert sorted(cache.glob("teacher_targets/*/*.npy")) == files

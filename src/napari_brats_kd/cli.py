@@ -212,33 +212,55 @@ def _planned_outputs(cases: list[Path], output: Path, overwrite: bool) -> dict[P
     return planned
 
 
+def _prefetched_cases(cases: list[Path]):
+    """``(path, case or the error reading it)`` per case; the next is read during this one's run.
+
+    Reading a case (decompressing four NIfTI files) takes about as long as the student's pass, and
+    both release the GIL, so a folder of cases streams at close to the slower of the two.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .errors import BratsKDError
+    from .io import load_case
+
+    def read(path: Path):
+        try:
+            # The ground truth is not needed: an odd one must not stop the scans' segmentation.
+            return load_case(path, extra_segmentations=False, segmentation=False)
+        except (BratsKDError, OSError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="brats-kd-read") as pool:
+        pending = pool.submit(read, cases[0]) if cases else None
+        for i, path in enumerate(cases):
+            assert pending is not None
+            case = pending.result()
+            pending = pool.submit(read, cases[i + 1]) if i + 1 < len(cases) else None
+            yield path, case
+
+
 def _run_segment(args: argparse.Namespace) -> int:
     from .errors import BratsKDError
     from .inference import segment
-    from .io import find_cases, load_case, save_labels
-    from .models import resolve_model, resolve_model_for
+    from .io import find_cases, save_labels
+    from .models.registry import choose_model
 
-    resolve_model(args.model)  # a wrong name stops here, before any case is read
+    choose_model(args.model)  # a wrong name stops here, before any case is read
     used: dict[str, int] = {}
     cases = find_cases(args.input)
     several = len(cases) > 1
     planned = _planned_outputs(cases, args.output, args.overwrite)
     case_bar = _tqdm_progress("cases", "case") if several else None
     failed: list[str] = []
-    for i, case_path in enumerate(cases):
+    for i, (case_path, case) in enumerate(_prefetched_cases(cases)):
         try:
-            # The ground truth is not needed: an odd one must not stop the scans' segmentation.
-            case = load_case(case_path, extra_segmentations=False, segmentation=False)
-            # Loaded once and cached: "student" picks the shipped student these scans fit.
-            model, picked = resolve_model_for(args.model, case.modalities)
-            case.require(model.config.modalities)
-            if picked:
-                print(f"{case.case_id}: {picked}", file=sys.stderr)
-            for note in case.extra.get("notes", []):
+            if isinstance(case, Exception):
+                raise case
+            for note in case.notes:
                 print(f"{case.case_id}: {note}", file=sys.stderr)
             result = segment(
                 case,
-                model,
+                args.model,
                 device=args.device,
                 tta=args.tta,
                 convention=args.convention,

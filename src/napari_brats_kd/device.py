@@ -28,6 +28,35 @@ DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 ACTIVATION_MAPS = 6.0
 
 
+def may_have_accelerator() -> bool:
+    """Whether ``device="auto"`` could pick a GPU here, answered without importing torch.
+
+    ``False`` means certainly not: no torch, a CPU-only torch build (``2.x+cpu``), or no GPU
+    device node (NVIDIA, AMD) on Linux or Windows without CUDA. Then inference can take the lean
+    ONNX Runtime path and skip torch's second of start-up. ``True`` only means "ask torch"
+    (:func:`select_device`).
+    """
+    import importlib.metadata
+    import importlib.util
+    import platform
+    import sys
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return True
+    if "+cpu" in version:
+        return False
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"  # Apple silicon: MPS
+    if sys.platform.startswith("linux"):
+        nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd")
+        return any(os.path.exists(node) for node in nodes)
+    return True  # Windows and others: let torch tell
+
+
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """Resolve ``"auto"``/``"cpu"``/``"cuda"``/``"mps"`` (or ``"cuda:1"``) to a torch device.
 
@@ -65,18 +94,20 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     raise ResourceError(f"Unknown device {device!r}: expected one of {', '.join(DEVICE_CHOICES)}.")
 
 
-def available_memory(device: torch.device) -> int | None:
+def available_memory(device: torch.device | str) -> int | None:
     """Bytes that can still be allocated on ``device`` (``None`` when unknown, e.g. MPS).
 
-    On a CPU: the system's available memory (free plus reclaimable caches), or less when this
-    process runs under a memory limit of its own (a container, a batch job's ``--mem``).
+    On a CPU (``"cpu"`` or a torch device; torch is not imported for it): the system's available
+    memory (free plus reclaimable caches), or less when this process runs under a memory limit
+    of its own (a container, a batch job's ``--mem``).
     """
-    import torch
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda":
+        import torch
 
-    if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    if device.type != "cpu":
+    if kind != "cpu":
         return None
     system = _system_available()
     limited = cgroup_free_memory()
@@ -233,7 +264,7 @@ def estimate_memory(
     return MemoryEstimate(activations, buffers, int(n_parameters * 4))
 
 
-def fits(estimate: MemoryEstimate, device: torch.device, fraction: float = 0.9) -> bool:
+def fits(estimate: MemoryEstimate, device: torch.device | str, fraction: float = 0.9) -> bool:
     """Whether ``estimate`` fits in ``fraction`` of the memory free on ``device`` (unknown: yes)."""
     free = available_memory(device)
     return free is None or estimate.total <= fraction * free

@@ -22,10 +22,8 @@ import torch
 from . import labels as lab
 from .errors import CheckpointError
 from .models import LoadedModel, normalize_input, resolve_model
-from .models.networks import network_stride
-
-#: ONNX opset used for export (onnxruntime >= 1.17 runs it).
-ONNX_OPSET = 17
+from .models.geometry import network_stride
+from .onnx_graphs import META_CONFIG, META_WEIGHTS_SHA, ONNX_OPSET
 
 
 @dataclass(frozen=True)
@@ -142,6 +140,95 @@ def onnx_bytes(
     except Exception as exc:  # exporter failures come in many types; report them as one
         raise CheckpointError(f"ONNX export of {loaded.name} failed: {exc}") from exc
     return buffer.getvalue()
+
+
+def _half_exact_initializers(proto) -> int:
+    """Store float32 weights that are exactly float16 as float16, cast back when loaded.
+
+    The shipped teacher's weights are kept in float16 (half the file), so its float32 graph
+    holds float16 values: stored as such, with a ``Cast`` to float32 that onnxruntime folds when
+    the session is built, the graph halves too and computes exactly what it did. A tensor that
+    would change is left as it is. Returns the number of tensors converted.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    casts, converted = [], 0
+    for init in list(graph.initializer):
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        value = numpy_helper.to_array(init)
+        half = value.astype(np.float16)
+        if value.size < 16 or not np.array_equal(half.astype(np.float32), value):
+            continue
+        stored = f"{init.name}__fp16"
+        graph.initializer.remove(init)
+        graph.initializer.append(numpy_helper.from_array(half, stored))
+        casts.append(helper.make_node("Cast", [stored], [init.name], to=TensorProto.FLOAT))
+        converted += 1
+    for node in reversed(casts):
+        graph.node.insert(0, node)
+    return converted
+
+
+def graph_bytes(loaded: LoadedModel, weights_sha: str | None = None) -> bytes:
+    """The ONNX graph the lean inference path runs (:mod:`napari_brats_kd.onnx_graphs`).
+
+    :func:`onnx_bytes`, plus, when the ``onnx`` package is installed, the model config and the
+    SHA-256 of the weights file in the metadata and float16 storage of weights that are exactly
+    float16.
+
+    Parameters
+    ----------
+    loaded
+        The model.
+    weights_sha
+        SHA-256 of the checkpoint it was loaded from (names the weights in the metadata).
+    """
+    data = onnx_bytes(loaded)
+    try:
+        import onnx
+    except ImportError:
+        return data
+    proto = onnx.load_from_string(data)
+    _half_exact_initializers(proto)
+    props = {META_CONFIG: loaded.config.to_json(), "producer": "napari-brats-kd"}
+    if weights_sha is not None:
+        props[META_WEIGHTS_SHA] = weights_sha
+    onnx.helper.set_model_props(proto, props)
+    return proto.SerializeToString()
+
+
+def write_graph(loaded: LoadedModel, weights: str | os.PathLike) -> ExportReport:
+    """Write the lean-path graph beside a checkpoint (``x.safetensors`` -> ``x.onnx``) and check it.
+
+    What packaging a model does, so the shipped model needs no export at run time.
+
+    Parameters
+    ----------
+    loaded
+        The model loaded from ``weights``.
+    weights
+        Its checkpoint file.
+
+    Returns
+    -------
+    ExportReport
+        The check against PyTorch on a phantom case.
+    """
+    import onnxruntime as ort
+
+    from ._files import atomic_write
+    from .onnx_graphs import file_sha256, shipped_graph_path
+
+    weights = Path(weights)
+    out = shipped_graph_path(weights)
+    data = graph_bytes(loaded, file_sha256(weights))
+    atomic_write(out, lambda tmp: tmp.write_bytes(data))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = check_input(loaded)
+    diff, agree = _compare(loaded, lambda a: session.run(None, {"image": a})[0], x)
+    return ExportReport(out, "onnx", tuple(x.shape), diff, agree)
 
 
 def onnx_session(loaded: LoadedModel, threads: int | None = None):

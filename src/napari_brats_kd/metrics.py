@@ -41,6 +41,7 @@ from .labels import (
     get_convention,
     labels_to_regions,
 )
+from .postprocess import TUMOUR_CONNECTIVITY
 
 if TYPE_CHECKING:
     from .volume import Volume
@@ -187,7 +188,7 @@ def missed_lesions(
     pred = np.asarray(pred, bool)
     if pred.shape != np.shape(gt):
         raise ValueError(f"missed_lesions: shapes differ, {pred.shape} vs {np.shape(gt)}.")
-    components, n = ndimage.label(np.asarray(gt, bool), structure=np.ones((3, 3, 3), bool))
+    components, n = ndimage.label(np.asarray(gt, bool), structure=TUMOUR_CONNECTIVITY)
     if n == 0:
         return 0
     voxel_ml = float(np.prod(spacing)) / 1000.0

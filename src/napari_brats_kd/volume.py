@@ -183,22 +183,23 @@ class Case:
             need = ", ".join(MODALITY_NAMES[m] for m in missing)
             raise CaseError(f"Case {self.case_id!r} lacks {need} (it has {have}).")
 
+    def model_views(self, modalities: Sequence[str]) -> list[np.ndarray]:
+        """``modalities`` in model orientation, as views of the loaded data (no copies)."""
+        self.require(modalities)
+        src, dst = orient.DISPLAY_AXCODES, orient.MODEL_AXCODES
+        return [orient.reorient(self.images[m].data, src, dst) for m in modalities]
+
     def model_input(self, modalities: Sequence[str]) -> np.ndarray:
         """Stack ``modalities`` as float32 channels in model orientation, shape ``(C, X, Y, Z)``."""
-        self.require(modalities)
-        ref = self.reference
-        src = orient.DISPLAY_AXCODES
-        dst = orient.MODEL_AXCODES
-        return (
-            np.stack(
-                [
-                    np.ascontiguousarray(orient.reorient(self.images[m].data, src, dst), np.float32)
-                    for m in modalities
-                ]
-            )
-            if modalities
-            else np.empty((0, *orient.reoriented_shape(ref.data.shape, src, dst)))
-        )
+        views = self.model_views(modalities)
+        if not views:
+            shape = self.reference.data.shape
+            src, dst = orient.DISPLAY_AXCODES, orient.MODEL_AXCODES
+            return np.empty((0, *orient.reoriented_shape(shape, src, dst)), np.float32)
+        out = np.empty((len(views), *views[0].shape), np.float32)
+        for c, view in enumerate(views):
+            out[c] = view  # one copy, straight into the stack
+        return out
 
     @staticmethod
     def to_model_order(data: np.ndarray) -> np.ndarray:

@@ -73,10 +73,18 @@ def model_summary(config: Any, verb: str) -> str:
 
 
 def available_devices() -> list[str]:
-    """``"auto"``, ``"cpu"`` and the accelerators torch can use on this machine."""
-    import torch
+    """``"auto"``, ``"cpu"`` and the accelerators torch can use on this machine.
+
+    Without a GPU (a CPU-only torch build, no GPU device) torch is not imported: opening the
+    widget stays instant and segmenting runs on the lean ONNX path.
+    """
+    from ..device import may_have_accelerator
 
     devices = ["auto", "cpu"]
+    if not may_have_accelerator():
+        return devices
+    import torch
+
     if torch.cuda.is_available():
         devices.append("cuda")
     mps = getattr(torch.backends, "mps", None)
@@ -101,6 +109,9 @@ class SegmentWidget(ScrollingDock):
         self.viewer = viewer
         self.default_model = default_model
         self.task: Task | None = None
+        self._warm_task: Task | None = None
+        self.ready_model: str | None = None  # what prepare_model() last made ready
+        self._built = False  # set when __init__ is done: warm-ups start from then on
         self.last_result: SegmentationResult | None = None
         self.last_layer = None
         self._required: tuple[str, ...] = MODALITIES
@@ -237,6 +248,9 @@ class SegmentWidget(ScrollingDock):
         self._select_default_model()
         self._on_model_changed()
         self.autofill()
+        self.device_picker.changed.connect(self._warm_up)
+        self._built = True
+        self._warm_up()
 
     # ------------------------------------------------------------------------------------ models
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
@@ -303,6 +317,34 @@ class SegmentWidget(ScrollingDock):
             needed = modality in self._required
             picker.visible = needed
             picker.enabled = needed
+        if self._built:
+            self._warm_up()
+
+    def _warm_up(self, *_: Any) -> Task:
+        """Load the selected model (and build its session) in the background.
+
+        So that the first Run is as fast as the next: on a CPU the lean path's session is built
+        here, a checkpoint seen for the first time has its graph exported here, and a GPU model
+        is loaded here, all off the GUI thread.
+        """
+        spec, device = self.model_spec, self.device_picker.value
+        self.ready_model = None
+
+        def work(progress, should_stop):
+            from ..inference import prepare_model
+
+            return prepare_model(spec, device=device)
+
+        def ready(what: str) -> None:
+            if self._closed or (spec, device) != (self.model_spec, self.device_picker.value):
+                return  # the user picked another model meanwhile: its own warm-up reports
+            self.ready_model = what
+            if self.task is None or not self.task.is_running:
+                self.status.value = f"Ready: {what}."
+
+        # A model that cannot be loaded is explained by the info line and by Run, not here.
+        self._warm_task = start_task(work, on_returned=ready, on_error=lambda exc: None)
+        return self._warm_task
 
     def _on_load_clicked(self, *_: Any) -> None:
         path = ask_model_path(self.native, bundle=False)
@@ -419,7 +461,7 @@ class SegmentWidget(ScrollingDock):
             )
 
         self._set_running(True)
-        self.status.value = f"Segmenting {case.case_id} with {spec}..."
+        self.status.value = f"Segmenting {case.case_id} with {spec}: reading the layers..."
         self.task = start_task(
             work,
             on_progress=self._on_progress,
@@ -459,8 +501,7 @@ class SegmentWidget(ScrollingDock):
             for modality, picker in self.modality_pickers.items():
                 picker.enabled = modality in self._required
         else:
-            # Busy (an animated bar) until there is something to count: on a CPU the whole
-            # volume is often one network pass, which reports only when it is done.
+            # Busy (an animated bar) until segment() reports its first stage (scans ready).
             self.progress_bar.value = 0
             self.progress_bar.max = 0
         if not running and self.progress_bar.max == 0:

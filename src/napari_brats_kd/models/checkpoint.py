@@ -20,13 +20,14 @@ from torch import nn
 from .._files import atomic_write
 from ..errors import CheckpointError
 from .config import ModelConfig
+from .header import (
+    FORMAT_NAME,
+    META_CONFIG,
+    META_EXTRA,
+    META_FORMAT,
+    read_checkpoint_header,
+)
 from .networks import build_model
-
-#: Metadata keys inside the safetensors header.
-META_FORMAT = "napari_brats_kd.format"
-META_CONFIG = "napari_brats_kd.config"
-META_EXTRA = "napari_brats_kd.extra"
-FORMAT_NAME = "napari-brats-kd-checkpoint/1"
 
 #: Wrappers whose parameter names gain a prefix (DistributedDataParallel, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -145,41 +146,6 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig:
-    """The config stored in a checkpoint, without loading its weights."""
-    return _read_header(Path(path))[0]
-
-
-def _read_header(path: Path) -> tuple[ModelConfig, dict]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own and OS errors for corrupt files
-        raise CheckpointError(
-            f"Checkpoint {path} is not a readable safetensors file ({exc}). "
-            "It may be truncated or not a napari-brats-kd checkpoint."
-        ) from exc
-    if META_CONFIG not in meta:
-        raise CheckpointError(
-            f"Checkpoint {path} holds no napari-brats-kd model config in its metadata: it was not "
-            "written by napari-brats-kd's save_checkpoint, so the network it needs is unknown. "
-            "Load MONAI bundles with load_bundle, or re-save the weights with save_checkpoint."
-        )
-    try:
-        config = ModelConfig.from_json(meta[META_CONFIG])
-    except CheckpointError as exc:
-        raise CheckpointError(f"Checkpoint {path}: {exc}") from exc
-    try:
-        extra = json.loads(meta.get(META_EXTRA, "{}"))
-    except json.JSONDecodeError:
-        extra = {}
-    return config, extra
-
-
 def check_state_dict(
     model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike
 ) -> None:
@@ -246,7 +212,7 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     path = Path(path)
-    config, extra = _read_header(path)
+    config, extra = read_checkpoint_header(path)
     try:
         model = build_model(config)
     except CheckpointError as exc:

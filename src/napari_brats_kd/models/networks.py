@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
 
 from torch import nn
 
 from ..errors import CheckpointError
 from .config import ModelConfig
+from .geometry import first_stage_width, network_stride
+
+__all__ = [
+    "ARCHITECTURES",
+    "build_model",
+    "count_parameters",
+    "first_stage_width",
+    "network_stride",
+]
 
 #: Channel counts come from the config; builder arguments must not repeat them.
 _RESERVED_ARGS = ("in_channels", "out_channels", "spatial_dims")
@@ -99,41 +106,6 @@ def build_model(config: ModelConfig) -> nn.Module:
         raise CheckpointError(
             f"Cannot build {config.arch!r} with arguments {config.arch_args}: {exc}"
         ) from exc
-
-
-def network_stride(config: ModelConfig) -> int:
-    """Factor every spatial input size must be a multiple of for the network to run."""
-    args: dict[str, Any] = config.arch_args
-    if config.arch == "segresnet":
-        return int(args.get("downsample", 1)) * 2 ** (
-            len(args.get("blocks_down", (1, 2, 2, 4))) - 1
-        )
-    if config.arch == "student":
-        return int(args.get("downsample", 2)) * 2 ** (
-            len(args.get("blocks_down", (1, 1, 1, 1))) - 1
-        )
-    if config.arch == "unet":
-        return int(math.prod(args.get("strides", (2, 2, 2, 2))))
-    if config.arch == "swinunetr":
-        return 32
-    raise CheckpointError(f"Unknown architecture {config.arch!r}.")
-
-
-def first_stage_width(config: ModelConfig) -> tuple[int, float]:
-    """Channels of the widest full-resolution stage and the stage's resolution scale.
-
-    Used by the memory estimate: activations at the first stage dominate a 3D network's memory.
-    """
-    args = config.arch_args
-    if config.arch == "segresnet":
-        return int(args.get("init_filters", 8)), 1.0 / int(args.get("downsample", 1)) ** 3
-    if config.arch == "student":
-        return int(args.get("init_filters", 8)), 1.0 / int(args.get("downsample", 2)) ** 3
-    if config.arch == "unet":
-        return int(args.get("channels", (16,))[0]), 1.0
-    if config.arch == "swinunetr":
-        return int(args.get("feature_size", 24)), 1.0
-    return 16, 1.0
 
 
 def count_parameters(model: nn.Module) -> int:

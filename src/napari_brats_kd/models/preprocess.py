@@ -10,7 +10,9 @@ from ..errors import ModelInputError
 NORMALIZATIONS: tuple[str, ...] = ("zscore_nonzero", "none")
 
 
-def normalize_input(image: np.ndarray, method: str = "zscore_nonzero") -> np.ndarray:
+def normalize_input(
+    image: np.ndarray, method: str = "zscore_nonzero", *, copy: bool = True
+) -> np.ndarray:
     """Normalise each channel of a multi-modal image.
 
     ``"zscore_nonzero"`` is MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``, the
@@ -24,11 +26,13 @@ def normalize_input(image: np.ndarray, method: str = "zscore_nonzero") -> np.nda
         Array ``(C, X, Y, Z)`` (any float or integer dtype).
     method
         ``"zscore_nonzero"`` or ``"none"``.
+    copy
+        ``False`` normalises a float32 ``image`` in place (other types are still converted).
 
     Returns
     -------
     numpy.ndarray
-        ``float32`` array of the same shape (a new array).
+        ``float32`` array of the same shape (a new array unless ``copy=False``).
 
     Raises
     ------
@@ -40,7 +44,7 @@ def normalize_input(image: np.ndarray, method: str = "zscore_nonzero") -> np.nda
         raise ModelInputError(
             f"normalize_input expects a (C, X, Y, Z) array, got shape {image.shape}."
         )
-    out = image.astype(np.float32, copy=True)
+    out = image.astype(np.float32, copy=copy)
     if method == "none":
         return out
     if method != "zscore_nonzero":

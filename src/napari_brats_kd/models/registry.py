@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CaseError, CheckpointError
 from ..labels import MODALITY_NAMES
-from .checkpoint import LoadedModel, load_checkpoint, read_checkpoint_config
+from .config import ModelConfig
+from .header import read_checkpoint_config
+
+if TYPE_CHECKING:  # torch comes with the checkpoint module: imported only to load weights
+    from .checkpoint import LoadedModel
 
 #: Folder of shipped weights and its index.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -126,8 +132,8 @@ def register_model(
     ModelInfo
         The new entry; registering the same name again replaces the old entry.
     """
-    if isinstance(path_or_loaded, LoadedModel):
-        loaded: LoadedModel | None = path_or_loaded
+    if _is_loaded_model(path_or_loaded):
+        loaded: LoadedModel | None = path_or_loaded  # type: ignore[assignment]
         config = path_or_loaded.config
         path = path_or_loaded.path or Path(f"<memory:{config.display_name}>")
     else:
@@ -155,6 +161,7 @@ def register_model(
 def _load_path(path: Path) -> LoadedModel:
     """Load a path by kind: napari-brats-kd checkpoint, bundle folder or ``.pt`` state_dict."""
     from .bundle import load_bundle
+    from .checkpoint import load_checkpoint
 
     if not path.exists():
         raise CheckpointError(f"Model {str(path)!r} is neither a known model name nor a file.")
@@ -180,6 +187,152 @@ def _load_path(path: Path) -> LoadedModel:
     return loaded
 
 
+def _is_loaded_model(obj: Any) -> bool:
+    """Whether ``obj`` is a :class:`LoadedModel`, without importing torch to find out.
+
+    One can only exist once the checkpoint module (and torch) has been imported.
+    """
+    checkpoint = sys.modules.get(f"{__package__}.checkpoint")
+    return checkpoint is not None and isinstance(obj, checkpoint.LoadedModel)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model picked by name or path, before its weights are loaded.
+
+    Attributes
+    ----------
+    name
+        The name it goes by (the shipped or registered name, else the file name).
+    path
+        Weights file or bundle folder (``None`` for a model made in memory).
+    config
+        Its config, read from the checkpoint's header; ``None`` for a MONAI bundle or a ``.pt``
+        state dict, whose config is only known once loaded.
+    reason
+        Why this model was picked when it is not the one the name means by default (the case
+        lacks a modality the default needs), else ``None``.
+    loaded
+        The model itself when it is already in memory (registered in this session).
+    """
+
+    name: str
+    path: Path | None
+    config: ModelConfig | None
+    reason: str | None = None
+    loaded: LoadedModel | None = None
+
+
+def _config_of(path: Path) -> ModelConfig | None:
+    """A checkpoint's config from its header (``None`` for bundles and ``.pt`` files)."""
+    if path.is_file() and path.suffix == ".safetensors":
+        return read_checkpoint_config(path)
+    if path.is_dir():
+        ckpts = sorted(path.glob("*.safetensors"))
+        if len(ckpts) == 1:
+            return read_checkpoint_config(ckpts[0])
+    return None
+
+
+def choose_model(
+    spec: str | os.PathLike | LoadedModel,
+    modalities: Sequence[str] | None = None,
+    role: str = "student",
+) -> ModelChoice:
+    """Find the model ``spec`` names without loading it (no torch, no MONAI).
+
+    ``"student"`` and ``"teacher"`` mean "the shipped model of that role": when ``modalities`` is
+    given and the first one needs a modality the case lacks (say a clinical scan with T1c and
+    FLAIR only), the first shipped model of the role whose inputs the case has is taken instead.
+    A named model or a file is taken as it is, fitting or not (the caller's check then says what
+    is missing).
+
+    Parameters
+    ----------
+    spec
+        As for :func:`resolve_model`.
+    modalities
+        The modalities the case has (``None``: take the role's default).
+    role
+        Role to take when ``spec`` is empty (``""``).
+
+    Returns
+    -------
+    ModelChoice
+
+    Raises
+    ------
+    CaseError
+        If ``spec`` is a role and no shipped model of it fits the modalities: the message lists
+        each model with the modalities it would need.
+    CheckpointError
+        If the name is unknown, no shipped weights of the role exist, or a header is unreadable.
+    """
+    if _is_loaded_model(spec):
+        loaded: LoadedModel = spec  # type: ignore[assignment]
+        return ModelChoice(loaded.name, loaded.path, loaded.config, loaded=loaded)
+    text = str(spec) or role
+    with _lock:
+        entry = _session.get(text)
+    if entry is not None:
+        info, in_memory = entry
+        config = in_memory.config if in_memory is not None else _config_of(info.path)
+        return ModelChoice(info.name, info.path, config, loaded=in_memory)
+    shipped = shipped_models()
+    if text in ROLES:  # before names: the shipped "student" is also the role's default
+        return _choose_for_role(text, [m for m in shipped if m.role == text], modalities)
+    for info in shipped:
+        if info.name == text:
+            return ModelChoice(info.name, info.path, read_checkpoint_config(info.path))
+    path = Path(text).expanduser()
+    if not path.exists():
+        known = [m.name for m in available_models()]
+        raise CheckpointError(
+            f"Model {text!r} is neither a known model name "
+            f"({', '.join(known) if known else 'none are available'}) nor an existing file. "
+            f"{_HOW_TO_GET}"
+        )
+    return ModelChoice(path.name, path, _config_of(path))
+
+
+def _choose_for_role(
+    role: str, candidates: list[ModelInfo], modalities: Sequence[str] | None
+) -> ModelChoice:
+    if not candidates:
+        raise CheckpointError(
+            f"No shipped {role} weights are installed (napari_brats_kd/weights/index.json lists "
+            f"none for this role). {_HOW_TO_GET}"
+        )
+    needs = {info.name: read_checkpoint_config(info.path) for info in candidates}
+    first = candidates[0]
+    have = set(modalities) if modalities is not None else None
+    if have is None or have >= set(needs[first.name].modalities):
+        return ModelChoice(first.name, first.path, needs[first.name])
+    for info in candidates:
+        config = needs[info.name]
+        if have >= set(config.modalities):
+            lacking = [m for m in needs[first.name].modalities if m not in have]
+            reason = (
+                f"used {info.name} ({_names(config.modalities)}): the case has no "
+                f"{_names(lacking)}, which {needs[first.name].name or role} needs"
+            )
+            return ModelChoice(info.name, info.path, config, reason)
+    options = "; ".join(f"{name} needs {_names(c.modalities)}" for name, c in needs.items())
+    raise CaseError(
+        f"No shipped {role} fits a case with {_names(modalities or ()) or 'no scans'}: "
+        f"{options}. Add the missing scans, or give a model trained on these (brats-kd distill "
+        "--modalities ...)."
+    )
+
+
+def load_choice(choice: ModelChoice) -> LoadedModel:
+    """The network of a :class:`ModelChoice` (loaded once per file and cached)."""
+    if choice.loaded is not None:
+        return choice.loaded
+    assert choice.path is not None  # only in-memory models lack a path
+    return _load_path(choice.path)
+
+
 def resolve_model(spec: str | os.PathLike | LoadedModel, role: str = "student") -> LoadedModel:
     """Turn a model name, path or loaded model into a :class:`LoadedModel`.
 
@@ -201,35 +354,7 @@ def resolve_model(spec: str | os.PathLike | LoadedModel, role: str = "student") 
     CheckpointError
         If the name is unknown, no shipped weights of the role exist, or loading fails.
     """
-    if isinstance(spec, LoadedModel):
-        return spec
-    text = str(spec) or role
-    with _lock:
-        entry = _session.get(text)
-    if entry is not None:
-        info, loaded = entry
-        return loaded if loaded is not None else _load_path(info.path)
-    shipped = shipped_models()
-    for info in shipped:
-        if info.name == text:
-            return _load_path(info.path)
-    if text in ROLES:
-        for info in shipped:
-            if info.role == text:
-                return _load_path(info.path)
-        raise CheckpointError(
-            f"No shipped {text} weights are installed (napari_brats_kd/weights/index.json lists "
-            f"none for this role). {_HOW_TO_GET}"
-        )
-    path = Path(text).expanduser()
-    if not path.exists():
-        known = [m.name for m in available_models()]
-        raise CheckpointError(
-            f"Model {text!r} is neither a known model name "
-            f"({', '.join(known) if known else 'none are available'}) nor an existing file. "
-            f"{_HOW_TO_GET}"
-        )
-    return _load_path(path)
+    return load_choice(choose_model(spec, role=role))
 
 
 def resolve_model_for(
@@ -237,17 +362,7 @@ def resolve_model_for(
 ) -> tuple[LoadedModel, str | None]:
     """The model ``spec`` names, or, for a role, the shipped one that fits the scans at hand.
 
-    ``"student"`` and ``"teacher"`` mean "the shipped model of that role": when the first one
-    needs a modality the case lacks (say a clinical scan with T1c and FLAIR only), the first
-    shipped model of the role whose inputs the case has is taken instead. A named model or a
-    file is taken as it is, fitting or not (the caller's check then says what is missing).
-
-    Parameters
-    ----------
-    spec
-        As for :func:`resolve_model`.
-    modalities
-        The modalities the case has.
+    :func:`choose_model`, then the weights loaded.
 
     Returns
     -------
@@ -257,31 +372,11 @@ def resolve_model_for(
 
     Raises
     ------
-    CaseError
-        If ``spec`` is a role and no shipped model of it fits: the message lists each model
-        with the modalities it would need.
-    CheckpointError
-        As :func:`resolve_model`.
+    CaseError, CheckpointError
+        As :func:`choose_model`, or if loading fails.
     """
-    first = resolve_model(spec)
-    have = set(modalities)
-    if str(spec) not in ROLES or have >= set(first.config.modalities):
-        return first, None
-    candidates = [info for info in shipped_models() if info.role == str(spec)]
-    needs = {info.name: read_checkpoint_config(info.path).modalities for info in candidates}
-    for info in candidates:
-        if have >= set(needs[info.name]):
-            lacking = [m for m in first.config.modalities if m not in have]
-            return _load_path(info.path), (
-                f"used {info.name} ({_names(needs[info.name])}): the case has no "
-                f"{_names(lacking)}, which {first.config.name or spec} needs"
-            )
-    options = "; ".join(f"{name} needs {_names(need)}" for name, need in needs.items())
-    raise CaseError(
-        f"No shipped {spec} fits a case with {_names(modalities) or 'no scans'}: {options}. "
-        "Add the missing scans, or give a model trained on these (brats-kd distill "
-        "--modalities ...)."
-    )
+    choice = choose_model(spec, modalities)
+    return load_choice(choice), choice.reason
 
 
 def _names(modalities: Sequence[str]) -> str:

@@ -134,7 +134,8 @@ def cache_teacher_targets(
     TrainingError
         If the teacher does not fit in memory on a case.
     """
-    from ..inference import brain_bbox, predict_probabilities
+    from ..inference import brain_bbox
+    from ..predict_torch import predict_probabilities
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
