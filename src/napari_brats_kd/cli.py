@@ -239,7 +239,28 @@ def _prefetched_cases(cases: list[Path]):
             yield path, case
 
 
+def _import_in_background(*modules: str) -> None:
+    """Import ``modules`` in a daemon thread, while the main thread reads the first case.
+
+    scipy.ndimage and onnxruntime take about 0.2 s to import, a tenth of a whole ``segment``
+    command; reading the scans (zlib) runs without the GIL, so the two overlap. The import
+    system's locks make a main-thread import of the same module wait for this one.
+    """
+    import importlib
+    import threading
+
+    def work() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # the main thread's own import reports it, where it matters
+                return
+
+    threading.Thread(target=work, name="brats-kd-imports", daemon=True).start()
+
+
 def _run_segment(args: argparse.Namespace) -> int:
+    _import_in_background("onnxruntime", "scipy.ndimage")
     from .errors import BratsKDError
     from .inference import segment
     from .io import find_cases, save_labels

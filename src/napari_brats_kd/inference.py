@@ -245,6 +245,31 @@ class _Stages:
         self._report(self.total, "label map made")
 
 
+def _network_input(
+    channels: Sequence[np.ndarray],
+    brain: np.ndarray,
+    box: tuple[slice, slice, slice],
+    config: ModelConfig,
+    strategy: str,
+    roi_size: Sequence[int] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised crop the network runs on, and the brain mask of the crop.
+
+    Only the crop is copied (a BraTS brain fills about 40 % of the grid), straight into float32
+    and normalised in place: one copy of the input in all. For one pass over the crop, the
+    array is made zero-padded to the network stride at once (a box at the grid's edge cannot
+    grow to it), so the back end needs no padded copy of its own; zeros are background to the
+    normalisation, which ignores them.
+    """
+    size = tuple(sl.stop - sl.start for sl in box)
+    plan, padded = plan_passes(config, size, strategy, roi_size)
+    shape = padded if plan == "full" else size
+    crop = np.zeros((len(channels), *shape), np.float32)
+    for c, channel in enumerate(channels):
+        crop[c, : size[0], : size[1], : size[2]] = channel[box]
+    return normalize_input(crop, config.normalization, copy=False), brain[box]
+
+
 def _expected_passes(
     config: ModelConfig,
     shape: Sequence[int],
@@ -519,18 +544,11 @@ def segment(
         )
     if crop_to_brain:
         box = grow_to_multiple(box, network_stride(cfg), grid)
-    # Only the crop is copied (a BraTS brain fills about 40 % of the grid), then normalised in
-    # place: one float32 copy of the input in all.
-    crop = np.empty((len(channels), *(sl.stop - sl.start for sl in box)), np.float32)
-    for c, channel in enumerate(channels):
-        crop[c] = channel[box]
-    brain_crop = brain[box]
-    crop = normalize_input(crop, cfg.normalization, copy=False)
-
+    crop, brain_crop = _network_input(channels, brain, box, cfg, strategy, roi_size)
     passes = _expected_passes(cfg, crop.shape[1:], strategy, roi_size, overlap, sw_batch_size, tta)
     stages = _Stages(progress, passes)
     stages.scans_ready()
-    probs_crop, info = _probabilities(
+    probs_input, info = _probabilities(
         choice,
         crop,
         device=device,
@@ -548,6 +566,8 @@ def segment(
 
     if should_stop is not None and should_stop():  # a Cancel during the last pass
         raise Cancelled("Segmentation cancelled.")
+    size = tuple(sl.stop - sl.start for sl in box)
+    probs_crop = probs_input[:, : size[0], : size[1], : size[2]]  # without the stride padding
     # Everything after the network works on the crop: nothing outside the brain box is tumour.
     labels_crop = lab.regions_to_labels(probs_crop > 0.5, target, cfg.regions)
     # Skull-stripped BraTS scans are exactly 0 outside the brain, and tumour never lies there:

@@ -391,9 +391,18 @@ def convert_labels(
     """
     src, dst = get_convention(source), get_convention(target)
     labels = np.asarray(labels)
-    unknown = set(np.unique(labels).tolist()) - {0} - set(src.values.values())
+    if labels.dtype == np.uint8:  # every label map this package makes: one table lookup
+        present = np.flatnonzero(np.bincount(labels.ravel(), minlength=1))
+    else:
+        present = np.unique(labels)
+    unknown = set(present.tolist()) - {0} - set(src.values.values())
     if unknown:
         raise LabelConventionError(f"Label values {sorted(unknown)} are not part of {src.title}.")
+    if labels.dtype == np.uint8:
+        table = np.zeros(256, np.uint8)
+        for cls, value in src.values.items():
+            table[value] = dst.values.get(cls, 0)
+        return table[labels]
     out = np.zeros(labels.shape, dtype=np.uint8)
     for cls, value in src.values.items():
         if cls in dst.values:

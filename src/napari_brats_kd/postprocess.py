@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 #: Components farther than this from the main lesion (mm, surface to surface) may be dropped.
 FAR_MM: float = 10.0
@@ -53,6 +52,8 @@ class DroppedComponent:
 
 def remove_small_components(label_map: np.ndarray, min_voxels: int) -> np.ndarray:
     """Zero tumour components (all classes together) smaller than ``min_voxels``."""
+    from scipy import ndimage  # here: 0.15 s of import the CLI overlaps with reading
+
     if min_voxels <= 0:
         return label_map
     components, n = ndimage.label(label_map > 0, structure=TUMOUR_CONNECTIVITY)
@@ -75,6 +76,8 @@ def _far_from(
     far_mm: float,
 ) -> list[int]:
     """The candidate components with no voxel within ``far_mm`` of the ``main`` mask."""
+    from scipy import ndimage  # here: 0.15 s of import the CLI overlaps with reading
+
     spacing = tuple(float(s) for s in spacing)
     # The distance transform runs over the main lesion's bounding box grown by far_mm only: a
     # voxel outside that box is farther than far_mm along one axis, so farther in all. That box is
@@ -120,6 +123,8 @@ def drop_far_unlikely_components(
         The label map (the input itself when nothing was dropped, else a copy) and what was
         removed, largest first.
     """
+    from scipy import ndimage  # here: 0.15 s of import the CLI overlaps with reading
+
     if labels.shape != wt_probability.shape:
         raise ValueError(
             f"labels {labels.shape} and probabilities {wt_probability.shape} differ in shape."

@@ -6,6 +6,9 @@ import numpy as np
 
 from ..errors import ModelInputError
 
+#: Voxels per float64 slab when summing squares (a few hundred kB: stays in cache).
+_SLAB = 1 << 16
+
 #: Normalisations a :class:`~napari_brats_kd.models.config.ModelConfig` may name.
 NORMALIZATIONS: tuple[str, ...] = ("zscore_nonzero", "none")
 
@@ -58,12 +61,17 @@ def normalize_input(
         if n == 0:
             continue
         # Moments from sums over the whole channel (zeros add nothing): much faster than
-        # gathering the brain voxels with a boolean index; float64 keeps them exact enough.
-        mean = float(channel.sum(dtype=np.float64)) / n
-        var = max(float(np.square(channel, dtype=np.float64).sum()) / n - mean * mean, 0.0)
-        std = float(np.sqrt(var))
-        # MONAI divides by 1 when the standard deviation is 0; do the same.
-        channel -= np.float32(mean)
-        channel *= np.float32(1.0 / (std if std > 0 else 1.0))
-        channel *= mask  # background back to exactly 0
+        # gathering the brain voxels with a boolean index. float64 keeps them exact enough; the
+        # squares are summed in slabs so that no float64 copy of the channel is ever made.
+        flat = channel.reshape(-1)
+        mean = float(flat.sum(dtype=np.float64)) / n
+        squares = 0.0
+        for slab in np.array_split(flat, max(1, flat.size // _SLAB)):
+            slab64 = slab.astype(np.float64)
+            squares += float(np.dot(slab64, slab64))
+        std = float(np.sqrt(max(squares / n - mean * mean, 0.0)))
+        # MONAI divides by 1 when the standard deviation is 0; do the same. Background voxels
+        # are left alone: they stay exactly 0.
+        np.subtract(channel, np.float32(mean), out=channel, where=mask)
+        np.multiply(channel, np.float32(1.0 / (std if std > 0 else 1.0)), out=channel, where=mask)
     return out
