@@ -293,3 +293,25 @@ def test_real_cases_open_in_the_viewer(
         assert layer.metadata["brats_kd"]["file_axcodes"] == ("L", "P", "S")
     visible = [layer.name for layer in labels if layer.visible]
     assert visible == ([labels_shown] if labels_shown else [])
+
+
+def test_the_reader_claims_nifti_files_and_folders_only(tmp_path):
+    """napari must not offer this plugin (and then blame it) for a .txt or .bin file."""
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    note = tmp_path / "notes.txt"
+    note.write_text("not a scan")
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(b"\0" * 16)
+    case = tmp_path / "case"
+    case.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), case / "x_flair.nii.gz")
+
+    def ours(path) -> bool:
+        return any(r.plugin_name == "napari-brats-kd" for r in pm.iter_compatible_readers(path))
+
+    assert not ours(str(note)) and not ours(str(blob))
+    assert ours(str(case / "x_flair.nii.gz")) and ours(str(case))
+    assert get_reader(str(note)) is None
