@@ -241,6 +241,20 @@ def test_cli_segment_writes_labels_aligned_with_the_input(tmp_path, capsys, stud
     many = tmp_path / "many"
     assert main(["segment", str(tmp_path), "-o", str(many), "--model", str(student_ckpt)]) == 0
     assert (many / "BraTS2021_00042_seg.nii.gz").is_file()
+    capsys.readouterr()
+    # an -o that is no NIfTI name and no folder is refused, not turned into a folder
+    for name in ("seg.txt", "segnoext"):
+        assert main(["segment", str(folder), "-o", str(tmp_path / name)]) == 2
+        assert "neither a NIfTI file name" in capsys.readouterr().err
+        assert not (tmp_path / name).exists()
+    # one case into an existing folder: <case_id>_seg.nii.gz in it
+    assert main(["segment", str(folder), "-o", str(many), "--overwrite"]) == 0
+    # several cases into a file name: refused
+    two = tmp_path / "two"
+    for case_id in ("BraTS2021_00044", "BraTS2021_00045"):
+        _write_case_folder(two / case_id, case, affine)
+    assert main(["segment", str(two), "-o", str(tmp_path / "all.nii.gz")]) == 2
+    assert "a folder of cases" in capsys.readouterr().err
 
 
 def test_cli_segments_a_t1c_flair_case_with_the_student_that_fits(tmp_path, monkeypatch, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -140,9 +139,10 @@ def test_a_graph_beside_other_weights_is_not_used(case, tmp_path, fresh_cache) -
     write_graph(load_checkpoint(ckpt_a), ckpt_a)
     ckpt_b = save_checkpoint(tmp_path / "b", b.model, b.config)
     (tmp_path / "a.onnx").rename(tmp_path / "b.onnx")  # b's weights, a's graph
-    lean = segment(case, str(ckpt_b), device="cpu")
-    ref = segment(case, str(ckpt_b), device="cpu", backend="torch")
-    assert (lean.labels != ref.labels).sum() <= 5
+    lean = segment(case, str(ckpt_b), device="cpu", return_probabilities=True)
+    ref = segment(case, str(ckpt_b), device="cpu", backend="torch", return_probabilities=True)
+    assert any("exported" in note for note in lean.notes)  # b got a graph of its own
+    assert np.abs(lean.probabilities - ref.probabilities).max() < 1e-4
 
 
 def test_an_unwritable_cache_still_segments_and_says_so(case, tmp_path, monkeypatch) -> None:
@@ -183,8 +183,9 @@ def test_a_cpu_only_torch_needs_no_accelerator_check() -> None:
 
     from napari_brats_kd.device import may_have_accelerator
 
-    if "+cpu" in importlib.metadata.version("torch"):
-        assert may_have_accelerator() is False
+    if "+cpu" not in importlib.metadata.version("torch"):
+        pytest.skip("a torch build with GPU support: the answer depends on the machine")
+    assert may_have_accelerator() is False
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path) -> None:
@@ -194,4 +195,30 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path) -> None:
     if sys.platform.startswith("linux"):
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
         assert onnx_graphs.cache_dir() == tmp_path / "xdg" / "napari-brats-kd"
-    assert os.fspath(onnx_graphs.cache_dir())
+
+
+def test_a_broken_onnxruntime_falls_back_to_pytorch(case, monkeypatch) -> None:
+    monkeypatch.setattr(onnx_graphs, "onnxruntime_available", lambda: False)
+    result = segment(case, "student", device="cpu")
+    assert result.backend == "torch"
+
+
+def test_a_graph_that_cannot_be_made_is_tried_once_and_torch_runs(
+    case, tmp_path, fresh_cache, monkeypatch
+) -> None:
+    from napari_brats_kd import export
+    from napari_brats_kd.errors import CheckpointError
+
+    calls = []
+
+    def failing_export(*args, **kwargs):
+        calls.append(1)
+        raise CheckpointError("exporter cannot handle this network")
+
+    monkeypatch.setattr(export, "graph_bytes", failing_export)
+    student = tiny_student()
+    ckpt = save_checkpoint(tmp_path / "mine", student.model, student.config)
+    first = segment(case, str(ckpt), device="cpu")
+    again = segment(case, str(ckpt), device="cpu")
+    assert first.backend == again.backend == "torch" and len(calls) == 1
+    assert any("onnxruntime unavailable" in note for note in first.notes)

@@ -149,14 +149,38 @@ def _positive_int(text: str) -> int:
 
 
 def _segment_output(output: Path, case_id: str, several: bool) -> Path:
+    """The file a case's labels go to: ``-o`` itself, or ``<case_id>_seg.nii.gz`` in it.
+
+    Raises
+    ------
+    CaseError
+        For ``-o`` that would silently become something else than asked: one case and a name
+        that is neither a NIfTI file nor an existing folder (``seg.txt``, ``segnoext``), or
+        several cases and a NIfTI file name or an existing file.
+    """
+    from .errors import CaseError
     from .naming import is_nifti_name
 
-    if not several and is_nifti_name(output):
-        return output
+    if not several:
+        if is_nifti_name(output):
+            return output
+        if not output.is_dir():
+            raise CaseError(
+                f"-o {output} is neither a NIfTI file name (.nii.gz or .nii) nor an existing "
+                f"folder: write -o {output.with_suffix('').name or 'seg'}.nii.gz, or create the "
+                "folder first."
+            )
+    elif is_nifti_name(output) or output.is_file():
+        raise CaseError(
+            f"-o {output} names a file, but a folder of cases is segmented: give a folder, which "
+            "receives <case id>_seg.nii.gz for each case."
+        )
     return output / f"{case_id}_seg.nii.gz"
 
 
-def _planned_outputs(cases: list[Path], output: Path, overwrite: bool) -> dict[Path, Path]:
+def _planned_outputs(
+    cases: list[Path], output: Path, overwrite: bool, several: bool
+) -> dict[Path, Path]:
     """``{case path: output file}``, checked before anything runs.
 
     Raises
@@ -169,7 +193,6 @@ def _planned_outputs(cases: list[Path], output: Path, overwrite: bool) -> dict[P
     from .errors import BratsKDError, CaseError
     from .naming import case_files
 
-    several = len(cases) > 1
     planned: dict[Path, Path] = {}
     inputs: dict[Path, list[Path]] = {}
     for case_path in cases:
@@ -269,8 +292,9 @@ def _run_segment(args: argparse.Namespace) -> int:
     choose_model(args.model)  # a wrong name stops here, before any case is read
     used: dict[str, int] = {}
     cases = find_cases(args.input)
-    several = len(cases) > 1
-    planned = _planned_outputs(cases, args.output, args.overwrite)
+    # A dataset folder (even one holding a single case) writes into a folder, one file per case.
+    several = len(cases) > 1 or any(c.resolve() != args.input.resolve() for c in cases)
+    planned = _planned_outputs(cases, args.output, args.overwrite, several)
     case_bar = _tqdm_progress("cases", "case") if several else None
     failed: list[str] = []
     for i, (case_path, case) in enumerate(_prefetched_cases(cases)):

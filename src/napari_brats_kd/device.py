@@ -52,7 +52,9 @@ def may_have_accelerator() -> bool:
     if sys.platform == "darwin":
         return platform.machine() == "arm64"  # Apple silicon: MPS
     if sys.platform.startswith("linux"):
-        nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd")
+        # NVIDIA, WSL2's GPU bridge (CUDA under Windows' WSL), AMD ROCm
+        nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/dxg")
+        nodes += ("/dev/kfd",)
         return any(os.path.exists(node) for node in nodes)
     return True  # Windows and others: let torch tell
 

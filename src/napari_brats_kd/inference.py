@@ -252,18 +252,20 @@ def _network_input(
     config: ModelConfig,
     strategy: str,
     roi_size: Sequence[int] | None,
+    tta: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The normalised crop the network runs on, and the brain mask of the crop.
 
     Only the crop is copied (a BraTS brain fills about 40 % of the grid), straight into float32
-    and normalised in place: one copy of the input in all. For one pass over the crop, the
-    array is made zero-padded to the network stride at once (a box at the grid's edge cannot
-    grow to it), so the back end needs no padded copy of its own; zeros are background to the
-    normalisation, which ignores them.
+    and normalised in place: one copy of the input in all. For one pass over the crop without
+    TTA, the array is made zero-padded to the network stride at once (a box at the grid's edge
+    cannot grow to it), so the back end needs no padded copy of its own; zeros are background to
+    the normalisation, which ignores them. With TTA the back ends pad each mirrored copy at its
+    far end, so that every mirroring sees the brain at the same place on the stride grid.
     """
     size = tuple(sl.stop - sl.start for sl in box)
     plan, padded = plan_passes(config, size, strategy, roi_size)
-    shape = padded if plan == "full" else size
+    shape = padded if plan == "full" and not tta else size
     crop = np.zeros((len(channels), *shape), np.float32)
     for c, channel in enumerate(channels):
         crop[c, : size[0], : size[1], : size[2]] = channel[box]
@@ -482,7 +484,8 @@ def segment(
         Crop to the brain's bounding box first (default). ``False`` with ``strategy="sliding"``
         and ``roi_size=(240, 240, 160)`` reproduces MONAI's bundle inference.
     num_threads
-        CPU threads for this call (default: PyTorch's current setting).
+        CPU threads for this call (default: ``OMP_NUM_THREADS`` when set, else one per physical
+        core on the ONNX Runtime path and PyTorch's current setting on the PyTorch path).
     voxel_volume_mm3
         Voxel volume for ``volumes_ml`` of an array input (default 1 mm3). Cases use their affine.
     backend
@@ -544,7 +547,7 @@ def segment(
         )
     if crop_to_brain:
         box = grow_to_multiple(box, network_stride(cfg), grid)
-    crop, brain_crop = _network_input(channels, brain, box, cfg, strategy, roi_size)
+    crop, brain_crop = _network_input(channels, brain, box, cfg, strategy, roi_size, tta)
     passes = _expected_passes(cfg, crop.shape[1:], strategy, roi_size, overlap, sw_batch_size, tta)
     stages = _Stages(progress, passes)
     stages.scans_ready()

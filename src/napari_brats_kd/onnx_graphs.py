@@ -16,6 +16,7 @@ Sessions are kept per graph and thread count for the life of the process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
-from .errors import Cancelled
+from .errors import Cancelled, CheckpointError
 from .models.config import ModelConfig
 from .models.header import count_stored_parameters
 
@@ -82,11 +83,22 @@ def shipped_graph_path(weights: Path) -> Path:
     return weights.with_suffix(".onnx")
 
 
+@functools.cache
 def onnxruntime_available() -> bool:
-    """Whether onnxruntime can be imported (without importing it)."""
-    import importlib.util
+    """Whether onnxruntime imports (a broken install, e.g. a missing DLL, counts as absent)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
 
-    return importlib.util.find_spec("onnxruntime") is not None
+
+def default_threads() -> int:
+    """Intra-op threads: ``OMP_NUM_THREADS`` when set (clusters set it), else 0 (one per core)."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
 
 
 @dataclass
@@ -135,7 +147,10 @@ class OnnxModel:
         feed = {"image": np.ascontiguousarray(batch, np.float32)}
         options = ort.RunOptions()
         if should_stop is None:
-            return self.session.run(None, feed, options)[0]
+            try:
+                return self.session.run(None, feed, options)[0]
+            except Exception as exc:  # onnxruntime's own error types
+                raise _run_error(self.name, exc) from exc
         finished = threading.Event()
 
         def watch() -> None:
@@ -151,15 +166,31 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime's own error types; only a stop is ours
             if options.terminate:
                 raise Cancelled("Segmentation cancelled.") from exc
-            raise
+            raise _run_error(self.name, exc) from exc
         finally:
             finished.set()
             watcher.join()
 
 
 _sessions: dict[tuple[str, int], OnnxModel] = {}
+
+
+def _run_error(name: str, exc: Exception) -> Exception:
+    """A user-facing error for a failed onnxruntime pass (memory, or anything else)."""
+    from .errors import ResourceError
+
+    text = str(exc)
+    if "alloc" in text.lower():
+        return ResourceError(
+            f"Out of memory segmenting with {name}: {text.splitlines()[0][:300]}. Close other "
+            "programs, or use a smaller model (the student)."
+        )
+    return CheckpointError(f"onnxruntime failed running {name}: {text.splitlines()[0][:300]}")
+
+
+_failed: dict[str, Exception] = {}
+_building: dict[tuple[str, int], threading.Lock] = {}
 _lock = threading.Lock()
-_build_lock = threading.Lock()
 
 
 def _new_session(source: Path | bytes, threads: int):
@@ -192,7 +223,7 @@ def onnx_model(choice: ModelChoice, threads: int | None = None) -> OnnxModel | N
     choice
         A model picked by :func:`~napari_brats_kd.models.registry.choose_model`.
     threads
-        Intra-op threads (``None`` or 0: one per physical core).
+        Intra-op threads (``None``: :func:`default_threads`; 0: one per physical core).
 
     Raises
     ------
@@ -206,15 +237,28 @@ def onnx_model(choice: ModelChoice, threads: int | None = None) -> OnnxModel | N
         weights = next(iter(sorted(weights.glob("*.safetensors"))), None)
     if weights is None or not weights.is_file():
         return None
-    threads = int(threads or 0)
+    threads = int(threads) if threads else default_threads()
     sha = file_sha256(weights)
     key = (sha, threads)
-    with _build_lock:  # a warm-up and a Run at once build one session, not two
+    with _lock:
+        cached = _sessions.get(key)
+        failed = _failed.get(sha)
+        building = _building.setdefault(key, threading.Lock())
+    if cached is not None:
+        return cached
+    if failed is not None:  # a graph that cannot be made is not tried again for every case
+        raise failed
+    with building:  # a warm-up and a Run at once build one session, not two
         with _lock:
             cached = _sessions.get(key)
         if cached is not None:
             return cached
-        model = _open(choice, weights, sha, threads)
+        try:
+            model = _open(choice, weights, sha, threads)
+        except CheckpointError as exc:
+            with _lock:
+                _failed[sha] = exc
+            raise
         with _lock:
             _sessions[key] = model
     return model
@@ -236,7 +280,10 @@ def _open(choice: ModelChoice, weights: Path, sha: str, threads: int) -> OnnxMod
         if _graph_weights_sha(session) in ((sha, None) if unnamed_ok else (sha,)):
             return OnnxModel(choice.name, choice.config, weights, graph, n_parameters, session)
     graph, data = _export_to_cache(choice, sha, notes)
-    session = _new_session(graph if graph is not None else data, threads)
+    try:
+        session = _new_session(graph if graph is not None else data, threads)
+    except Exception as exc:  # onnxruntime's own error types: a graph it cannot run
+        raise CheckpointError(f"onnxruntime cannot run the graph of {choice.name}: {exc}") from exc
     return OnnxModel(choice.name, choice.config, weights, graph, n_parameters, session, notes)
 
 
@@ -265,3 +312,4 @@ def clear_sessions() -> None:
     """Forget the sessions of this process (tests, or to free memory)."""
     with _lock:
         _sessions.clear()
+        _failed.clear()

@@ -151,9 +151,9 @@ def _resolve_backend(
             )
         return "torch"
     if backend == "auto":
-        import importlib.util
+        from .onnx_graphs import onnxruntime_available
 
-        if importlib.util.find_spec("onnxruntime") is None:
+        if not onnxruntime_available():
             return "torch"
         try:
             from .export import onnx_session

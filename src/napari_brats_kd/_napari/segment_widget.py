@@ -328,12 +328,14 @@ class SegmentWidget(ScrollingDock):
         is loaded here, all off the GUI thread.
         """
         spec, device = self.model_spec, self.device_picker.value
+        # The open case's scans: for one without T1 / T2 the role's T1c + FLAIR model warms up.
+        modalities = tuple(find_modality_layers(self.viewer.layers)) or None
         self.ready_model = None
 
         def work(progress, should_stop):
             from ..inference import prepare_model
 
-            return prepare_model(spec, device=device)
+            return prepare_model(spec, modalities, device=device)
 
         def ready(what: str) -> None:
             if self._closed or (spec, device) != (self.model_spec, self.device_picker.value):

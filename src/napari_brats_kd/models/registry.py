@@ -274,11 +274,16 @@ def choose_model(
     text = str(spec) or role
     with _lock:
         entry = _session.get(text)
+    shipped = shipped_models()
     if entry is not None:
         info, in_memory = entry
         config = in_memory.config if in_memory is not None else _config_of(info.path)
-        return ModelChoice(info.name, info.path, config, loaded=in_memory)
-    shipped = shipped_models()
+        lacks = config is not None and not set(modalities or config.modalities) >= set(
+            config.modalities
+        )
+        if not (text in ROLES and lacks):  # a registered "student" that fits the case wins
+            return ModelChoice(info.name, info.path, config, loaded=in_memory)
+
     if text in ROLES:  # before names: the shipped "student" is also the role's default
         return _choose_for_role(text, [m for m in shipped if m.role == text], modalities)
     for info in shipped:
@@ -303,11 +308,13 @@ def _choose_for_role(
             f"No shipped {role} weights are installed (napari_brats_kd/weights/index.json lists "
             f"none for this role). {_HOW_TO_GET}"
         )
-    needs = {info.name: read_checkpoint_config(info.path) for info in candidates}
     first = candidates[0]
+    first_config = read_checkpoint_config(first.path)
     have = set(modalities) if modalities is not None else None
-    if have is None or have >= set(needs[first.name].modalities):
-        return ModelChoice(first.name, first.path, needs[first.name])
+    if have is None or have >= set(first_config.modalities):
+        return ModelChoice(first.name, first.path, first_config)
+    # Only now the other headers: a damaged file the default does not need stops nothing.
+    needs = {info.name: read_checkpoint_config(info.path) for info in candidates}
     for info in candidates:
         config = needs[info.name]
         if have >= set(config.modalities):
