@@ -369,3 +369,24 @@ def test_segment_viewer_non_blocking_returns_a_running_task(
     assert len(results) == 1
     layer = viewer.layers["tiny_case tumor (tiny-student)"]
     np.testing.assert_array_equal(layer.data, results[0].labels)
+
+
+def test_a_t1c_flair_case_is_run_by_the_student_that_fits(make_napari_viewer, qtbot):
+    """A case with FLAIR and T1c only: the student widget says which model will run, and why."""
+    full = make_case()
+    case = Case(
+        case_id="two_scans",
+        images={m: full.images[m] for m in ("t1c", "flair")},
+        naming="brats2021",
+    )
+    viewer = make_napari_viewer()
+    open_case(viewer, case)
+    widget = open_widget(viewer)
+    assert set(widget.required_modalities) == {"t1c", "flair"}
+    assert "student-t1cflair" in widget.model_info.value and "no T1, T2" in widget.model_info.value
+    assert not widget.modality_pickers["t1"].visible
+    run_and_wait(qtbot, widget, timeout=60000)
+    assert widget.last_result is not None
+    assert "t1cflair" in widget.last_result.model.lower() or any(
+        "student-t1cflair" in note for note in widget.last_result.notes
+    )

@@ -289,21 +289,27 @@ class SegmentWidget(ScrollingDock):
         """The selected model (a name from ``available_models()``, or the role name)."""
         return self.model_picker.value
 
-    def _model_config(self, name: str):
-        """Config of a model without loading its weights when its file header is enough."""
-        from ..models import available_models, read_checkpoint_config, resolve_model
+    def _open_case_modalities(self) -> tuple[str, ...] | None:
+        """Modalities of the case open in the viewer (``None`` when none is recognised)."""
+        return tuple(find_modality_layers(self.viewer.layers)) or None
 
-        for info in available_models():
-            if info.name == name and info.path.suffix == ".safetensors" and info.path.is_file():
-                return read_checkpoint_config(info.path)
-        return resolve_model(name, role=self.default_model).config
+    def _model_config(self, name: str):
+        """The config of the model Run would use, and why it is not the named one (or None).
+
+        For the role names, the shipped model that needs only the open case's scans, as
+        :func:`~napari_brats_kd.inference.segment` picks it; a header is enough to know.
+        """
+        from ..models.registry import choose_model, load_choice
+
+        choice = choose_model(name, self._open_case_modalities(), role=self.default_model)
+        return choice.config or load_choice(choice).config, choice.reason
 
     def _on_model_changed(self, *_: Any) -> None:
-        """Describe the selected model and show only the modality pickers it needs."""
+        """Describe the model Run would use and show only the modality pickers it needs."""
         from ..errors import BratsKDError
 
         try:
-            config = self._model_config(self.model_spec)
+            config, reason = self._model_config(self.model_spec)
         except BratsKDError as exc:
             self._required = MODALITIES
             self.model_info.value = str(exc)
@@ -311,6 +317,8 @@ class SegmentWidget(ScrollingDock):
         else:
             self._required = tuple(config.modalities)
             text = model_summary(config, "Needs")
+            if reason:
+                text = f"For this case: {reason[0].upper()}{reason[1:]}. {text}"
             self.model_info.value = text
             self.model_info.tooltip = text
         for modality, picker in self.modality_pickers.items():
@@ -390,6 +398,8 @@ class SegmentWidget(ScrollingDock):
             layer.events.name.connect(self._refresh_layer_choices)
         self._refresh_layer_choices()
         self.autofill(keep_user_picks=True)
+        if self.model_spec in ("student", "teacher"):  # the role's fitting model may change
+            self._on_model_changed()
 
     def autofill(self, keep_user_picks: bool = False) -> None:
         """Pick the modality layers of the open case (by metadata, else by layer name).
