@@ -309,6 +309,27 @@ def test_corrupt_gzip_body(tmp_path):
         io.load_volume(path)
 
 
+def test_one_flipped_byte_in_the_voxels_is_an_error_not_changed_voxels(tmp_path):
+    """The gzip CRC is checked: a stored (uncompressed) block makes the flip land in the data."""
+    data = base_volume()
+    raw = nib.Nifti1Image(data, np.eye(4)).to_bytes()
+    stored = bytearray(gzip.compress(raw, compresslevel=0))  # level 0: the bytes as they are
+    stored[len(stored) // 2] ^= 0x01
+    path = tmp_path / "flipped.nii.gz"
+    path.write_bytes(bytes(stored))
+    with pytest.raises(NiftiReadError, match="corrupt"):
+        io.load_volume(path)
+
+
+def test_a_multi_member_gzip_reads_whole(tmp_path):
+    data = base_volume()
+    raw = nib.Nifti1Image(data, np.eye(4)).to_bytes()
+    half = len(raw) // 2
+    path = tmp_path / "two_members.nii.gz"
+    path.write_bytes(gzip.compress(raw[:half]) + gzip.compress(raw[half:]))
+    np.testing.assert_array_equal(io.read_nifti(path)[0], data)
+
+
 def test_header_claims_more_data_than_file_holds(tmp_path):
     path = _nii(tmp_path, base_volume())
     raw = bytearray(path.read_bytes())

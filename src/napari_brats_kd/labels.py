@@ -391,17 +391,17 @@ def convert_labels(
     """
     src, dst = get_convention(source), get_convention(target)
     labels = np.asarray(labels)
-    if labels.dtype == np.uint8:  # every label map this package makes: one table lookup
-        present = np.flatnonzero(np.bincount(labels.ravel(), minlength=1))
-    else:
-        present = np.unique(labels)
-    unknown = set(present.tolist()) - {0} - set(src.values.values())
+    counts = value_counts(labels)
+    unknown = set(counts) - {0} - set(src.values.values())
     if unknown:
         raise LabelConventionError(f"Label values {sorted(unknown)} are not part of {src.title}.")
-    if labels.dtype == np.uint8:
+    if labels.dtype == np.uint8:  # every label map this package makes
+        mapping = {value: dst.values.get(cls, 0) for cls, value in src.values.items()}
+        if all(mapping.get(v, 0) == v for v in counts if v):
+            return labels.copy()  # the same values: nothing to look up
         table = np.zeros(256, np.uint8)
-        for cls, value in src.values.items():
-            table[value] = dst.values.get(cls, 0)
+        for value, new in mapping.items():
+            table[value] = new
         return table[labels]
     out = np.zeros(labels.shape, dtype=np.uint8)
     for cls, value in src.values.items():
@@ -433,8 +433,41 @@ def region_volumes_ml(
     convention: LabelConvention | str,
     voxel_volume_mm3: float,
 ) -> dict[str, float]:
-    """Volumes of WT, TC and ET in millilitres (cm3), in :data:`REPORT_REGIONS` order."""
-    masks = labels_to_regions(labels, convention, REPORT_REGIONS)
+    """Volumes of WT, TC and ET in millilitres (cm3), in :data:`REPORT_REGIONS` order.
+
+    Raises
+    ------
+    LabelConventionError
+        If ``labels`` holds values outside the convention.
+    """
+    spec = get_convention(convention)
+    counts = value_counts(np.asarray(labels))
+    unknown = set(counts) - {0} - set(spec.values.values())
+    if unknown:
+        raise LabelConventionError(f"Label values {sorted(unknown)} are not part of {spec.title}.")
+    out = {}
+    for region in REPORT_REGIONS:
+        members = [spec.values[c] for c in REGION_CLASSES[region] if c in spec.values]
+        out[region] = sum(counts.get(v, 0) for v in members) * voxel_volume_mm3 / 1000.0
+    return out
+
+
+def value_counts(labels: np.ndarray) -> dict[int, int]:
+    """``{value: voxels}`` of the values present in a label map.
+
+    A BraTS map holds a handful of small values: one comparison per value up to the maximum is
+    several times faster than ``np.unique`` (a sort) or ``np.bincount`` (a cast to int64).
+    """
+    if labels.size == 0:
+        return {}
+    if labels.dtype.kind in "ub" or (labels.dtype.kind == "i" and labels.min() >= 0):
+        top = int(labels.max())
+        if top < 16:
+            counts = {v: int(np.count_nonzero(labels == v)) for v in range(1, top + 1)}
+            counts[0] = labels.size - sum(counts.values())
+            return {v: n for v, n in counts.items() if n}
+    values, n = np.unique(labels, return_counts=True)
     return {
-        r: float(masks[i].sum()) * voxel_volume_mm3 / 1000.0 for i, r in enumerate(REPORT_REGIONS)
+        int(v) if float(v).is_integer() else float(v): int(c)
+        for v, c in zip(values, n, strict=True)
     }
