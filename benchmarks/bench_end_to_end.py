@@ -162,10 +162,10 @@ def table(cli: dict, gui: dict | None) -> str:
         f"| a fresh Python reads the four files (floor) | {read:.2f} s | | "
         f"{cli['read']['rss_mb']:.0f} MB |",
         f"| `brats-kd segment CASE -o seg.nii.gz` (student), whole command | "
-        f"{student['seconds']:.2f} s ({student['seconds'] / read:.1f}x the floor) | "
+        f"{student['seconds']:.2f} s ({student['seconds'] / read:.2f}x the floor) | "
         f"<= 4x the floor, about 2 s | {student['rss_mb']:.0f} MB (bar <= 1 GB) |",
         f"| the same with `--model teacher` | {teacher['seconds']:.2f} s "
-        f"({teacher['seconds'] / student['seconds']:.1f}x the student) | >= 5x the student | "
+        f"({teacher['seconds'] / student['seconds']:.2f}x the student) | >= 5x the student | "
         f"{teacher['rss_mb']:.0f} MB |",
     ]
     if "folder" in cli:
