@@ -534,8 +534,10 @@ def segment(
         voxel_mm3 = 1.0 if voxel_volume_mm3 is None else float(voxel_volume_mm3)
         spacing = (voxel_mm3 ** (1 / 3),) * 3
     target = lab.get_convention(convention if convention is not None else default_conv).convention
-    # min/max propagate NaN and show inf without allocating a mask as large as the case.
-    if not all(np.isfinite(channel.min()) and np.isfinite(channel.max()) for channel in channels):
+    # min/max propagate NaN and show inf without allocating a mask as large as the case
+    # (integer scans, most BraTS files, cannot hold either).
+    floats = [channel for channel in channels if channel.dtype.kind == "f"]
+    if not all(np.isfinite(channel.min()) and np.isfinite(channel.max()) for channel in floats):
         raise ModelInputError("The input holds NaN or infinite voxels; fix the scan first.")
 
     brain = _brain_mask(channels)

@@ -139,10 +139,12 @@ def drop_far_unlikely_components(
     if n < 2:
         return labels, []
     index = np.arange(1, n + 1)
-    flat = components.ravel()
-    # bincount sums per component in one pass (ndimage.sum_labels took 5x longer on a real case).
-    mass = np.bincount(flat, weights=wt_probability[box].ravel(), minlength=n + 1)[1:]
-    voxels = np.bincount(flat, minlength=n + 1)[1:]
+    # Sums per component over the tumour voxels only (a few percent of the box), in one pass
+    # each: ndimage.sum_labels over the whole box took 5x longer on a real case.
+    inside = components > 0
+    which = components[inside]
+    mass = np.bincount(which, weights=wt_probability[box][inside], minlength=n + 1)[1:]
+    voxels = np.bincount(which, minlength=n + 1)[1:]
     confidence = mass / np.maximum(voxels, 1)
     main = int(np.argmax(mass)) + 1
     doubtful = [i for i in index if i != main and confidence[i - 1] < min_confidence]
