@@ -407,3 +407,28 @@ def test_free_cpu_memory_is_the_smaller_of_the_machines_and_the_limits(monkeypat
     assert device.available_memory(torch.device("cpu")) == 2 * 2**30
     monkeypatch.setattr(device, "cgroup_free_memory", lambda: None)
     assert device.available_memory(torch.device("cpu")) == 16 * 2**30
+
+
+def test_cli_writes_a_bare_2023_named_case_in_the_2023_convention(tmp_path, student_ckpt):
+    """t1n / t1c / t2w / t2f without a case prefix are BraTS 2023 names: ET is written as 3."""
+    from napari_brats_kd.cli import main
+    from napari_brats_kd.io import load_case
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    case = make_case(affine=affine)
+    folder = tmp_path / "patient_17"
+    folder.mkdir()
+    bare = {"t1": "t1n", "t1c": "t1c", "t2": "t2w", "flair": "t2f"}
+    for m, vol in case.images.items():
+        nib.save(nib.Nifti1Image(vol.file_data(), affine), folder / f"{bare[m]}.nii.gz")
+    loaded = load_case(folder)
+    assert loaded.case_id == "patient_17" and loaded.naming == "brats2023"
+    assert loaded.convention == LabelConvention.BRATS2023
+    # A model that marks all three classes: the enhancing tumour comes out as 3, never 4.
+    labels = segment(loaded, pointwise_model()).labels
+    assert set(np.unique(labels).tolist()) == {0, 1, 2, 3}
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(folder), "-o", str(out), "--model", str(student_ckpt)]) == 0
+    written = nib.load(out)
+    assert b"brats2023" in bytes(written.header["descrip"])
+    assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1, 2, 3}

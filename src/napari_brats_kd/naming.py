@@ -3,7 +3,8 @@
 Four published layouts and the loose names found in the wild are recognised:
 
 - ``"brats2021"`` (BraTS 2018-2021): ``<case>_t1``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg``;
-- ``"brats2023"`` (BraTS 2023+): ``<case>-t1n``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``;
+- ``"brats2023"`` (BraTS 2023+): ``<case>-t1n``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``, and the bare
+  ``t1n``, ``t1c``, ``t2w``, ``t2f`` (the case id is then the folder's name);
 - ``"nnunet"`` (nnU-Net raw): ``<case>_0000`` .. ``_0003``, channel names from a ``dataset.json``
   (v1 ``"modality"`` or v2 ``"channel_names"``) or, without one, T1, T1ce, T2, FLAIR; labels in
   ``labelsTr/<case>.nii.gz`` beside ``imagesTr``;
@@ -201,6 +202,10 @@ def classify_file(path: str | Path) -> FileRole:
             if m["token"] == "seg":
                 return FileRole(path, "seg", None, m["case"], naming)
             return FileRole(path, "image", table[m["token"]], m["case"], naming)
+    if stem.lower() in BRATS2023_TOKENS:
+        # A bare BraTS 2023 name (`t1n.nii.gz`, `t2f.nii.gz`: the case id is the folder's): the
+        # 2023 naming, so its label convention (ET = 3), not a loose name.
+        return FileRole(path, "image", BRATS2023_TOKENS[stem.lower()], "", "brats2023")
     # Loose names: look at the last few tokens, after dropping processing tags such as "_bet".
     spans = [(mt.start(), mt.group().lower()) for mt in _TOKEN_RE.finditer(stem)]
     for n in (1, 2):
