@@ -621,3 +621,29 @@ def test_nnunet_channel_order_assumed_without_dataset_json_is_told(tmp_path, dat
         assert len(assumed) == 1
         assert "T1, T1c, T2, FLAIR (nnU-Net BraTS order)" in assumed[0]
         assert case.extra["notes"] is case.notes  # what the napari reader shows
+
+
+def test_a_met_folder_with_an_unnamed_label_map_opens(tmp_path):
+    """A BraTS-MET-style folder: four named scans, an algorithm's label map and an image whose
+    names tell no modality. The case opens; the label map is a further segmentation; the image
+    is listed in a note."""
+    folder = write_case_2023(tmp_path, "BraTS-MET-00001-000", seg=False)
+    labels = convert_labels(seg_volume(), "brats2021", "brats2023")
+    write_nifti(folder / "aurora_t1c_only_model_output_from_tutorials.nii.gz", labels)
+    write_nifti(folder / "registered_atlas.nii.gz", base_volume())
+    case = io.load_case(folder)
+    assert set(case.modalities) == set(MODALITIES) and case.case_id == "BraTS-MET-00001-000"
+    extra = case.extra["segmentations"]
+    assert list(extra) == ["aurora_t1c_only_model_output_from_tutorials"]
+    assert extra["aurora_t1c_only_model_output_from_tutorials"]["convention"].value == "brats2023"
+    assert any("registered_atlas.nii.gz" in note and "Not opened" in note for note in case.notes)
+    # segmenting reads only the scans, and says what it left alone
+    scans = io.load_case(folder, extra_segmentations=False, segmentation=False)
+    assert any("Not read" in note and "aurora" in note for note in scans.notes)
+
+
+def test_a_folder_of_unnamed_files_only_is_still_refused(tmp_path):
+    write_nifti(tmp_path / "case" / "scan_a.nii.gz", base_volume())
+    write_nifti(tmp_path / "case" / "scan_b.nii.gz", base_volume())
+    with pytest.raises(CaseError, match="Cannot tell which modality"):
+        io.load_case(tmp_path / "case")

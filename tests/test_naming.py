@@ -187,11 +187,20 @@ def test_duplicate_modality_names_both_files(tmp_path):
         naming.case_files(folder)
 
 
-def test_unassignable_file_in_case_folder(tmp_path):
+def test_a_file_naming_no_modality_beside_the_scans_does_not_stop_the_case(tmp_path):
+    """The scans tell their modalities apart: the odd file is set aside (issue 21, item 1)."""
     folder = write_case_2021(tmp_path)
     write_nifti(folder / "notes_scan.nii.gz", base_volume())
+    files = naming.case_files(folder)
+    assert len(files.images) == 4 and files.unnamed == [folder / "notes_scan.nii.gz"]
+    assert files.naming == "brats2021"
+
+
+def test_unassignable_files_alone_are_refused(tmp_path):
+    write_nifti(tmp_path / "case" / "notes_scan.nii.gz", base_volume())
+    write_nifti(tmp_path / "case" / "other.nii.gz", base_volume())
     with pytest.raises(CaseError, match=r"notes_scan\.nii\.gz.*_t1ce"):
-        naming.case_files(folder)
+        naming.case_files(tmp_path / "case")
 
 
 def test_a_label_map_beside_the_challenge_seg_is_an_extra_segmentation(tmp_path):

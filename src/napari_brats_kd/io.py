@@ -637,7 +637,9 @@ def load_case(
     if not segmentation and files.images and files.seg is not None:
         files = replace(files, seg=None)
     notes = list(files.notes)
-    total = len(files.all_files) - (0 if extra_segmentations else len(files.extra_segs))
+    total = len(files.all_files) - (
+        0 if extra_segmentations else len(files.extra_segs) + len(files.unnamed)
+    )
     done = 0
 
     def step(msg: str) -> None:
@@ -686,10 +688,15 @@ def load_case(
         convention, reason = _convention_without_seg(files.naming)
 
     extra: dict = {"files": files, "notes": notes}
-    if extra_segmentations and files.extra_segs:
+    label_maps = _unnamed_label_maps(files.unnamed, notes, step) if extra_segmentations else []
+    if files.unnamed and not extra_segmentations:
+        notes.append(
+            f"Not read: {', '.join(p.name for p in files.unnamed)} (the names tell no modality)."
+        )
+    if extra_segmentations and (files.extra_segs or label_maps):
         segs: dict[str, dict] = {}
         ref = grid[0] if grid else None
-        for p in files.extra_segs:
+        for p in files.extra_segs + label_maps:
             try:
                 vol = load_segmentation(p, max_bytes)
                 conv, why = label_convention(vol, None)
@@ -716,6 +723,28 @@ def load_case(
         naming=files.naming,
         extra=extra,
     )
+
+
+def _unnamed_label_maps(
+    paths: list[Path], notes: list[str], step: Callable[[str], None]
+) -> list[Path]:
+    """The files among ``paths`` whose voxels are labels; the others are listed in one note."""
+    labels, others = [], []
+    for p in paths:
+        try:
+            (labels if is_segmentation(read_nifti(p)[0]) else others).append(p)
+        except (NiftiReadError, InvalidVolumeError, ResourceError) as exc:
+            notes.append(f"Skipped {p.name}: {exc}")
+            step(f"read {p.name}")
+            continue
+        if p in others:
+            step(f"read {p.name}")
+    if others:
+        notes.append(
+            f"Not opened: {', '.join(p.name for p in others)} (images whose names tell no "
+            "modality; rename them with a modality suffix such as _t1c to use them)."
+        )
+    return labels
 
 
 def find_cases(root: PathLike) -> list[Path]:

@@ -311,6 +311,10 @@ class CaseFiles:
         The case's segmentation file, if any.
     extra_segs
         Further segmentations (e.g. algorithm outputs in a ``segmentations/`` subfolder).
+    unnamed
+        Files beside the case's scans whose names tell no modality (say an algorithm's
+        ``..._model_output.nii.gz``): :func:`~napari_brats_kd.io.load_case` opens those holding
+        labels as further segmentations and lists the others in a note.
     notes
         Sentences for the user about what was found or assumed (missing modalities, ignored
         files, channel order assumed without a dataset.json); the napari reader shows them and
@@ -327,6 +331,7 @@ class CaseFiles:
     extra_segs: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     channel_source: str | None = None
+    unnamed: list[Path] = field(default_factory=list)
 
     @property
     def all_files(self) -> list[Path]:
@@ -336,7 +341,7 @@ class CaseFiles:
             files.append(self.multichannel[0])
         if self.seg is not None:
             files.append(self.seg)
-        return files + list(self.extra_segs)
+        return files + list(self.extra_segs) + list(self.unnamed)
 
 
 def nifti_files(folder: Path) -> list[Path]:
@@ -562,7 +567,13 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
                 )
             return msd_case(multichannel[0])
 
-    if unknown:
+    unnamed: list[Path] = []
+    if unknown and any(r.kind == "image" for r in roles):
+        # The scans tell their modalities apart: the other files must not stop the case from
+        # opening (the reader shows those holding labels as further label maps).
+        unnamed = [r.path for r in unknown]
+        roles = [r for r in roles if r.kind != "unknown"]
+    elif unknown:
         names = ", ".join(r.path.name for r in unknown)
         raise CaseError(
             f"Cannot tell which modality {names} in {folder} holds: name files with a suffix "
@@ -609,6 +620,7 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
     files.images = {m: by_modality[m][0] for m in MODALITIES if m in by_modality}
     files.seg = segs[0] if segs else None
     files.extra_segs = extra + alternates
+    files.unnamed = unnamed
     if masks:
         files.notes.append(f"Not used: {', '.join(masks)} (a brain mask, not a scan or labels).")
     missing = [m for m in MODALITIES if m not in files.images]

@@ -315,3 +315,18 @@ def test_the_reader_claims_nifti_files_and_folders_only(tmp_path):
     assert not ours(str(note)) and not ours(str(blob))
     assert ours(str(case / "x_flair.nii.gz")) and ours(str(case))
     assert get_reader(str(note)) is None
+
+
+def test_a_met_folder_opens_with_its_unnamed_label_map(make_napari_viewer, tmp_path, errors):
+    from _nifti_factory import seg_volume, write_case_2023, write_nifti
+    from napari_brats_kd.labels import convert_labels
+
+    folder = write_case_2023(tmp_path, "BraTS-MET-00001-000", seg=False)
+    labels = convert_labels(seg_volume(), "brats2021", "brats2023")
+    write_nifti(folder / "aurora_t1c_only_model_output_from_tutorials.nii.gz", labels)
+    viewer = make_napari_viewer()
+    layers = viewer.open(folder, plugin=PLUGIN)
+    assert errors == []
+    kinds = [layer._type_string for layer in layers]
+    assert kinds.count("image") == 4 and kinds.count("labels") == 1
+    assert any("aurora" in layer.name for layer in layers if layer._type_string == "labels")
