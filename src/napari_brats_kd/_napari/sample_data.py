@@ -1,4 +1,4 @@
-"""napari sample data: File > Open Sample > napari-brats-kd > Synthetic BraTS case."""
+"""napari sample data: File > Open Sample > Synthetic BraTS case (BraTS tumour segmentation ...)."""
 
 from __future__ import annotations
 
