@@ -158,3 +158,23 @@ def drop_far_unlikely_components(
     dropped = [DroppedComponent(int(voxels[i - 1]), float(confidence[i - 1])) for i in far]
     dropped.sort(key=lambda c: -c.voxels)
     return out, dropped
+
+
+def largest_lesion_centre(labels: np.ndarray) -> tuple[int, int, int] | None:
+    """Voxel (rounded centre of mass) of the largest tumour component, ``None`` without tumour.
+
+    Where a viewer should land after a segmentation: the middle slice of a scan often holds no
+    tumour at all.
+    """
+    from scipy import ndimage
+
+    tumour = labels > 0
+    box = ndimage.find_objects(tumour.view(np.uint8))
+    if not box:
+        return None
+    box = box[0]
+    components, n = ndimage.label(tumour[box], structure=TUMOUR_CONNECTIVITY)
+    sizes = np.bincount(components[components > 0], minlength=n + 1)
+    largest = int(np.argmax(sizes[1:])) + 1
+    centre = ndimage.center_of_mass(components == largest)
+    return tuple(int(np.rint(c)) + sl.start for c, sl in zip(centre, box, strict=True))

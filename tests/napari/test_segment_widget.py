@@ -390,3 +390,34 @@ def test_a_t1c_flair_case_is_run_by_the_student_that_fits(make_napari_viewer, qt
     assert "t1cflair" in widget.last_result.model.lower() or any(
         "student-t1cflair" in note for note in widget.last_result.notes
     )
+
+
+def test_after_a_run_the_view_goes_to_the_largest_lesion(make_napari_viewer, qtbot, monkeypatch):
+    from napari_brats_kd import inference
+    from napari_brats_kd.labels import LabelConvention
+
+    case = make_case()
+    lesion = (slice(4, 8), slice(30, 36), slice(5, 9))  # display order, far from the middle
+
+    def fake_segment(case, model="student", **kwargs):
+        labels = np.zeros(case.reference.data.shape, np.uint8)
+        labels[lesion] = 2
+        labels[20, 20, 20] = 2  # a one-voxel speck elsewhere: not the largest
+        return inference.SegmentationResult(
+            labels=labels,
+            convention=LabelConvention.BRATS2021,
+            volumes_ml={"WT": 0.1, "TC": 0.0, "ET": 0.0},
+            model="fake",
+            device="cpu",
+            seconds=0.0,
+        )
+
+    monkeypatch.setattr(inference, "segment", fake_segment)
+    viewer = make_napari_viewer()
+    open_case(viewer, case)
+    widget = open_widget(viewer)
+    run_and_wait(qtbot, widget)
+    layer = widget.last_layer
+    voxel = [int(np.rint(v)) for v in layer.world_to_data(viewer.dims.point)]
+    for axis, sl in enumerate(lesion):
+        assert sl.start <= voxel[axis] < sl.stop, (voxel, lesion)

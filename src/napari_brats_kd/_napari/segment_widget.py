@@ -461,8 +461,9 @@ class SegmentWidget(ScrollingDock):
 
         def work(progress, should_stop):
             from ..inference import segment
+            from ..postprocess import largest_lesion_centre
 
-            return segment(
+            result = segment(
                 case,
                 model=spec,
                 device=device,
@@ -471,6 +472,9 @@ class SegmentWidget(ScrollingDock):
                 progress=progress,
                 should_stop=should_stop,
             )
+            # Found here, off the GUI thread: where the view goes to show the result.
+            self._lesion_centre = largest_lesion_centre(result.labels)
+            return result
 
         self._set_running(True)
         self.status.value = f"Segmenting {case.case_id} with {spec}: reading the layers..."
@@ -556,8 +560,19 @@ class SegmentWidget(ScrollingDock):
             f"layer {self.last_layer.name!r}"
         )
         self.volumes.value = format_volumes(result.volumes_ml)
+        self._go_to_lesion()
         for note in result.notes:
             show_info(f"{case.case_id}: {note}")
+
+    def _go_to_lesion(self) -> None:
+        """Move the sliders to the result's largest lesion (the middle slice may show none)."""
+        centre = getattr(self, "_lesion_centre", None)
+        if centre is None or self.last_layer is None:
+            return
+        world = self.last_layer.data_to_world(centre)
+        axes = range(self.viewer.dims.ndim - len(world), self.viewer.dims.ndim)
+        for axis, value in zip(axes, world, strict=True):
+            self.viewer.dims.set_point(axis, float(value))
 
 
 class StudentSegmentWidget(SegmentWidget):
