@@ -110,6 +110,7 @@ class SegmentWidget(ScrollingDock):
         self.default_model = default_model
         self.task: Task | None = None
         self._warm_task: Task | None = None
+        self._warmed_for: tuple | None = None  # (model, device, case modalities) last warmed
         self.ready_model: str | None = None  # what prepare_model() last made ready
         self._built = False  # set when __init__ is done: warm-ups start from then on
         self.last_result: SegmentationResult | None = None
@@ -338,6 +339,10 @@ class SegmentWidget(ScrollingDock):
         spec, device = self.model_spec, self.device_picker.value
         # The open case's scans: for one without T1 / T2 the role's T1c + FLAIR model warms up.
         modalities = tuple(find_modality_layers(self.viewer.layers)) or None
+        key = (spec, device, modalities)
+        if key == self._warmed_for and self._warm_task is not None:
+            return self._warm_task  # ready already, or on its way (a layer was added, say)
+        self._warmed_for = key
         self.ready_model = None
 
         def work(progress, should_stop):
@@ -349,11 +354,16 @@ class SegmentWidget(ScrollingDock):
             if self._closed or (spec, device) != (self.model_spec, self.device_picker.value):
                 return  # the user picked another model meanwhile: its own warm-up reports
             self.ready_model = what
-            if self.task is None or not self.task.is_running:
+            # Only into an empty or earlier "Ready" line: never over a result or an error.
+            if not self.status.value or self.status.value.startswith("Ready:"):
                 self.status.value = f"Ready: {what}."
 
-        # A model that cannot be loaded is explained by the info line and by Run, not here.
-        self._warm_task = start_task(work, on_returned=ready, on_error=lambda exc: None)
+        def failed(exc: BaseException) -> None:
+            # A model that cannot be loaded is explained by the info line and by Run, not here;
+            # the next change of model, device or case tries again.
+            self._warmed_for = None
+
+        self._warm_task = start_task(work, on_returned=ready, on_error=failed)
         return self._warm_task
 
     def _on_load_clicked(self, *_: Any) -> None:
