@@ -23,7 +23,13 @@ from . import labels as lab
 from .errors import CheckpointError
 from .models import LoadedModel, normalize_input, resolve_model
 from .models.geometry import network_stride
-from .onnx_graphs import META_CONFIG, META_WEIGHTS_SHA, ONNX_OPSET
+from .onnx_graphs import (
+    META_CONFIG,
+    META_WEIGHTS_SHA,
+    ONNX_OPSET,
+    new_session,
+    onnxruntime_available,
+)
 
 
 @dataclass(frozen=True)
@@ -246,12 +252,10 @@ def onnx_session(loaded: LoadedModel, threads: int | None = None):
     CheckpointError
         If onnxruntime is not installed or the export fails.
     """
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
+    if not onnxruntime_available():
         raise CheckpointError(
             "The onnxruntime back end needs onnxruntime: pip install 'napari-brats-kd[onnx]'."
-        ) from exc
+        )
     threads = int(threads or torch.get_num_threads())
     # In-place updates (an optimizer step) bump tensor versions: a stale graph is never reused.
     version = tuple((p.data_ptr(), p._version) for p in loaded.model.parameters())
@@ -259,10 +263,7 @@ def onnx_session(loaded: LoadedModel, threads: int | None = None):
     cached = loaded.runtime_cache.get(key)
     if cached is not None and cached[0] == version:
         return cached[1]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(onnx_bytes(loaded), options, providers=["CPUExecutionProvider"])
+    session = new_session(onnx_bytes(loaded), threads)
     loaded.runtime_cache[key] = (version, session)
     return session
 

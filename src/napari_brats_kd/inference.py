@@ -186,11 +186,6 @@ def _dropped_note(dropped: Sequence[DroppedComponent], voxel_mm3: float) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Network passes
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
 # The public call
 # --------------------------------------------------------------------------------------------------
 
@@ -250,8 +245,7 @@ def _network_input(
     brain: np.ndarray,
     box: tuple[slice, slice, slice],
     config: ModelConfig,
-    strategy: str,
-    roi_size: Sequence[int] | None,
+    plan: tuple[str, tuple[int, int, int]],
     tta: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The normalised crop the network runs on, and the brain mask of the crop.
@@ -264,8 +258,8 @@ def _network_input(
     far end, so that every mirroring sees the brain at the same place on the stride grid.
     """
     size = tuple(sl.stop - sl.start for sl in box)
-    plan, padded = plan_passes(config, size, strategy, roi_size)
-    shape = padded if plan == "full" and not tta else size
+    strategy, padded = plan
+    shape = padded if strategy == "full" and not tta else size
     crop = np.zeros((len(channels), *shape), np.float32)
     for c, channel in enumerate(channels):
         crop[c, : size[0], : size[1], : size[2]] = channel[box]
@@ -273,17 +267,15 @@ def _network_input(
 
 
 def _expected_passes(
-    config: ModelConfig,
+    plan: tuple[str, tuple[int, int, int]],
     shape: Sequence[int],
-    strategy: str,
-    roi_size: Sequence[int] | None,
     overlap: float,
     batch: int,
     tta: bool,
 ) -> int:
-    plan, window = plan_passes(config, shape, strategy, roi_size)
+    strategy, window = plan
     # The back end reports the exact count once it starts (a GPU short of memory batches less).
-    windows = 1 if plan == "full" else count_windows(shape, window, overlap, max(1, int(batch)))
+    windows = 1 if strategy == "full" else count_windows(shape, window, overlap, max(1, batch))
     return windows * (len(TTA_FLIPS) if tta else 1)
 
 
@@ -305,6 +297,8 @@ def _lean_model(
 
 def _probabilities(
     choice: ModelChoice,
+    config: ModelConfig,
+    plan: str,
     crop: np.ndarray,
     *,
     device: str,
@@ -322,8 +316,6 @@ def _probabilities(
     """Region probabilities of the normalised crop: ONNX Runtime when it can, else PyTorch."""
     from .errors import CheckpointError
 
-    config = choice.config or load_choice(choice).config
-    plan, _ = plan_passes(config, crop.shape[1:], strategy, roi_size)
     try:
         lean = _lean_model(choice, plan, device, backend, num_threads)
     except CheckpointError as exc:  # an architecture the exporter cannot handle
@@ -549,12 +541,15 @@ def segment(
         )
     if crop_to_brain:
         box = grow_to_multiple(box, network_stride(cfg), grid)
-    crop, brain_crop = _network_input(channels, brain, box, cfg, strategy, roi_size, tta)
-    passes = _expected_passes(cfg, crop.shape[1:], strategy, roi_size, overlap, sw_batch_size, tta)
-    stages = _Stages(progress, passes)
+    size = tuple(sl.stop - sl.start for sl in box)
+    plan = plan_passes(cfg, size, strategy, roi_size)
+    crop, brain_crop = _network_input(channels, brain, box, cfg, plan, tta)
+    stages = _Stages(progress, _expected_passes(plan, size, overlap, int(sw_batch_size), tta))
     stages.scans_ready()
     probs_input, info = _probabilities(
         choice,
+        cfg,
+        plan[0],
         crop,
         device=device,
         backend=backend,
@@ -571,7 +566,6 @@ def segment(
 
     if should_stop is not None and should_stop():  # a Cancel during the last pass
         raise Cancelled("Segmentation cancelled.")
-    size = tuple(sl.stop - sl.start for sl in box)
     probs_crop = probs_input[:, : size[0], : size[1], : size[2]]  # without the stride padding
     # Everything after the network works on the crop: nothing outside the brain box is tumour.
     labels_crop = lab.regions_to_labels(probs_crop > 0.5, target, cfg.regions)

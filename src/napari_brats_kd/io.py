@@ -688,32 +688,15 @@ def load_case(
         convention, reason = _convention_without_seg(files.naming)
 
     extra: dict = {"files": files, "notes": notes}
-    label_maps = _unnamed_label_maps(files.unnamed, notes, step) if extra_segmentations else []
-    if files.unnamed and not extra_segmentations:
+    if extra_segmentations:
+        label_maps = _extra_label_maps(files, max_bytes, notes, step)
+        segs = _aligned_label_maps(label_maps, grid[0] if grid else None, notes)
+        if segs:
+            extra["segmentations"] = segs
+    elif files.unnamed:
         notes.append(
             f"Not read: {', '.join(p.name for p in files.unnamed)} (the names tell no modality)."
         )
-    if extra_segmentations and (files.extra_segs or label_maps):
-        segs: dict[str, dict] = {}
-        ref = grid[0] if grid else None
-        for p in files.extra_segs + label_maps:
-            try:
-                vol = load_segmentation(p, max_bytes)
-                conv, why = label_convention(vol, None)
-            except (NiftiReadError, InvalidVolumeError, LabelConventionError) as exc:
-                notes.append(f"Skipped {p.parent.name}/{p.name}: {exc}")
-                continue
-            finally:
-                step(f"read {p.name}")
-            if ref is not None and not ref.geometry_matches(vol):
-                notes.append(
-                    f"Skipped {p.parent.name}/{p.name}: it lies on another grid than the scans "
-                    f"({_describe(vol)} vs {_describe(ref)})."
-                )
-                continue
-            segs[naming.nifti_stem(p)] = {"volume": vol, "convention": conv, "reason": why}
-        if segs:
-            extra["segmentations"] = segs
     return Case(
         case_id=files.case_id,
         images=images,
@@ -725,26 +708,61 @@ def load_case(
     )
 
 
-def _unnamed_label_maps(
-    paths: list[Path], notes: list[str], step: Callable[[str], None]
-) -> list[Path]:
-    """The files among ``paths`` whose voxels are labels; the others are listed in one note."""
-    labels, others = [], []
-    for p in paths:
+def _extra_label_maps(
+    files: naming.CaseFiles,
+    max_bytes: int | None,
+    notes: list[str],
+    step: Callable[[str], None],
+) -> dict[Path, Volume]:
+    """The case's further label maps, each read once: the named ones, then those of the files
+    whose names tell no modality but whose values are labels (the other such images are listed
+    in one note)."""
+    out: dict[Path, Volume] = {}
+    others: list[Path] = []
+    for p in [*files.extra_segs, *files.unnamed]:
         try:
-            (labels if is_segmentation(read_nifti(p)[0]) else others).append(p)
+            if p in files.extra_segs:
+                out[p] = load_segmentation(p, max_bytes)
+                continue
+            vol = load_volume(p, max_bytes)
+            if is_segmentation(vol.data):
+                vol.data = _as_label_map(p, vol.data)
+                out[p] = vol
+            else:
+                others.append(p)
         except (NiftiReadError, InvalidVolumeError, ResourceError) as exc:
-            notes.append(f"Skipped {p.name}: {exc}")
-            step(f"read {p.name}")
-            continue
-        if p in others:
+            if isinstance(exc, ResourceError) and p in files.extra_segs:
+                raise  # as for the scans: a named label map too large to read stops the case
+            notes.append(f"Skipped {p.parent.name}/{p.name}: {exc}")
+        finally:
             step(f"read {p.name}")
     if others:
         notes.append(
             f"Not opened: {', '.join(p.name for p in others)} (images whose names tell no "
             "modality; rename them with a modality suffix such as _t1c to use them)."
         )
-    return labels
+    return out
+
+
+def _aligned_label_maps(
+    label_maps: dict[Path, Volume], ref: Volume | None, notes: list[str]
+) -> dict[str, dict]:
+    """``{name: {"volume", "convention", "reason"}}`` of the label maps on the scans' grid."""
+    segs: dict[str, dict] = {}
+    for p, vol in label_maps.items():
+        try:
+            conv, why = label_convention(vol, None)
+        except LabelConventionError as exc:
+            notes.append(f"Skipped {p.parent.name}/{p.name}: {exc}")
+            continue
+        if ref is not None and not ref.geometry_matches(vol):
+            notes.append(
+                f"Skipped {p.parent.name}/{p.name}: it lies on another grid than the scans "
+                f"({_describe(vol)} vs {_describe(ref)})."
+            )
+            continue
+        segs[naming.nifti_stem(p)] = {"volume": vol, "convention": conv, "reason": why}
+    return segs
 
 
 def find_cases(root: PathLike) -> list[Path]:

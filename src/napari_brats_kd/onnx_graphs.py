@@ -193,7 +193,8 @@ _building: dict[tuple[str, int], threading.Lock] = {}
 _lock = threading.Lock()
 
 
-def _new_session(source: Path | bytes, threads: int):
+def new_session(source: Path | bytes, threads: int):
+    """An onnxruntime CPU session of a graph file or its bytes (``threads``: 0 = one per core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -274,14 +275,14 @@ def _open(choice: ModelChoice, weights: Path, sha: str, threads: int) -> OnnxMod
         if not graph.is_file():
             continue
         try:
-            session = _new_session(graph, threads)
+            session = new_session(graph, threads)
         except Exception:  # a truncated or foreign file: made anew below
             continue
         if _graph_weights_sha(session) in ((sha, None) if unnamed_ok else (sha,)):
             return OnnxModel(choice.name, choice.config, weights, graph, n_parameters, session)
     graph, data = _export_to_cache(choice, sha, notes)
     try:
-        session = _new_session(graph if graph is not None else data, threads)
+        session = new_session(graph if graph is not None else data, threads)
     except Exception as exc:  # onnxruntime's own error types: a graph it cannot run
         raise CheckpointError(f"onnxruntime cannot run the graph of {choice.name}: {exc}") from exc
     return OnnxModel(choice.name, choice.config, weights, graph, n_parameters, session, notes)

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# scipy.ndimage is imported inside the functions: 0.15 s that `brats-kd segment` spends in a
+# background thread instead of at start-up.
+
 #: Components farther than this from the main lesion (mm, surface to surface) may be dropped.
 FAR_MM: float = 10.0
 #: ... when their mean whole-tumour probability is below this.
@@ -50,9 +53,26 @@ class DroppedComponent:
     confidence: float
 
 
+def _tumour_components(
+    labels: np.ndarray,
+) -> tuple[tuple[slice, ...], np.ndarray, int]:
+    """The tumour's bounding box, its components labelled within it, and how many there are.
+
+    Working on the box keeps labelling to the tumour's neighbourhood, a small part of the brain.
+    """
+    from scipy import ndimage
+
+    tumour = labels > 0
+    found = ndimage.find_objects(tumour.view(np.uint8))
+    if not found:
+        return tuple(slice(0, 0) for _ in labels.shape), np.zeros((0,) * labels.ndim, int), 0
+    components, n = ndimage.label(tumour[found[0]], structure=TUMOUR_CONNECTIVITY)
+    return found[0], components, int(n)
+
+
 def remove_small_components(label_map: np.ndarray, min_voxels: int) -> np.ndarray:
     """Zero tumour components (all classes together) smaller than ``min_voxels``."""
-    from scipy import ndimage  # here: 0.15 s of import the CLI overlaps with reading
+    from scipy import ndimage
 
     if min_voxels <= 0:
         return label_map
@@ -76,7 +96,7 @@ def _far_from(
     far_mm: float,
 ) -> list[int]:
     """The candidate components with no voxel within ``far_mm`` of the ``main`` mask."""
-    from scipy import ndimage  # here: 0.15 s of import the CLI overlaps with reading
+    from scipy import ndimage
 
     spacing = tuple(float(s) for s in spacing)
     # The distance transform runs over the main lesion's bounding box grown by far_mm only: a
@@ -123,19 +143,12 @@ def drop_far_unlikely_components(
         The label map (the input itself when nothing was dropped, else a copy) and what was
         removed, largest first.
     """
-    from scipy import ndimage  # here: 0.15 s of import the CLI overlaps with reading
-
     if labels.shape != wt_probability.shape:
         raise ValueError(
             f"labels {labels.shape} and probabilities {wt_probability.shape} differ in shape."
         )
     # Everything below runs on the tumour's bounding box, a small part of the brain.
-    tumour = labels > 0
-    box = ndimage.find_objects(tumour.view(np.uint8))
-    if not box:
-        return labels, []
-    box = box[0]
-    components, n = ndimage.label(tumour[box], structure=TUMOUR_CONNECTIVITY)
+    box, components, n = _tumour_components(labels)
     if n < 2:
         return labels, []
     index = np.arange(1, n + 1)
@@ -168,12 +181,9 @@ def largest_lesion_centre(labels: np.ndarray) -> tuple[int, int, int] | None:
     """
     from scipy import ndimage
 
-    tumour = labels > 0
-    box = ndimage.find_objects(tumour.view(np.uint8))
-    if not box:
+    box, components, n = _tumour_components(labels)
+    if n == 0:
         return None
-    box = box[0]
-    components, n = ndimage.label(tumour[box], structure=TUMOUR_CONNECTIVITY)
     sizes = np.bincount(components[components > 0], minlength=n + 1)
     largest = int(np.argmax(sizes[1:])) + 1
     centre = ndimage.center_of_mass(components == largest)
