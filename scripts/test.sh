@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV=${VENV:-.venv}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# napari tests with a Qt6 binding (its PyQt5 support is deprecated); the testing extra brings PyQt6.
+export QT_API=${QT_API:-pyqt6}
 echo "==> ruff"
 "$VENV/bin/ruff" check src tests benchmarks examples
 echo "==> npe2 validate"
