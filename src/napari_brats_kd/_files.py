@@ -19,6 +19,10 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+#: Suffix of :func:`atomic_write`'s temporary files (``.<name>.<random>.tmp``).
+_TMP_SUFFIX = ".tmp"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Write ``path`` through ``write(tmp)`` on a temporary file beside it, then rename it in place.
 
@@ -39,7 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -49,3 +53,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files :func:`atomic_write` left in ``folder`` and below when a writer
+    was killed mid-write; returns how many were removed.
+
+    Only names of the form ``.<name>.<random>.tmp`` are touched. Call it when a job that owns
+    ``folder`` starts, not while another writer may be using it.
+    """
+    removed = 0
+    for tmp in Path(folder).rglob(f".*{_TMP_SUFFIX}"):
+        if tmp.is_file() and not tmp.is_symlink() and tmp.name.count(".") >= 3:
+            try:
+                tmp.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed

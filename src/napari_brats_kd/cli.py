@@ -15,8 +15,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .errors import few, one_line
 
 Runner = Callable[[argparse.Namespace], int]
+
+
+#: Progress bars drawn and not yet closed: an error closes them first, so that its line starts on
+#: a line of its own instead of after a half-drawn bar.
+_OPEN_BARS: list = []
+
+
+def _close_bars() -> None:
+    while _OPEN_BARS:
+        _OPEN_BARS.pop().close()
 
 
 def _tqdm_progress(desc: str, unit: str = "step"):
@@ -33,6 +44,7 @@ def _tqdm_progress(desc: str, unit: str = "step"):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True)
+            _OPEN_BARS.append(bar)
         if bar.total != total:
             bar.total = total
         bar.n = done
@@ -214,7 +226,7 @@ def _planned_outputs(
         out, paths = next(iter(clashes.items()))
         raise CaseError(
             f"{len(clashes)} output file(s) would be written by several cases with one case id, "
-            f"e.g. {out.name} by {', '.join(str(p) for p in paths)}: segment those folders "
+            f"e.g. {out.name} by {few(paths)}: segment those folders "
             "separately, into different output folders."
         )
     for case_path, out in planned.items():
@@ -351,7 +363,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         models = ", ".join(f"{name} ({n})" for name, n in used.items()) or "no model"
         print(f"Segmented {done} of {len(cases)} cases with {models} into {args.output}")
         if failed:
-            print(f"Failed ({len(failed)}): {', '.join(failed)}", file=sys.stderr)
+            print(f"Failed ({len(failed)}): {few(failed, limit=20)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -389,7 +401,13 @@ def _run_export(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------- training
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``distill``."""
-    p.add_argument("data_dir", type=Path, help="folder of labelled cases")
+    p.add_argument(
+        "data_dir",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="folder of labelled cases (with --resume: default the run's own)",
+    )
     p.add_argument("--out", type=Path, default=None, help="where to write the best checkpoint")
     p.add_argument("--config", default=None, help="YAML config file (default: the shipped one)")
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: <out>_run)")
@@ -435,8 +453,11 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _training_overrides(args: argparse.Namespace, extra: dict) -> list[str]:
-    """Command-line options as ``key=value`` overrides (explicit flags after --set)."""
+def _training_overrides(args: argparse.Namespace, extra: dict) -> dict:
+    """``--set key=value`` pairs (values read as YAML), then the explicit flags as the typed
+    values argparse gave them: a path stays a path (``--out "run: 1"`` is no YAML mapping)."""
+    from .training.config import parse_override
+
     pairs = {
         "data_dir": args.data_dir,
         "out": args.out,
@@ -453,7 +474,9 @@ def _training_overrides(args: argparse.Namespace, extra: dict) -> list[str]:
         "split_file": args.split,
         **extra,
     }
-    return list(args.overrides) + [f"{k}={v}" for k, v in pairs.items() if v is not None]
+    settings = dict(parse_override(text) for text in args.overrides)
+    settings.update((k, v) for k, v in pairs.items() if v is not None)
+    return settings
 
 
 def _print_notes(event: dict) -> None:
@@ -465,6 +488,13 @@ def _print_notes(event: dict) -> None:
 def _run_training(args: argparse.Namespace, kind: str, extra: dict) -> int:
     from .training import distill, load_config, resume_run, train_teacher
 
+    if args.data_dir is None and args.resume is None:
+        from .errors import TrainingError
+
+        raise TrainingError(
+            f"Give the folder of labelled cases (brats-kd {args.command} DATA ...), or "
+            "--resume RUN to continue a run."
+        )
     overrides = _training_overrides(args, extra)
     progress = _tqdm_progress(kind)
     if args.resume is not None:
@@ -526,13 +556,13 @@ def _add_train(sub: argparse._SubParsersAction) -> Runner:
     return _run_train
 
 
-def _modalities_list(text: str | None) -> str | None:
+def _modalities_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
     from .labels import parse_modalities
 
     try:
-        return "[" + ",".join(parse_modalities(text)) + "]"
+        return list(parse_modalities(text))
     except ValueError as exc:
         from .errors import TrainingError
 
@@ -542,7 +572,8 @@ def _modalities_list(text: str | None) -> str | None:
 def _run_train(args: argparse.Namespace) -> int:
     freeze = args.freeze
     if freeze is not None:
-        freeze = "[]" if freeze.strip().lower() in ("none", "") else "[" + freeze + "]"
+        words = [w.strip() for w in freeze.split(",")]
+        freeze = [] if [w.lower() for w in words] in (["none"], [""]) else [w for w in words if w]
     if args.init_from is not None and args.config is None and args.resume is None:
         # Fine-tuning, as fine_tune() does it: teacher.yaml's rate and fixed modalities are
         # those of training from scratch.
@@ -761,9 +792,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return runners[args.command](args)
+        return _run_closing_bars(runners[args.command], args)
     except BratsKDError as exc:
-        print(f"brats-kd {args.command}: error: {exc}", file=sys.stderr)
+        print(f"brats-kd {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         # The file system said no (a folder where a file goes, no permission, a full disk):
@@ -774,6 +805,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"brats-kd {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _run_closing_bars(runner: Runner, args: argparse.Namespace) -> int:
+    try:
+        return runner(args)
+    finally:
+        _close_bars()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -59,6 +59,19 @@ def may_have_accelerator() -> bool:
     return True  # Windows and others: let torch tell
 
 
+def check_device_name(device: str) -> None:
+    """Refuse a device name that is none of :data:`DEVICE_CHOICES` nor ``cuda:N`` (torch is not
+    imported: whether the device exists is for :func:`select_device` to say)."""
+    name = str(device).lower()
+    index = name.partition(":")[2]
+    if name in DEVICE_CHOICES or (name.startswith("cuda:") and index.isdigit()):
+        return
+    raise ResourceError(
+        f"Unknown device {device!r}: expected one of {', '.join(DEVICE_CHOICES)} or cuda:N "
+        "(e.g. cuda:1)."
+    )
+
+
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """Resolve ``"auto"``/``"cpu"``/``"cuda"``/``"mps"`` (or ``"cuda:1"``) to a torch device.
 
@@ -84,6 +97,14 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
             raise ResourceError(
                 "CUDA was requested but no CUDA GPU is available to PyTorch here "
                 f"(torch {torch.__version__}); use device 'cpu' or 'auto'."
+            )
+        check_device_name(name)
+        index = int(name.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ResourceError(
+                f"Device {device!r} was requested but this machine has {count} CUDA GPU(s) "
+                f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); pick one of those."
             )
         return torch.device(name)
     if name == "mps":

@@ -7,6 +7,8 @@ without a traceback and exits with status 2.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class BratsKDError(Exception):
     """Base class of all user-facing errors of napari-brats-kd."""
@@ -48,6 +50,27 @@ class Cancelled(BratsKDError):
     """The user asked to stop; raised between steps so that no partial result is returned."""
 
 
+def few(items: Iterable[object], limit: int = 5) -> str:
+    """``"a, b, c and 9,997 more"``: a message names a few of many items, so that a folder of
+    10,000 files gives a one-line error, not a 150 KB one."""
+    items = [str(i) for i in items]
+    if len(items) <= limit:
+        return ", ".join(items)
+    return f"{', '.join(items[:limit])} and {len(items) - limit:,} more"
+
+
+#: Longest message shown (CLI line, napari notification): a message is read, not scrolled; the
+#: full text stays in the exception for the Python API.
+MAX_MESSAGE = 2000
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as one line of at most :data:`MAX_MESSAGE` characters: what the
+    command line prints and the widgets notify."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
 __all__ = [
     "BratsKDError",
     "Cancelled",
@@ -59,4 +82,6 @@ __all__ = [
     "NiftiReadError",
     "ResourceError",
     "TrainingError",
+    "few",
+    "one_line",
 ]

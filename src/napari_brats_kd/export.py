@@ -299,17 +299,19 @@ def export_onnx(
             "ONNX export needs the onnx and onnxruntime packages: "
             "pip install 'napari-brats-kd[onnx]'."
         ) from exc
+    from ._files import atomic_write
+
     loaded = resolve_model(model)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     x = check_input(loaded)
-    out.write_bytes(onnx_bytes(loaded, x, opset))
-    proto = onnx.load(str(out))
+    proto = onnx.load_from_string(onnx_bytes(loaded, x, opset))
     onnx.helper.set_model_props(
         proto, {"napari_brats_kd.config": loaded.config.to_json(), "producer": "napari-brats-kd"}
     )
-    onnx.save(proto, str(out))
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    data = proto.SerializeToString()
+    # Written whole or not at all: a full disk must not leave a torn graph where a good one was.
+    atomic_write(out, lambda tmp: tmp.write_bytes(data))
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     diff, agree = _compare(loaded, lambda a: session.run(None, {"image": a})[0], x)
     return ExportReport(out, "onnx", tuple(x.shape), diff, agree)
 
@@ -331,18 +333,21 @@ def export_torchscript(
     -------
     ExportReport
     """
+    from ._files import atomic_write
+
     loaded = resolve_model(model)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     x = check_input(loaded)
     net = loaded.model.cpu().eval()
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are benign
             traced = torch.jit.trace(net, x, check_trace=False)
-            torch.jit.save(traced, str(out), _extra_files={"config.json": loaded.config.to_json()})
     except Exception as exc:  # tracer failures come in many types; report them as one
         raise CheckpointError(f"TorchScript export of {loaded.name} failed: {exc}") from exc
+    extra = {"config.json": loaded.config.to_json()}
+    # Written whole or not at all: a full disk must not leave a torn file where a good one was.
+    atomic_write(out, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=extra))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         reloaded = torch.jit.load(str(out), map_location="cpu")

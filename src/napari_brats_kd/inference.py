@@ -46,6 +46,7 @@ from .postprocess import (
     drop_far_unlikely_components,
     remove_small_components,
 )
+from .scan_checks import check_scans
 from .volume import Case
 
 if TYPE_CHECKING:
@@ -526,11 +527,7 @@ def segment(
         voxel_mm3 = 1.0 if voxel_volume_mm3 is None else float(voxel_volume_mm3)
         spacing = (voxel_mm3 ** (1 / 3),) * 3
     target = lab.get_convention(convention if convention is not None else default_conv).convention
-    # min/max propagate NaN and show inf without allocating a mask as large as the case
-    # (integer scans, most BraTS files, cannot hold either).
-    floats = [channel for channel in channels if channel.dtype.kind == "f"]
-    if not all(np.isfinite(channel.min()) and np.isfinite(channel.max()) for channel in floats):
-        raise ModelInputError("The input holds NaN or infinite voxels; fix the scan first.")
+    check_scans(channels, cfg.modalities)
 
     brain = _brain_mask(channels)
     box = mask_bbox(brain) if crop_to_brain else tuple(slice(0, n) for n in grid)

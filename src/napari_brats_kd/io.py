@@ -1,11 +1,10 @@
-"""NIfTI reading and writing, case loading and dataset discovery, with checks before allocation.
+"""NIfTI reading, case loading and dataset discovery, with checks before allocation (writing:
+:mod:`.writing`, re-exported here).
 
 Every file is vetted from its header and size *before* its voxels are read: a truncated download, a
 corrupt gzip stream, a header claiming more voxels than the file holds, or a volume larger than
 :data:`DEFAULT_MAX_BYTES` raises a typed :class:`~napari_brats_kd.errors.BratsKDError` instead of a
-``MemoryError``, a ``zlib.error`` or a silent half-read. Segmentations are written back in the voxel
-order, affine and header (sform *and* qform) of the scan they belong to, so they line up in any
-other viewer.
+``MemoryError``, a ``zlib.error`` or a silent half-read.
 """
 
 from __future__ import annotations
@@ -24,15 +23,23 @@ import numpy as np
 from . import labels as lab
 from . import naming
 from . import orientation as orient
-from ._files import atomic_write
 from .errors import (
     CaseError,
     InvalidVolumeError,
     LabelConventionError,
     NiftiReadError,
     ResourceError,
+    few,
 )
 from .volume import Case, Volume
+
+# The writers, so that io stays the one import for reading and writing.
+from .writing import (  # noqa: F401
+    LABELS_DESCRIP_PREFIX,
+    convention_from_header,
+    save_case,
+    save_labels,
+)
 
 PathLike = str | os.PathLike
 
@@ -490,7 +497,7 @@ def _check_same_grid(case_id: str, volumes: list[Volume]) -> None:
     ref = volumes[0]
     bad = [v for v in volumes[1:] if not ref.geometry_matches(v)]
     if bad:
-        lines = "; ".join(_describe(v) for v in [ref, *bad])
+        lines = "; ".join(_describe(v) for v in [ref, *bad])  # a case has 4 or 5 volumes
         raise CaseError(
             f"Case {case_id!r}: files lie on different voxel grids ({lines}), even with their "
             "voxel axes put in one order. Resample them to one grid (as BraTS preprocessing "
@@ -695,7 +702,7 @@ def load_case(
             extra["segmentations"] = segs
     elif files.unnamed:
         notes.append(
-            f"Not read: {', '.join(p.name for p in files.unnamed)} (the names tell no modality)."
+            f"Not read: {few(p.name for p in files.unnamed)} (the names tell no modality)."
         )
     return Case(
         case_id=files.case_id,
@@ -738,7 +745,7 @@ def _extra_label_maps(
             step(f"read {p.name}")
     if others:
         notes.append(
-            f"Not opened: {', '.join(p.name for p in others)} (images whose names tell no "
+            f"Not opened: {few(p.name for p in others)} (images whose names tell no "
             "modality; rename them with a modality suffix such as _t1c to use them)."
         )
     return out
@@ -799,138 +806,3 @@ def find_cases(root: PathLike) -> list[Path]:
             "(BraTS 2021/2023 naming), or an nnU-Net/MSD imagesTr folder."
         )
     return sorted(cases)
-
-
-# --------------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------------
-
-
-def _nifti_path(path: Path) -> Path:
-    return path if naming.is_nifti_name(path) else path.with_name(path.name + ".nii.gz")
-
-
-#: Start of the NIfTI ``descrip`` field that :func:`save_labels` writes (``"labels brats2021"``).
-LABELS_DESCRIP_PREFIX = "labels "
-
-
-def convention_from_header(header: nib.Nifti1Header | None) -> lab.LabelConvention | None:
-    """Label convention a label file records in its header, as :func:`save_labels` writes it.
-
-    Parameters
-    ----------
-    header
-        NIfTI header of a label map (``Volume.header``), or ``None``.
-
-    Returns
-    -------
-    LabelConvention or None
-        The convention named by a ``descrip`` of the form ``"labels <convention>"``; ``None``
-        when the field says anything else (files written by other tools).
-    """
-    if header is None:
-        return None
-    try:
-        raw = header["descrip"]
-    except (KeyError, ValueError, TypeError):
-        return None
-    raw = np.asarray(raw).item() if isinstance(raw, np.ndarray) else raw
-    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
-    text = text.strip("\x00 ")
-    if not text.startswith(LABELS_DESCRIP_PREFIX):
-        return None
-    try:
-        return lab.LabelConvention(text[len(LABELS_DESCRIP_PREFIX) :].strip())
-    except ValueError:
-        return None
-
-
-def _header_places_like(header: nib.Nifti1Header, affine: np.ndarray) -> bool:
-    """Whether a reader of ``header`` gets ``affine`` (sform, else qform, else pixdim: the
-    NIfTI-1 precedence nibabel follows, as it did when the scan was read)."""
-    try:
-        best = header.get_best_affine()
-    except (nib.spatialimages.HeaderDataError, ValueError, np.linalg.LinAlgError):
-        return False
-    return bool(np.allclose(best, affine, rtol=0.0, atol=1e-4))
-
-
-def save_labels(
-    path: PathLike,
-    labels_display: np.ndarray,
-    reference: Volume,
-    source_convention: lab.LabelConvention | str = lab.DEFAULT_CONVENTION,
-    target_convention: lab.LabelConvention | str | None = None,
-) -> Path:
-    """Write a label map aligned with its scan: uint8, the scan's voxel order, affine and header.
-
-    The header's ``descrip`` records the convention written (``"labels brats2021"``), so that
-    :func:`convention_from_header` (and ``brats-kd evaluate``) can tell it from the file.
-
-    Parameters
-    ----------
-    path
-        Output file; ``.nii.gz`` is appended if it has no NIfTI ending. Parent folders are made.
-    labels_display
-        Label map in display orientation, same shape as ``reference.data``.
-    reference
-        The scan the labels belong to: its file voxel order and its header's sform and qform
-        (matrices and codes, code 0 "unknown" included) and units are reproduced, so that any
-        viewer places the labels exactly on the scan. Without a header (a volume made in
-        memory), its affine is written as sform and qform with code 1 (scanner).
-    source_convention
-        Convention of the values in ``labels_display``.
-    target_convention
-        Convention to write; ``None`` keeps ``source_convention``.
-
-    Returns
-    -------
-    Path
-        The file written.
-
-    Raises
-    ------
-    InvalidVolumeError
-        If the label map's shape differs from the reference's.
-    LabelConventionError
-        If values do not belong to ``source_convention``.
-    """
-    path = _nifti_path(Path(path))
-    labels_display = np.asarray(labels_display)
-    if labels_display.shape != reference.data.shape:
-        raise InvalidVolumeError(
-            f"Labels of shape {labels_display.shape} do not match the scan "
-            f"{reference.path.name if reference.path else ''} of shape {reference.data.shape} "
-            "(display order): paint on a layer made from that scan."
-        )
-    target = source_convention if target_convention is None else target_convention
-    values = lab.convert_labels(labels_display, source_convention, target)
-    # The scan was reoriented to display order from its own affine, so the same affine takes the
-    # labels back to the scan's voxel order, voxel for voxel.
-    file_data = np.ascontiguousarray(orient.from_display(values, reference.affine), np.uint8)
-    affine = np.asarray(reference.affine, float)
-    header = reference.header.copy() if reference.header is not None else nib.Nifti1Header()
-    header.set_data_dtype(np.uint8)
-    header.set_data_shape(file_data.shape)
-    header.set_slope_inter(1.0, 0.0)
-    header["cal_min"], header["cal_max"] = 0, float(file_data.max(initial=0))
-    header["descrip"] = f"{LABELS_DESCRIP_PREFIX}{lab.LabelConvention(target).value}".encode()[:79]
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    if reference.header is not None and _header_places_like(header, affine):
-        # Keep the scan's sform and qform exactly, matrices and codes, code 0 included: viewers
-        # choose between them by code (NIfTI-1 standard), so any rewrite (a qform set from the
-        # sform, "no orientation" promoted to scanner space) can make a viewer place the labels
-        # elsewhere than the scan. No affine is passed so that nibabel leaves them untouched.
-        img = image_class(file_data, None, header)
-    else:
-        # No header, or one that no longer describes the volume's affine: the affine is all we
-        # know, so write it into both forms, with code 1 where the header has none (code 0
-        # would make readers ignore it).
-        img = image_class(file_data, affine, header)
-        img.set_sform(affine, code=int(header["sform_code"]) or 1)
-        img.set_qform(affine, code=int(header["qform_code"]) or 1)
-    # Written whole, then renamed into place: a stop or a crash never leaves a truncated label
-    # file where a good one (or the user's earlier result) was.
-    raw = img.to_bytes()
-    payload = gzip.compress(raw, compresslevel=6) if path.name.lower().endswith(".gz") else raw
-    return atomic_write(path, lambda tmp: tmp.write_bytes(payload))

@@ -368,17 +368,22 @@ def write_csv(
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-        if summary:
-            for stat in ("mean", "std", "median"):
-                writer.writerow(
-                    {"case_id": stat, **{c: summary[c][stat] for c in columns if c in summary}}
-                )
-    return path
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(row)
+            if summary:
+                for stat in ("mean", "std", "median"):
+                    writer.writerow(
+                        {"case_id": stat, **{c: summary[c][stat] for c in columns if c in summary}}
+                    )
+
+    from ._files import atomic_write
+
+    return atomic_write(path, write)
 
 
 def _load_labels(path: Path, case_id: str, what: str) -> Volume:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CaseError
+from .errors import CaseError, few
 from .labels import MODALITIES, MODALITY_NAMES
 
 #: Naming conventions a case can be found in (also the ``naming`` of a :class:`~.volume.Case`).
@@ -453,7 +453,7 @@ def _nnunet_case(folder: Path, roles: list[FileRole], case_id: str) -> CaseFiles
         if missing:
             what.append("missing " + ", ".join(f"{case_id}_{i:04d}" for i in missing))
         if extra:
-            what.append("unexpected " + ", ".join(got[i].name for i in extra))
+            what.append("unexpected " + few(got[i].name for i in extra))
         raise CaseError(
             f"nnU-Net case {case_id!r} in {folder}: {'; '.join(what)}. Expected channels "
             f"0..{len(channels) - 1} = "
@@ -574,7 +574,7 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
         unnamed = [r.path for r in unknown]
         roles = [r for r in roles if r.kind != "unknown"]
     elif unknown:
-        names = ", ".join(r.path.name for r in unknown)
+        names = few(r.path.name for r in unknown)
         raise CaseError(
             f"Cannot tell which modality {names} in {folder} holds: name files with a suffix "
             "such as _t1, _t1ce, _t2, _flair, _seg (BraTS 2021), -t1n, -t1c, -t2w, -t2f, -seg "
@@ -602,8 +602,7 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
     clashes = {m: ps for m, ps in by_modality.items() if len(ps) > 1}
     if clashes:
         text = "; ".join(
-            f"{', '.join(p.name for p in ps)} all map to {MODALITY_NAMES[m]}"
-            for m, ps in clashes.items()
+            f"{few(p.name for p in ps)} all map to {MODALITY_NAMES[m]}" for m, ps in clashes.items()
         )
         raise CaseError(
             f"Ambiguous modalities in {folder}: {text}. Keep one file per modality "
@@ -611,7 +610,7 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
         )
     if len(segs) > 1:
         raise CaseError(
-            f"Folder {folder} holds {len(segs)} segmentations ({', '.join(p.name for p in segs)}):"
+            f"Folder {folder} holds {len(segs)} segmentations ({few(p.name for p in segs)}):"
             " keep one beside the scans, or move the others into a 'segmentations/' subfolder."
         )
     ids = [r.case_id for r in roles if r.case_id]
@@ -622,7 +621,7 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
     files.extra_segs = extra + alternates
     files.unnamed = unnamed
     if masks:
-        files.notes.append(f"Not used: {', '.join(masks)} (a brain mask, not a scan or labels).")
+        files.notes.append(f"Not used: {few(masks)} (a brain mask, not a scan or labels).")
     missing = [m for m in MODALITIES if m not in files.images]
     if missing and files.images:
         files.notes.append(
@@ -730,13 +729,43 @@ def case_entries(folder: Path) -> list[Path]:
     return [folder]
 
 
+#: How deep :func:`iter_dirs` goes below the folder it was given (a dataset is 1-3 levels deep).
+MAX_WALK_DEPTH = 12
+
+
 def iter_dirs(root: Path) -> Iterable[Path]:
-    """``root`` and its subfolders, depth-first in sorted order, skipping hidden folders."""
+    """``root`` and its subfolders, depth-first in sorted order, skipping hidden folders.
+
+    The walk stays inside ``root``: a symlink to a folder outside it (a curated dataset of links
+    to an archive) is yielded but not descended into, so a link to ``/`` costs one listing, not
+    a walk of the file system; a folder reached twice (a link loop such as ``loop -> .``) is
+    yielded once; the walk stops :data:`MAX_WALK_DEPTH` levels down.
+    """
     root = Path(root)
-    yield root
     try:
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
+        top = root.resolve()
+    except (OSError, RuntimeError):
         return
-    for sub in subdirs:
-        yield from iter_dirs(sub)
+    seen: set[Path] = set()
+
+    def walk(folder: Path, real: Path, depth: int) -> Iterable[Path]:
+        seen.add(real)
+        yield folder
+        inside = real == top or top in real.parents
+        if not inside or depth >= MAX_WALK_DEPTH:
+            return
+        try:
+            subdirs = sorted(
+                p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
+        except OSError:
+            return
+        for sub in subdirs:
+            try:
+                sub_real = sub.resolve()
+            except (OSError, RuntimeError):  # a dangling or looping link
+                continue
+            if sub_real not in seen:
+                yield from walk(sub, sub_real, depth + 1)
+
+    yield from walk(root, top, 0)

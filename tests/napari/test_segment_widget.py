@@ -421,3 +421,40 @@ def test_after_a_run_the_view_goes_to_the_largest_lesion(make_napari_viewer, qtb
     voxel = [int(np.rint(v)) for v in layer.world_to_data(viewer.dims.point)]
     for axis, sl in enumerate(lesion):
         assert sl.start <= voxel[axis] < sl.stop, (voxel, lesion)
+
+
+def test_images_of_two_patients_picked_together_are_warned_about(
+    make_napari_viewer, qtbot, tiny_student
+):
+    """The T2 of one case picked with the rest of another runs, but not without a word."""
+    viewer = make_napari_viewer()
+    open_case(viewer, make_case("patient_a"))
+    open_case(viewer, make_case("patient_b", seed=1))
+    widget = open_widget(viewer)
+    widget.load_model(tiny_student)
+    widget.modality_pickers["t2"].value = viewer.layers["patient_a T2"]
+    start = n_notifications()
+    run_and_wait(qtbot, widget, timeout=60000)
+    messages = [str(n.message) for n in notifications_since(start)]
+    assert any("2 different cases" in m and "T2 from patient_a" in m for m in messages), messages
+    # One case's own modalities: no such warning.
+    widget.modality_pickers["t2"].value = viewer.layers["patient_b T2"]
+    start = n_notifications()
+    run_and_wait(qtbot, widget, timeout=60000)
+    assert not any("different cases" in str(n.message) for n in notifications_since(start))
+
+
+def test_a_blank_modality_is_named_in_a_notification(make_napari_viewer, qtbot, tiny_student):
+    case = make_case("blank_t1c")
+    t1c = case.images["t1c"]
+    case.images["t1c"] = Volume(np.zeros_like(t1c.data), t1c.affine, t1c.header)
+    viewer = make_napari_viewer()
+    open_case(viewer, case)
+    widget = open_widget(viewer)
+    widget.load_model(tiny_student)
+    start = n_notifications()
+    run_and_wait(qtbot, widget, timeout=60000)
+    messages = [str(n.message) for n in notifications_since(start)]
+    assert any("T1c scan is blank" in m for m in messages), messages
+    assert not any("tumor" in layer.name.lower() for layer in viewer.layers)
+    assert widget.run_button.enabled

@@ -498,3 +498,45 @@ def test_both_docks_fit_a_laptop_window(make_napari_viewer, qtbot):
     for widget in (train, student):
         assert widget.native.minimumSizeHint().width() < 560
     assert viewer.window._qt_viewer.canvas.native.width() > 400
+
+
+@pytest.mark.parametrize(
+    ("mode", "shipped"), [("Train teacher", "teacher"), ("Distil student", "distill")]
+)
+def test_a_run_has_the_same_defaults_from_the_widget_the_cli_and_python(
+    make_napari_viewer, data, tmp_path, mode, shipped
+):
+    """The shipped YAML is the one source of defaults: the widget (controls untouched), the
+    command line (no flags) and the Python dataclass all give the same run."""
+    import argparse
+
+    from napari_brats_kd.cli import _training_overrides
+    from napari_brats_kd.training import DistillConfig, TrainConfig, load_config
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.mode_picker.value = mode
+    widget.data_dir.value = data["dir"]
+    where = {"data_dir": str(data["dir"]), "run_dir": str(tmp_path / "run")}
+    if shipped == "distill":
+        widget.load_model(data["teacher"])
+        where["teacher"] = str(data["teacher"])
+    from_widget = widget.build_config(tmp_path / "run").to_dict()
+
+    args = argparse.Namespace(
+        data_dir=data["dir"], out=None, run_dir=tmp_path / "run", epochs=None, max_minutes=None,
+        batch_size=None, patch_size=None, lr=None, device=None, num_workers=None, augment=None,
+        seed=None, split=None, overrides=[],
+    )  # fmt: skip
+    extra = {"teacher": str(data["teacher"])} if shipped == "distill" else {}
+    from_cli = load_config(shipped, {**_training_overrides(args, {}), **extra}).to_dict()
+    cls = DistillConfig if shipped == "distill" else TrainConfig
+    from_python = cls(**where).to_dict()
+
+    # The widget names its output and model after the run folder; the rest are defaults.
+    ignore = {"out"}
+    from_widget["model"].pop("name")
+    for config in (from_cli, from_python):
+        config["model"].pop("name")
+    for key in sorted(set(from_python) - ignore):
+        assert from_widget[key] == from_cli[key] == from_python[key], key

@@ -21,7 +21,7 @@ from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
-from ..errors import BratsKDError, Cancelled
+from ..errors import BratsKDError, Cancelled, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def notify_error(exc: BaseException, what: str = "The task") -> None:
     if isinstance(exc, Cancelled):
         show_info(f"{what} was cancelled.")
     elif isinstance(exc, BratsKDError):
-        show_error(f"{what} failed: {exc}")
+        show_error(f"{what} failed: {one_line(exc)}")
     else:
         logger.error("%s failed unexpectedly", what, exc_info=exc)
         show_error(f"{what} failed unexpectedly ({type(exc).__name__}: {exc}). See the log.")

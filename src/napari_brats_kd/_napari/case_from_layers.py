@@ -182,6 +182,7 @@ def case_from_layers(
                 f"{layers[modality].name!r} ({volume.data.shape}) lie on different voxel grids: "
                 "pick the modalities of one case."
             )
+    warnings += mixed_case_warnings(layers, images)
     first = layers[ref_mod]
     meta = layer_meta(first)
     if case_id is None:
@@ -194,6 +195,46 @@ def case_from_layers(
         case.convention = LabelConvention(meta["convention"])
         case.convention_reason = meta.get("convention_reason") or case.convention_reason
     return case, warnings
+
+
+#: Below this overlap (Dice) of their nonzero voxels, two picked images are not one scan: the
+#: modalities of one skull-stripped BraTS case overlap 0.80-1.00 (15 real cases; FLAIR lowest),
+#: while different patients on BraTS's common atlas grid overlap 0.86-0.95, so overlap alone
+#: cannot tell those apart: the cases the reader recorded for the layers do.
+MIN_MASK_OVERLAP = 0.7
+
+
+def mixed_case_warnings(layers: Mapping[str, Any], images: Mapping[str, Volume]) -> list[str]:
+    """Sentences warning that picked modality layers do not look like one scan.
+
+    Two signs, both cheap: the reader recorded different cases for the layers (the T2 of one
+    case picked with the rest of another), or the images' nonzero voxels (the brain, in a
+    skull-stripped scan) barely overlap.
+    """
+    out: list[str] = []
+    recorded = {m: layer_meta(layers[m]).get("case_id") for m in images}
+    cases = {c for c in recorded.values() if c}
+    if len(cases) > 1:
+        parts = "; ".join(
+            f"{MODALITY_NAMES[m]} from {c}" for m, c in recorded.items() if c is not None
+        )
+        out.append(
+            f"The picked images come from {len(cases)} different cases ({parts}): the "
+            "segmentation mixes patients. Pick the modalities of one case."
+        )
+        return out
+    masks = {m: np.asarray(v.data[::4, ::4, ::4]) != 0 for m, v in images.items()}
+    ref_mod = next(iter(masks))
+    for modality, mask in list(masks.items())[1:]:
+        total = int(masks[ref_mod].sum()) + int(mask.sum())
+        overlap = 2 * int((masks[ref_mod] & mask).sum()) / total if total else 1.0
+        if overlap < MIN_MASK_OVERLAP:
+            out.append(
+                f"{MODALITY_NAMES[modality]} and {MODALITY_NAMES[ref_mod]} barely overlap "
+                f"(their nonzero voxels agree {overlap:.0%}): they may not be the same scan or "
+                "not registered to each other."
+            )
+    return out
 
 
 def segmentation_layer_name(case_id: str) -> str:

@@ -922,13 +922,15 @@ class TrainWidget(ScrollingDock):
         self.results.value = ""
 
         def work(progress, stop, emit):
+            from ..writing import save_case
+
             # Writing cases takes seconds: it happens here, in the worker thread.
             # (Not through progress(): the ETA is measured from the first training step.)
             for i, item in enumerate(labelled):
                 emit({"type": "note", "message": f"Writing open case {i + 1}/{len(labelled)}..."})
-                write_case_folder(item, Path(cfg.data_dir))
+                save_case(item, Path(cfg.data_dir))
             if case is not None:
-                write_case_folder(case, Path(cfg.unlabeled_dir))
+                save_case(case, Path(cfg.unlabeled_dir))
             return _train(cfg, progress, stop, emit)
 
         return self._launch(
@@ -1355,36 +1357,6 @@ def format_validation(history: list[dict], best_epoch: int = 0, last: int = 6) -
         cells = " ".join(f"{float(r[f'val_dice_{g}']):5.3f}" for g in REPORT_REGIONS)
         lines.append(f"{int(r['epoch']):>4}{mark} {cells} {float(r['val_mean_dice']):5.3f}")
     return "\n".join(lines)
-
-
-def write_case_folder(case: Case, root: Path) -> Path:
-    """Write ``case`` as a BraTS 2021-named case folder under ``root``; returns it.
-
-    Scans keep their source affine (file voxel order), as float32; the segmentation, if the case
-    has one, is written as ``<case>_seg.nii.gz`` in the BraTS 2021 label convention (1, 2, 4: the
-    one its file name stands for; one convention for every case of a folder, as the data loader
-    asks). A case id that is no safe file name (spaces, slashes) is written with those characters
-    replaced by ``_``. The training data loader reads the folder like any dataset.
-    """
-    import re
-
-    import nibabel as nib
-
-    from ..labels import LabelConvention, convert_labels
-    from ..naming import BRATS2021_TOKENS
-
-    token_of = {modality: token for token, modality in BRATS2021_TOKENS.items()}
-    name = re.sub(r"[^0-9A-Za-z_.-]+", "_", case.case_id).strip("._") or "case"
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for modality, volume in case.images.items():
-        data = np.asarray(volume.file_data(), dtype=np.float32)
-        image = nib.Nifti1Image(data, volume.affine)
-        nib.save(image, str(folder / f"{name}_{token_of[modality]}.nii.gz"))
-    if case.seg is not None:
-        labels = convert_labels(case.seg.file_data(), case.convention, LabelConvention.BRATS2021)
-        nib.save(nib.Nifti1Image(labels, case.seg.affine), str(folder / f"{name}_seg.nii.gz"))
-    return folder
 
 
 def _train(cfg: TrainConfig, progress: Any, should_stop: Any, on_event: Any) -> TrainResult:

@@ -129,6 +129,13 @@ def save_checkpoint(
     except TypeError as exc:
         raise CheckpointError(f"extra for {path} is not JSON-serialisable: {exc}") from exc
     state = _clean_state_dict(unwrap_model(model).state_dict())
+    bad = [k for k, v in state.items() if v.is_floating_point() and not _finite(v)]
+    if bad:
+        # A diverged network must never replace a good file: it would segment nothing.
+        raise CheckpointError(
+            f"Not writing {path}: {len(bad)} of the network's tensors are not finite (NaN or "
+            f"Inf), e.g. {', '.join(bad[:3])}; the training diverged (lower the learning rate)."
+        )
     # safetensors refuses shared or strided storage; copies are cheap next to a training run.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     if dtype is not None:
@@ -136,7 +143,7 @@ def save_checkpoint(
     metadata = {META_FORMAT: FORMAT_NAME, META_CONFIG: config.to_json(), META_EXTRA: extra_json}
     try:
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    except OSError as exc:
+    except Exception as exc:  # OSError, or safetensors' own error wrapping one (a full disk)
         raise CheckpointError(f"Cannot write checkpoint {path}: {exc}") from exc
     if sidecar:
         text = json.dumps(
@@ -163,7 +170,20 @@ def check_state_dict(
         more = f" and {len(items) - 5} more" if len(items) > 5 else ""
         return ", ".join(items[:5]) + more
 
+    not_float = [
+        f"{k} ({str(state[k].dtype).removeprefix('torch.')})"
+        for k in expected
+        if k in state and expected[k].is_floating_point() and not state[k].is_floating_point()
+    ]
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not _finite(v)]
     problems = []
+    if not_float:
+        problems.append(f"integer weights where the network has real numbers {few(not_float)}")
+    if non_finite:
+        problems.append(
+            f"weights that are not finite (NaN or Inf) {few(non_finite)}: the training that "
+            "wrote them diverged; use an earlier checkpoint"
+        )
     if missing:
         problems.append(f"missing weights {few(missing)}")
     if unexpected:
@@ -171,9 +191,11 @@ def check_state_dict(
     if wrong:
         problems.append(f"wrong shapes {few(wrong)}")
     if problems:
-        raise CheckpointError(
-            f"Weights in {source} do not fit the network they claim: {'; '.join(problems)}."
-        )
+        raise CheckpointError(f"Weights in {source} cannot be used: {'; '.join(problems)}.")
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    return bool(torch.isfinite(tensor).all())
 
 
 def load_state_dict_checked(

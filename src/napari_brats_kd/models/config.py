@@ -86,6 +86,41 @@ STUDENT_PRESETS: dict[str, dict[str, Any]] = {
 STUDENT_ROI_SIZE: tuple[int, int, int] = (256, 256, 192)
 
 
+#: Structural sizes far beyond any network of these families (the largest here: 32 filters, 4
+#: stages of up to 4 blocks). A config asking for more is damaged or hostile: building it would
+#: allocate until the machine gives up, and even its stride would overflow the planners.
+MAX_WIDTHS: dict[str, int] = {"init_filters": 256, "feature_size": 384, "channels": 2048}
+MAX_BLOCKS = 256  # blocks_down + blocks_up + depths, summed
+MAX_STAGES = 8  # len(blocks_down), len(channels), len(depths)
+
+
+def _numbers(value: Any) -> list[float]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [float(v) for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _check_structure(config: ModelConfig) -> None:
+    """Refuse arch_args asking for a network far larger than a segmentation model."""
+    args = config.arch_args
+    if not isinstance(args, dict):
+        raise CheckpointError(f"Model config has arch_args {args!r}: expected a mapping.")
+    wide = any(w > cap for k, cap in MAX_WIDTHS.items() for w in _numbers(args.get(k)))
+    blocks = sum(b for k in ("blocks_down", "blocks_up", "depths") for b in _numbers(args.get(k)))
+    stages = max(
+        (len(v) for k in ("blocks_down", "channels", "depths", "strides")
+         if isinstance(v := args.get(k), (list, tuple))),
+        default=0,
+    )  # fmt: skip
+    if wide or blocks > MAX_BLOCKS or stages > MAX_STAGES:
+        shown = repr(args) if len(repr(args)) <= 120 else repr(args)[:117] + "..."
+        allowed = ", ".join(f"{k} <= {cap}" for k, cap in MAX_WIDTHS.items())
+        raise CheckpointError(
+            f"Model config arch_args {shown} ask for a network far larger than a segmentation "
+            f"model ({allowed}, at most {MAX_BLOCKS} blocks and {MAX_STAGES} stages are "
+            "accepted): the file is damaged or not one of this plugin's models."
+        )
+
+
 @dataclass
 class ModelConfig:
     """Self-description of a segmentation model, stored in its checkpoint.
@@ -148,6 +183,7 @@ class ModelConfig:
             )
         if len(self.roi_size) != 3 or min(self.roi_size) <= 0:
             raise CheckpointError(f"Model config has roi_size {self.roi_size}: expected 3 sizes.")
+        _check_structure(self)
 
     @property
     def in_channels(self) -> int:

@@ -9,6 +9,27 @@ from ..errors import CheckpointError
 from .config import ModelConfig
 
 
+def _readable(what: str):
+    """Turn a config whose arch_args have the wrong types (``blocks_down: 5``) into a
+    :class:`CheckpointError` naming them, instead of a TypeError deep in a planner."""
+
+    def wrap(fn):
+        def checked(config: ModelConfig):
+            try:
+                return fn(config)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise CheckpointError(
+                    f"Model config {config.display_name}: arch_args {config.arch_args!r:.200} "
+                    f"do not give a {what} ({exc})."
+                ) from None
+
+        checked.__doc__, checked.__name__ = fn.__doc__, fn.__name__
+        return checked
+
+    return wrap
+
+
+@_readable("network stride")
 def network_stride(config: ModelConfig) -> int:
     """Factor every spatial input size must be a multiple of for the network to run."""
     args: dict[str, Any] = config.arch_args
@@ -27,6 +48,7 @@ def network_stride(config: ModelConfig) -> int:
     raise CheckpointError(f"Unknown architecture {config.arch!r}.")
 
 
+@_readable("first-stage width")
 def first_stage_width(config: ModelConfig) -> tuple[int, float]:
     """Channels of the widest full-resolution stage and the stage's resolution scale.
 

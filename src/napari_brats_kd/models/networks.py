@@ -6,13 +6,15 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ResourceError
 from .config import ModelConfig
 from .geometry import first_stage_width, network_stride
 
 __all__ = [
     "ARCHITECTURES",
+    "MAX_PARAMETERS",
     "build_model",
+    "check_model_size",
     "count_parameters",
     "first_stage_width",
     "network_stride",
@@ -100,12 +102,58 @@ def build_model(config: ModelConfig) -> nn.Module:
             f"arch_args of {config.display_name} set {clash}: channel counts follow the "
             "config's modalities and regions and must not be given."
         )
+    check_model_size(config)
     try:
         return builder(config)
-    except (TypeError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a builder fails on bad arguments in many ways (0 groups: 1 / 0)
         raise CheckpointError(
             f"Cannot build {config.arch!r} with arguments {config.arch_args}: {exc}"
         ) from exc
+
+
+#: Most parameters a model may have: 2 GB of float32 weights, 80x the largest teacher here
+#: (segresnet-large, 18.8 M). A config asking for more is damaged or hostile.
+MAX_PARAMETERS = 500_000_000
+
+#: Weights under this size are not held against the free memory (see check_model_size).
+_SMALL_WEIGHTS = 256 * 1024**2
+
+
+def check_model_size(config: ModelConfig) -> None:
+    """Refuse, before any weight is allocated, a model too large to build.
+
+    Widths and block counts were checked when the config was read (:class:`.ModelConfig`);
+    here the network is built on PyTorch's meta device (no memory) to count its parameters
+    against :data:`MAX_PARAMETERS` and the free memory.
+
+    Raises
+    ------
+    ResourceError
+        Naming the size asked for and the limit.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            n = count_parameters(ARCHITECTURES[config.arch](config))
+    except Exception:
+        return  # the real build below reports what is wrong with the arguments
+    need = 4 * n
+    from ..device import available_memory
+
+    # Weights under _SMALL_WEIGHTS never exhaust a machine (activations do, and the inference and
+    # training planners check those): only larger models are held against the free memory, so
+    # that the ranks of a distributed run, whose free memory differs, agree on small models.
+    free = available_memory("cpu") if need > _SMALL_WEIGHTS else None
+    if n > MAX_PARAMETERS or (free is not None and need > free):
+        raise ResourceError(
+            f"{config.display_name} has {n / 1e6:,.0f} M parameters ({need / 1024**3:.1f} GiB "
+            f"of weights); at most {MAX_PARAMETERS / 1e6:,.0f} M are accepted"
+            + (f" and {free / 1024**3:.1f} GiB of memory are free" if free is not None else "")
+            + ": the checkpoint's config is damaged, or the model needs a larger machine."
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -72,7 +72,7 @@ class AugmentConfig:
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> AugmentConfig:
         """Settings of a named preset (``none``, ``light``, ``strong``), with overrides."""
-        base = _PRESET_VALUES.get(preset)
+        base = _PRESET_VALUES.get(preset) if isinstance(preset, str) else None
         if base is None:
             raise TrainingError(
                 f"Unknown augmentation preset {preset!r}: expected one of {', '.join(PRESETS)}."
@@ -87,6 +87,11 @@ class AugmentConfig:
             return cls.from_preset("light")
         if isinstance(data, str):
             return cls.from_preset(data)
+        if not isinstance(data, Mapping):
+            raise TrainingError(
+                f"Invalid setting augment={data!r:.80}: expected a preset name "
+                f"({', '.join(PRESETS)}) or a group of augmentation settings."
+            )
         data = dict(data)
         preset = data.pop("preset", "light")
         return cls.from_preset(preset, **data)
@@ -94,7 +99,7 @@ class AugmentConfig:
     def updated(self, overrides: Mapping[str, Any]) -> AugmentConfig:
         """A copy with some settings changed; unknown names raise :class:`TrainingError`."""
         known = {f.name for f in fields(self)}
-        unknown = set(overrides) - known
+        unknown = {str(k) for k in overrides} - known
         if unknown:
             raise TrainingError(
                 f"Unknown augmentation setting(s) {sorted(unknown)}: known are {sorted(known)}."

@@ -14,7 +14,6 @@ nested keys with dots: ``augment.noise_prob=0.3``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -23,8 +22,10 @@ from typing import Any
 
 import yaml
 
+from ..device import check_device_name
 from ..errors import TrainingError
 from .augment import AugmentConfig
+from .schema import check_dataclass
 
 #: Encoder parameter-name prefixes per architecture, frozen by ``freeze: [encoder]``.
 #: SegResNet's encoder is its stem (``convInit``) and down-sampling stages (``down_layers``);
@@ -52,7 +53,6 @@ OUTPUT_PREFIXES: dict[str, tuple[str, ...]] = {
 TARGET_MODES: tuple[str, ...] = ("auto", "online", "cached")
 
 #: Settings that are a number or ``None`` (their default gives no type to check against).
-_OPTIONAL_FLOATS = frozenset({"max_minutes"})
 
 
 @dataclass
@@ -86,6 +86,9 @@ class ModelSpec:
 @dataclass
 class TrainConfig:
     """Settings of a supervised training (teacher) or fine-tuning run.
+
+    The defaults are those of the shipped ``teacher.yaml`` (a test keeps them equal): a run built
+    here in Python trains as ``brats-kd train`` and the widget do.
 
     Attributes
     ----------
@@ -150,7 +153,9 @@ class TrainConfig:
     data_dir: str = ""
     run_dir: str | None = None
     out: str | None = None
-    model: ModelSpec = field(default_factory=ModelSpec)
+    model: ModelSpec = field(
+        default_factory=lambda: ModelSpec(modalities=["t1c", "t1", "t2", "flair"])
+    )
     init_from: str | None = None
     freeze: list[str] = field(default_factory=list)
     pretrained_lr_factor: float = 1.0
@@ -169,7 +174,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     amp: bool = True
-    val_every: int = 1
+    val_every: int = 2
     val_overlap: float = 0.25
     val_sw_batch_size: int = 2
     val_roi_size: list[int] | None = None
@@ -179,7 +184,7 @@ class TrainConfig:
     max_cases: int | None = None
     cache: str = "memory"
     cache_dir: str | None = None
-    num_workers: int = 0
+    num_workers: int = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     deterministic: bool = False
@@ -220,16 +225,6 @@ class TrainConfig:
                 if bad:
                     raise TrainingError(f"Unknown model setting(s) {sorted(bad)}.")
                 data["model"] = ModelSpec(**model)
-        for f in fields(cls):
-            # YAML 1.1 reads "1e-4" (no dot) as a string: accept it for float settings.
-            numeric = isinstance(f.default, float) or f.name in _OPTIONAL_FLOATS
-            if numeric and isinstance(data.get(f.name), str):
-                try:
-                    data[f.name] = float(data[f.name])
-                except ValueError:
-                    raise TrainingError(
-                        f"Setting {f.name} must be a number, got {data[f.name]!r}."
-                    ) from None
         if "augment" in data and not isinstance(data["augment"], AugmentConfig):
             data["augment"] = AugmentConfig.from_dict(data["augment"])
         try:
@@ -240,31 +235,36 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        """Raise :class:`TrainingError` naming the first setting out of range."""
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (len(self.patch_size) == 3 and min(self.patch_size) > 0, "patch_size needs 3 sizes"),
-            (self.samples_per_case >= 1, "samples_per_case must be >= 1"),
-            (0.0 <= self.pos_fraction <= 1.0, "pos_fraction must lie in [0, 1]"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.schedule in ("cosine", "poly", "constant"), "schedule: cosine, poly, constant"),
-            (self.cache in ("memory", "disk", "none"), "cache must be memory, disk or none"),
-            (0.0 <= self.val_fraction < 1.0, "val_fraction must lie in [0, 1)"),
-            (0.0 <= self.test_fraction < 1.0, "test_fraction must lie in [0, 1)"),
-            (self.val_every >= 1, "val_every must be >= 1"),
-            (self.pretrained_lr_factor >= 0, "pretrained_lr_factor must be >= 0"),
-            (self.model.kind in ("teacher", "student"), "model.kind must be teacher or student"),
+        """Raise :class:`TrainingError` naming the first setting of a wrong type or out of range.
+
+        Types and numeric ranges come from :mod:`.schema` (which also coerces, e.g. ``3`` to
+        ``3.0`` for a float setting); the choices among names are checked here.
+        """
+        check_dataclass(self)
+        choices = [
+            ("schedule", self.schedule, ("cosine", "poly", "constant")),
+            ("cache", self.cache, ("memory", "disk", "none")),
+            ("model.kind", self.model.kind, ("teacher", "student")),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise TrainingError(f"Invalid setting: {message}.")
+        for name, value, allowed in choices:
+            if value not in allowed:
+                raise TrainingError(
+                    f"Invalid setting {name}={value!r}: expected one of {', '.join(allowed)}."
+                )
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise TrainingError(
+                f"Invalid settings val_fraction={self.val_fraction} and test_fraction="
+                f"{self.test_fraction}: together they leave no training cases (their sum must "
+                "be < 1)."
+            )
+        check_device_name(self.device)
 
 
 @dataclass
 class DistillConfig(TrainConfig):
     """Settings of a knowledge-distillation run (a :class:`TrainConfig` plus the teacher).
+
+    The defaults are those of the shipped ``distill.yaml`` (a test keeps them equal).
 
     Attributes
     ----------
@@ -301,6 +301,10 @@ class DistillConfig(TrainConfig):
         activations, so online teacher targets, and SegResNet-family networks.
     """
 
+    # The defaults of distill.yaml where they differ from teacher.yaml's.
+    model: ModelSpec = field(default_factory=lambda: ModelSpec("student", "student-small"))
+    lr: float = 1e-3
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig.from_preset("strong"))
     teacher: str = ""
     alpha: float = 0.5
     temperature: float = 2.0
@@ -317,29 +321,10 @@ class DistillConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 <= self.alpha <= 1.0:
-            raise TrainingError(f"Invalid setting: alpha must lie in [0, 1], got {self.alpha}.")
-        if self.temperature <= 0:
-            raise TrainingError(
-                f"Invalid setting: temperature must be > 0, got {self.temperature}."
-            )
-        if self.kd_dice_weight < 0:
-            raise TrainingError(
-                f"Invalid setting: kd_dice_weight must be >= 0, got {self.kd_dice_weight}."
-            )
         if self.teacher_targets not in TARGET_MODES:
             raise TrainingError(
                 f"Invalid setting: teacher_targets must be one of {', '.join(TARGET_MODES)}, got "
                 f"{self.teacher_targets!r}."
-            )
-        if not (math.isfinite(self.unlabeled_weight) and self.unlabeled_weight >= 0):
-            raise TrainingError(
-                "Invalid setting: unlabeled_weight must be >= 0 (unlabelled cases drawn per "
-                f"labelled case), got {self.unlabeled_weight}."
-            )
-        if self.attention_weight < 0:
-            raise TrainingError(
-                f"Invalid setting: attention_weight must be >= 0, got {self.attention_weight}."
             )
         if self.attention_weight > 0 and self.teacher_targets == "cached":
             raise TrainingError(
@@ -367,7 +352,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str] | Mapping[str
     items = (
         overrides.items()
         if isinstance(overrides, Mapping)
-        else [_split_override(o) for o in overrides]
+        else [parse_override(o) for o in overrides]
     )
     for key, value in items:
         parts = key.split(".")
@@ -388,7 +373,8 @@ def _as_dict(value: Any, key: str) -> dict:
     )
 
 
-def _split_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"key=value"`` as ``(key, value)``, the value parsed as YAML (``--set`` on the CLI)."""
     if "=" not in text:
         raise TrainingError(f"Override {text!r} must look like key=value (e.g. epochs=10).")
     key, value = text.split("=", 1)
@@ -433,9 +419,16 @@ def load_config(
         if not path.is_file():
             raise TrainingError(f"Config file {path} does not exist.")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise TrainingError(
+                f"Config file {path} is not a text file in UTF-8: give a YAML file of settings "
+                "(e.g. a copy of the shipped teacher.yaml)."
+            ) from None
         except yaml.YAMLError as exc:
-            raise TrainingError(f"Config file {path} is not valid YAML: {exc}") from exc
+            raise TrainingError(
+                f"Config file {path} is not valid YAML: {' '.join(str(exc).split())}"
+            ) from None
         if not isinstance(data, dict):
             raise TrainingError(f"Config file {path} must hold a mapping of settings.")
     data = apply_overrides(data, overrides)
@@ -462,5 +455,6 @@ __all__ = [
     "apply_overrides",
     "default_config_path",
     "load_config",
+    "parse_override",
     "save_config",
 ]

@@ -157,10 +157,11 @@ def read_split(path: str | Path, known_ids: Sequence[str]) -> dict[str, list[str
 
 
 def write_split(split: dict[str, list[str]], path: str | Path) -> Path:
-    """Write a split as JSON."""
-    path = Path(path)
-    path.write_text(json.dumps(split, indent=1))
-    return path
+    """Write a split as JSON (atomically: a run folder never holds half a split)."""
+    from .._files import atomic_write
+
+    text = json.dumps(split, indent=1)
+    return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def case_stamp(path: str | Path) -> str:

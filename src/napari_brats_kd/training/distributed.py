@@ -45,7 +45,9 @@ def resolve_device(preference: str = "auto", local_rank: int = 0) -> torch.devic
         return (
             torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         )
-    device = torch.device(preference)
+    from ..device import select_device
+
+    device = select_device(preference)  # refuses, in words, a device this machine lacks
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device

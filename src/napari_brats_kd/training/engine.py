@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import atomic_write
+from .._files import atomic_write, remove_stale_temporaries
 from ..errors import BratsKDError, Cancelled, CheckpointError, ResourceError, TrainingError
 from ..labels import MODALITIES, MODALITY_NAMES
 from . import distributed as dd
@@ -241,7 +241,84 @@ def train_step(
     else:
         parts["loss"].backward()
         optimizer.step()
+    if not weights_are_finite(model):
+        # Checked on the weights, not the loss: DDP ranks hold the same weights, so every rank
+        # stops at the same step (a loss is per rank). AMP's scaler skips inf steps itself.
+        raise TrainingError(
+            f"Training diverged: after a step with loss {float(parts['loss'].detach()):.4g} the "
+            "weights are no longer finite (NaN or Inf). Lower the learning rate (lr) or the "
+            "loss weights; the run folder keeps the last good checkpoint (resume from it)."
+        )
     return {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _load_resume_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict:
+    """Load ``last_state.pt`` into the model, optimizer and scheduler; returns the state.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file when it is truncated, holds other than plain tensors, or does not fit
+        this run's network and optimizer: what is wrong and what to do.
+    """
+    advice = (
+        "Start a new run (or resume from a copy of the run folder taken before the damage); the "
+        "run's best checkpoint beside it is a separate file and may be intact."
+    )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, a blocked pickle payload, not a torch file
+        raise CheckpointError(
+            f"Cannot resume: {path} is damaged or not a training state ({_first_line(exc)}). "
+            + advice
+        ) from None
+    try:
+        weights = state["model"]
+        bad = [
+            k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()
+        ]
+        if bad:
+            raise CheckpointError(
+                f"Cannot resume: {path} holds weights that are not finite ({', '.join(bad[:3])}): "
+                "the run diverged before it was saved. " + advice
+            )
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        # The optimizer's own rates are those of the moment it was saved; a stop inside an epoch
+        # saves the schedule of the epoch's start (the epoch is replayed), and the first replayed
+        # step must use that schedule's rate.
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+        missing = [
+            k
+            for k in ("epoch", "global_step", "best_metric", "best_epoch", "history", "rng")
+            if k not in state
+        ]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"Cannot resume: {path} does not fit this run's network and optimizer "
+            f"({_first_line(exc)}). " + advice
+        ) from None
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def weights_are_finite(model: nn.Module) -> bool:
+    """Whether every parameter of ``model`` is finite (one device sync, not one per tensor)."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 @torch.no_grad()
@@ -585,6 +662,8 @@ def _run_in_context(
         raise TrainingError(f"Cannot resume: {state_path} does not exist (no finished step).")
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # A run killed while writing (kill -9, a full disk) leaves its temporary files behind.
+        remove_stale_temporaries(run_dir)
     emit = on_event if (on_event is not None and ctx.is_main) else None
 
     # ---------------------------------------------------------------- teacher and model
@@ -865,15 +944,7 @@ def _run_in_context(
     best_metric, best_epoch = float("-inf"), 0
     history: list[dict] = []
     if resume:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        # The optimizer's own rates are those of the moment it was saved; a stop inside an epoch
-        # saves the schedule of the epoch's start (the epoch is replayed), and the first replayed
-        # step must use that schedule's rate.
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
-            group["lr"] = lr
+        state = _load_resume_state(state_path, model, optimizer, scheduler)
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
         best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         history = list(state["history"])
