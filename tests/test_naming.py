@@ -21,7 +21,7 @@ from _nifti_factory import (
 )
 from napari_brats_kd import naming
 from napari_brats_kd.errors import CaseError
-from napari_brats_kd.labels import parse_modalities
+from napari_brats_kd.naming import parse_modalities
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ def test_backend_imports_no_qt_or_napari() -> None:
 import importlib, json, pkgutil, sys
 import napari_brats_kd
 mods = [m.name for m in pkgutil.walk_packages(napari_brats_kd.__path__, 'napari_brats_kd.')
-        if '._napari' not in m.name and not m.name.endswith('.scripting')]
+        if '._napari' not in m.name]
 for m in mods:
     importlib.import_module(m)
 print(json.dumps({{'modules': mods, 'gui': [q for q in {QT_MODULES!r} if q in sys.modules]}}))

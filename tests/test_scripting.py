@@ -160,7 +160,7 @@ def test_case_from_layers_rejects_mixed_grids_and_duplicates(viewer):
 
 def test_scripting_imports_no_qt():
     code = (
-        "import sys, napari_brats_kd.scripting, napari_brats_kd._napari.case_from_layers\n"
+        "import sys, napari_brats_kd._napari.scripting, napari_brats_kd._napari.case_from_layers\n"
         "from napari_brats_kd import segment_viewer\n"
         "bad = [m for m in ('qtpy', 'PyQt5', 'napari', 'magicgui', 'torch') if m in sys.modules]\n"
         "print(','.join(bad))"

@@ -25,7 +25,7 @@ _LAZY = {
     "make_phantom": "napari_brats_kd.phantom",
     "SiteParams": "napari_brats_kd.phantom",
     "write_phantom_dataset": "napari_brats_kd.phantom",
-    "segment_viewer": "napari_brats_kd.scripting",
+    "segment_viewer": "napari_brats_kd._napari.scripting",
     "segment": "napari_brats_kd.inference",
     "SegmentationResult": "napari_brats_kd.inference",
     "load_checkpoint": "napari_brats_kd.models",

@@ -559,7 +559,7 @@ def _add_train(sub: argparse._SubParsersAction) -> Runner:
 def _modalities_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    from .labels import parse_modalities
+    from .naming import parse_modalities
 
     try:
         return list(parse_modalities(text))

@@ -124,6 +124,44 @@ def modality_from_token(token: str) -> str | None:
     return _MODALITY_ALIASES.get("".join(kept))
 
 
+def parse_modalities(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Parse a modality list such as ``"t1c,flair"`` into canonical keys.
+
+    Parameters
+    ----------
+    text
+        Comma-separated string or sequence of modality names. Common aliases
+        (``t1ce``, ``t1gd``, ``fla``, ``t2f``, ``t1n``, ``t2w``) are accepted, case-insensitively.
+
+    Returns
+    -------
+    tuple of str
+        Canonical keys (members of :data:`MODALITIES`), in the order given.
+
+    Raises
+    ------
+    ValueError
+        If a name is not a known modality or appears twice.
+    """
+    items = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for item in items:
+        if not item:
+            continue
+        key = modality_from_token(item)
+        if key is None:
+            raise ValueError(
+                f"Unknown modality {item!r}: expected one of {', '.join(MODALITIES)} "
+                "(aliases such as t1ce, t1gd, fla, t2f, t1n, t2w are accepted)."
+            )
+        if key in out:
+            raise ValueError(f"Modality {key!r} is listed twice in {text!r}.")
+        out.append(key)
+    if not out:
+        raise ValueError("No modality given: expected e.g. 't1c,flair'.")
+    return tuple(out)
+
+
 def is_seg_token(token: str) -> bool:
     """Whether a name token marks a segmentation (``seg``, ``label``, ``mask``, ``gt``, ...)."""
     parts = [p.lower() for p in _TOKEN_RE.findall(token)]

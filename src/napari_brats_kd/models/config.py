@@ -264,7 +264,9 @@ def canonical_modalities(modalities: str | Sequence[str]) -> tuple[str, ...]:
     items = tuple(modalities.split(",")) if isinstance(modalities, str) else tuple(modalities)
     if items and all(m in labels.MODALITIES for m in items) and len(set(items)) == len(items):
         return items
-    return labels.parse_modalities(modalities)
+    from ..naming import parse_modalities
+
+    return parse_modalities(modalities)
 
 
 def teacher_config(

@@ -6,8 +6,9 @@ In napari's console (or a script that made a viewer)::
     result = segment_viewer(viewer, model="student")
     result.volumes_ml          # {"WT": ..., "TC": ..., "ET": ...} in cm3
 
-This module imports neither napari nor Qt at import time; the viewer is used through its public
-attributes (``viewer.layers``, ``viewer.add_labels``).
+It lives on the napari side of the package (it drives a viewer) but imports neither napari nor
+Qt at import time; the viewer is used through its public attributes (``viewer.layers``,
+``viewer.add_labels``), so ``from napari_brats_kd import segment_viewer`` stays cheap.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import CaseError
-from .labels import MODALITY_NAMES
+from ..errors import CaseError
+from ..labels import MODALITY_NAMES
 
 Progress = Callable[[int, int, str], None]
 
 
 def _required_modalities(model: Any) -> tuple[str, ...]:
     """Input modalities of ``model`` (raises CheckpointError if it cannot be found)."""
-    from .models import resolve_model
+    from ..models import resolve_model
 
     return tuple(resolve_model(model).config.modalities)
 
@@ -31,8 +32,8 @@ def _required_modalities(model: Any) -> tuple[str, ...]:
 def _pick_layers(
     viewer: Any, layers: Mapping[str, Any] | None, needed: tuple[str, ...] | None
 ) -> dict[str, Any]:
-    from ._napari.case_from_layers import find_modality_layers
-    from .labels import parse_modalities
+    from ..naming import parse_modalities
+    from .case_from_layers import find_modality_layers
 
     if layers is None:
         found = find_modality_layers(viewer.layers)
@@ -112,8 +113,8 @@ def segment_viewer(
     CheckpointError
         If the model cannot be found or loaded.
     """
-    from ._napari.case_from_layers import add_result_layer, case_from_layers
-    from .inference import segment
+    from ..inference import segment
+    from .case_from_layers import add_result_layer, case_from_layers
 
     needed = _required_modalities(model)
     picked = _pick_layers(viewer, layers, needed)
@@ -143,6 +144,6 @@ def segment_viewer(
     if blocking:
         return add(run(progress, None))
 
-    from ._napari._workers import start_task
+    from ._workers import start_task
 
     return start_task(run, on_returned=add)
