@@ -432,3 +432,29 @@ def test_cli_writes_a_bare_2023_named_case_in_the_2023_convention(tmp_path, stud
     written = nib.load(out)
     assert b"brats2023" in bytes(written.header["descrip"])
     assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1, 2, 3}
+
+
+def test_segment_folder_is_the_api_of_the_batch_command(tmp_path, student_ckpt):
+    """The Python API does what `brats-kd segment DATASET -o OUT` does, without a terminal: one
+    outcome per case, a failing case reported and skipped, the files aligned and named."""
+    from napari_brats_kd import segment_folder
+    from napari_brats_kd.errors import CaseError, ModelInputError
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    case = make_case(affine=affine)
+    data = tmp_path / "data"
+    _write_case_folder(data / "BraTS2021_00001", case, affine)
+    _write_case_folder(data / "BraTS2021_00002", case, affine, zero=True)  # fails in inference
+    done = segment_folder(data, tmp_path / "out", model=str(student_ckpt))
+    assert [o.case_id for o in done.outcomes] == ["BraTS2021_00001", "BraTS2021_00002"]
+    assert [o.case_id for o in done.failed] == ["BraTS2021_00002"]
+    assert isinstance(done.failed[0].error, ModelInputError)
+    first = done.outcomes[0]
+    assert (
+        first.output == tmp_path / "out" / "BraTS2021_00001_seg.nii.gz" and first.output.is_file()
+    )
+    written = nib.load(str(first.output))
+    assert np.allclose(written.affine, affine) and written.shape == case.images["t1"].file_shape
+    assert done.models == {first.result.model: 1}
+    with pytest.raises(CaseError, match="overwrite"):
+        segment_folder(data, tmp_path / "out", model=str(student_ckpt))

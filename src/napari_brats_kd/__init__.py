@@ -27,6 +27,7 @@ _LAZY = {
     "write_phantom_dataset": "napari_brats_kd.phantom",
     "segment_viewer": "napari_brats_kd._napari.scripting",
     "segment": "napari_brats_kd.inference",
+    "segment_folder": "napari_brats_kd.batch",
     "SegmentationResult": "napari_brats_kd.inference",
     "load_checkpoint": "napari_brats_kd.models",
     "resolve_model": "napari_brats_kd.models",

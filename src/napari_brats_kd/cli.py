@@ -164,206 +164,52 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _segment_output(output: Path, case_id: str, several: bool) -> Path:
-    """The file a case's labels go to: ``-o`` itself, or ``<case_id>_seg.nii.gz`` in it.
-
-    Raises
-    ------
-    CaseError
-        For ``-o`` that would silently become something else than asked: one case and a name
-        that is neither a NIfTI file nor an existing folder (``seg.txt``, ``segnoext``), or
-        several cases and a NIfTI file name or an existing file.
-    """
-    from .errors import CaseError
-    from .naming import is_nifti_name
-
-    if not several:
-        if is_nifti_name(output):
-            return output
-        if not output.is_dir():
-            raise CaseError(
-                f"-o {output} is neither a NIfTI file name (.nii.gz or .nii) nor an existing "
-                f"folder: write -o {output.with_suffix('').name or 'seg'}.nii.gz, or create the "
-                "folder first."
-            )
-    elif is_nifti_name(output) or output.is_file():
-        raise CaseError(
-            f"-o {output} names a file, but a folder of cases is segmented: give a folder, which "
-            "receives <case id>_seg.nii.gz for each case."
-        )
-    return output / f"{case_id}_seg.nii.gz"
-
-
-def _planned_outputs(
-    cases: list[Path], output: Path, overwrite: bool, several: bool
-) -> dict[Path, Path]:
-    """``{case path: output file}``, checked before anything runs.
-
-    Raises
-    ------
-    CaseError
-        If two cases would write one file (the same case id in two folders), an output would
-        replace a file of its own case (its ground truth), or outputs exist and ``overwrite``
-        is not set.
-    """
-    from .errors import BratsKDError, CaseError
-    from .naming import case_files
-
-    planned: dict[Path, Path] = {}
-    inputs: dict[Path, list[Path]] = {}
-    for case_path in cases:
-        try:
-            files = case_files(case_path)
-        except BratsKDError:
-            continue  # reported when the case is loaded
-        planned[case_path] = _segment_output(output, files.case_id, several)
-        inputs[case_path] = [f.resolve() for f in files.all_files]
-    by_out: dict[Path, list[Path]] = {}
-    for case_path, out in planned.items():
-        by_out.setdefault(out.resolve(), []).append(case_path)
-    clashes = {out: paths for out, paths in by_out.items() if len(paths) > 1}
-    if clashes:
-        out, paths = next(iter(clashes.items()))
-        raise CaseError(
-            f"{len(clashes)} output file(s) would be written by several cases with one case id, "
-            f"e.g. {out.name} by {few(paths)}: segment those folders "
-            "separately, into different output folders."
-        )
-    for case_path, out in planned.items():
-        if out.resolve() in inputs[case_path]:
-            raise CaseError(
-                f"The output {out} is a file of the case it segments (its segmentation): choose "
-                "another -o, so that the ground truth is kept."
-            )
-        if out.resolve().parent in {f.parent for f in inputs[case_path]}:
-            # Beside the scans, a prediction would be read back as (or next to) the case's
-            # ground truth the next time the case is opened.
-            raise CaseError(
-                f"The output {out} would be written among the scans of the case it segments: "
-                "choose an -o outside the case folder."
-            )
-    existing = [out for out in planned.values() if out.exists()]
-    if existing and not overwrite:
-        raise CaseError(
-            f"{len(existing)} output file(s) exist already, e.g. {existing[0]}: pass --overwrite "
-            "to replace them, or choose another -o."
-        )
-    return planned
-
-
-def _prefetched_cases(cases: list[Path]):
-    """``(path, case or the error reading it)`` per case; the next is read during this one's run.
-
-    Reading a case (decompressing four NIfTI files) takes about as long as the student's pass, and
-    both release the GIL, so a folder of cases streams at close to the slower of the two.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .errors import BratsKDError
-    from .io import load_case
-
-    def read(path: Path):
-        try:
-            # The ground truth is not needed: an odd one must not stop the scans' segmentation.
-            return load_case(path, extra_segmentations=False, segmentation=False)
-        except (BratsKDError, OSError) as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="brats-kd-read") as pool:
-        pending = pool.submit(read, cases[0]) if cases else None
-        for i, path in enumerate(cases):
-            assert pending is not None
-            case = pending.result()
-            pending = pool.submit(read, cases[i + 1]) if i + 1 < len(cases) else None
-            yield path, case
-
-
-def _import_in_background(*modules: str) -> None:
-    """Import ``modules`` in a daemon thread, while the main thread prepares the first case.
-
-    scipy.ndimage, onnxruntime and tqdm take about 0.3 s to import, a sixth of a whole
-    ``segment`` command; cropping and normalising the scans runs on one core without the GIL,
-    so the two overlap (reading runs on both cores: not then). The import
-    system's locks make a main-thread import of the same module wait for this one.
-    """
-    import importlib
-    import threading
-
-    def work() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except ImportError:  # the main thread's own import reports it, where it matters
-                return
-
-    threading.Thread(target=work, name="brats-kd-imports", daemon=True).start()
-
-
 def _run_segment(args: argparse.Namespace) -> int:
-    from .errors import BratsKDError
-    from .inference import segment
-    from .io import find_cases, save_labels
-    from .models.registry import choose_model
+    """A thin shell over :mod:`.batch`: it prints what each case gave."""
+    from .batch import iter_segment_folder, plan_folder
 
-    choose_model(args.model)  # a wrong name stops here, before any case is read
-    used: dict[str, int] = {}
-    cases = find_cases(args.input)
-    # A dataset folder (even one holding a single case) writes into a folder, one file per case.
-    several = len(cases) > 1 or any(c.resolve() != args.input.resolve() for c in cases)
-    planned = _planned_outputs(cases, args.output, args.overwrite, several)
-    case_bar = _tqdm_progress("cases", "case") if several else None
+    plan = plan_folder(args.input, args.output, args.overwrite)
+    case_bar = _tqdm_progress("cases", "case") if plan.several else None
+    outcomes = iter_segment_folder(
+        plan,
+        args.model,
+        # One bar for the one case; a folder shows the case bar instead.
+        case_progress=None if plan.several else (lambda case_id: _tqdm_progress(case_id, "step")),
+        device=args.device,
+        tta=args.tta,
+        convention=args.convention,
+        min_component_voxels=args.min_component_voxels,
+        drop_far_components=not args.keep_far_components,
+        num_threads=args.threads,
+    )
     failed: list[str] = []
-    for i, (case_path, case) in enumerate(_prefetched_cases(cases)):
-        if i == 0:
-            # Started now, they run beside the single-threaded crop of the first case.
-            _import_in_background("onnxruntime", "tqdm.auto", "scipy.ndimage")
-        try:
-            if isinstance(case, Exception):
-                raise case
-            for note in case.notes:
-                print(f"{case.case_id}: {note}", file=sys.stderr)
-            result = segment(
-                case,
-                args.model,
-                device=args.device,
-                tta=args.tta,
-                convention=args.convention,
-                min_component_voxels=args.min_component_voxels,
-                drop_far_components=not args.keep_far_components,
-                num_threads=args.threads,
-                progress=None if several else _tqdm_progress(case.case_id, "step"),
-            )
-            for note in result.notes:
-                print(f"{case.case_id}: {note}", file=sys.stderr)
-            out = save_labels(
-                planned.get(case_path) or _segment_output(args.output, case.case_id, several),
-                result.labels,
-                case.reference,
-                result.convention,
-            )
-        except (BratsKDError, OSError) as exc:
-            if not several:
-                raise
-            # One unreadable or failing case must not stop a batch: the others still run.
-            failed.append(str(case_path))
-            print(f"skipped {case_path}: {exc}", file=sys.stderr)
-            if case_bar is not None:
-                case_bar(i + 1, len(cases), "skipped")
-            continue
-        used[result.model] = used.get(result.model, 0) + 1
-        volumes = ", ".join(f"{r} {v:.1f} ml" for r, v in result.volumes_ml.items())
-        message = f"{case.case_id}: {volumes} ({result.seconds:.1f} s on {result.device}/{result.backend}) -> {out}"
-        if case_bar is not None:
-            case_bar(i + 1, len(cases), case.case_id)
-            print(message, file=sys.stderr)
+    used: dict[str, int] = {}
+    for i, outcome in enumerate(outcomes):
+        for note in outcome.notes:
+            print(f"{outcome.case_id}: {note}", file=sys.stderr)
+        if outcome.error is not None:
+            if not plan.several:
+                raise outcome.error
+            failed.append(str(outcome.path))
+            print(f"skipped {outcome.path}: {outcome.error}", file=sys.stderr)
         else:
-            print(message)
-    if several:
-        done = len(cases) - len(failed)
-        models = ", ".join(f"{name} ({n})" for name, n in used.items()) or "no model"
-        print(f"Segmented {done} of {len(cases)} cases with {models} into {args.output}")
-        if failed:
-            print(f"Failed ({len(failed)}): {few(failed, limit=20)}", file=sys.stderr)
+            result = outcome.result
+            used[result.model] = used.get(result.model, 0) + 1
+            volumes = ", ".join(f"{r} {v:.1f} ml" for r, v in result.volumes_ml.items())
+            print(
+                f"{outcome.case_id}: {volumes} ({result.seconds:.1f} s on {result.device}/"
+                f"{result.backend}) -> {outcome.output}",
+                file=sys.stderr if plan.several else sys.stdout,
+            )
+        if case_bar is not None:
+            case_bar(i + 1, len(plan.cases), outcome.case_id if outcome.ok else "skipped")
+    if not plan.several:
+        return 0
+    models = ", ".join(f"{name} ({n})" for name, n in used.items()) or "no model"
+    done = len(plan.cases) - len(failed)
+    print(f"Segmented {done} of {len(plan.cases)} cases with {models} into {args.output}")
+    if failed:
+        print(f"Failed ({len(failed)}): {few(failed, limit=20)}", file=sys.stderr)
     return 1 if failed else 0
 
 

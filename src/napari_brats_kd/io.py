@@ -23,6 +23,7 @@ import numpy as np
 from . import labels as lab
 from . import naming
 from . import orientation as orient
+from .callbacks import Progress
 from .errors import (
     CaseError,
     InvalidVolumeError,
@@ -53,8 +54,6 @@ _MAX_DEFLATE_RATIO = 1032
 
 # Datatypes a scan or label map may use (NIfTI codes map to these numpy kinds).
 _NUMERIC_KINDS = "buif"
-
-ProgressFn = Callable[[int, int, str], None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -600,7 +599,7 @@ def load_case(
     modalities: tuple[str, ...] | None = None,
     extra_segmentations: bool = True,
     max_bytes: int | None = None,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     segmentation: bool = True,
 ) -> Case:
     """Load one case: a case folder, one file of a flat nnU-Net / MSD folder, or a single file.

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from .callbacks import Progress
 from .errors import CaseError, InvalidVolumeError, LabelConventionError, NiftiReadError
 from .labels import (
     REGIONS,
@@ -620,7 +621,7 @@ def evaluate_folders(
     csv_path: str | Path | None = None,
     pred_convention: LabelConvention | str | None = None,
     gt_convention: LabelConvention | str | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
     missing_as_empty: bool = False,
 ) -> FolderEvaluation:
     """Score every prediction in ``pred_dir`` against the ground truth of the same case id.

@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
+from .callbacks import ShouldStop
 from .errors import Cancelled, CheckpointError
 from .models.config import ModelConfig
 from .models.header import count_stored_parameters
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from .models.registry import ModelChoice
 
 #: ONNX opset of every graph (onnxruntime >= 1.17 runs it).
@@ -131,7 +130,7 @@ class OnnxModel:
     session: Any = field(repr=False)
     notes: list[str] = field(default_factory=list)
 
-    def run(self, batch: np.ndarray, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    def run(self, batch: np.ndarray, should_stop: ShouldStop | None = None) -> np.ndarray:
         """Region logits ``(N, R, X, Y, Z)`` of a normalised ``(N, C, X, Y, Z)`` float32 batch.
 
         Parameters

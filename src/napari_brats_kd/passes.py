@@ -9,17 +9,15 @@ before anything is allocated (:func:`plan_memory`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from .callbacks import Progress, ShouldStop
 from .device import MemoryEstimate, estimate_memory
 from .errors import Cancelled, ModelInputError
 from .models.config import ModelConfig
 from .models.geometry import first_stage_width, network_stride
-
-Progress = Callable[[int, int, str], None]
-ShouldStop = Callable[[], bool]
 
 #: Flip sets of the test-time augmentation (all 8 mirrorings of the 3 spatial axes, as nnU-Net),
 #: as axes of a ``(N, C, X, Y, Z)`` batch.

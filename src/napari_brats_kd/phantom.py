@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import orientation as orient
+from .callbacks import Progress, ShouldStop
 from .errors import Cancelled, ResourceError
 from .labels import MODALITIES, LabelConvention, get_convention
 from .volume import Case, Volume
@@ -982,8 +983,8 @@ def write_phantom_dataset(
     naming: str = "2021",
     site: str | SiteParams = "A",
     spacing: float = 1.0,
-    progress: Callable[[int, int, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> list[Path]:
     """Write ``n`` phantom cases (seeds ``seed`` .. ``seed+n-1``) as BraTS case folders.
 

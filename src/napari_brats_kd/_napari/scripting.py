@@ -13,13 +13,12 @@ Qt at import time; the viewer is used through its public attributes (``viewer.la
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from ..callbacks import Progress, ShouldStop
 from ..errors import CaseError
 from ..labels import MODALITY_NAMES
-
-Progress = Callable[[int, int, str], None]
 
 
 def _required_modalities(model: Any) -> tuple[str, ...]:
@@ -130,7 +129,7 @@ def segment_viewer(
         add_result_layer(viewer, result, case, source_layer, label or result.model, replace)
         return result
 
-    def run(progress_fn: Progress | None, should_stop: Callable[[], bool] | None) -> Any:
+    def run(progress_fn: Progress | None, should_stop: ShouldStop | None) -> Any:
         return segment(
             case,
             model=model,

@@ -41,6 +41,7 @@ from monai.transforms import Transform
 from torch import nn
 
 from .._files import atomic_write
+from ..callbacks import ShouldStop
 from ..errors import Cancelled, ResourceError, TrainingError
 from ..models import LoadedModel
 from .data import CASE_ID, IMAGE, STAMP, TEACHER, CaseEntry, LoadCased, case_stamp
@@ -92,7 +93,7 @@ def cache_teacher_targets(
     device: torch.device,
     overlap: float = 0.25,
     sw_batch_size: int = 1,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop | None = None,
     on_case: Callable[[int, int], None] | None = None,
 ) -> int:
     """Run ``teacher`` once over every case of ``entries`` not cached yet and store its logits.
