@@ -26,10 +26,16 @@ import numpy as np
 from . import labels as lab
 from .device import may_have_accelerator
 from .errors import Cancelled, ModelInputError
-from .models.geometry import network_stride
-from .models.preprocess import normalize_input
+from .model_input import (
+    BBOX_MARGIN,
+    InputFacts,
+    brain_bbox,
+    brain_box,
+    gather_input,
+    grow_to_multiple,
+    network_input,
+)
 from .models.registry import ModelChoice, choose_model, load_choice
-from .orientation import MODEL_AXCODES, voxel_sizes_in
 from .passes import (
     BACKENDS,
     STRATEGIES,
@@ -65,9 +71,6 @@ __all__ = [
     "prepare_model",
     "segment",
 ]
-
-#: Voxels of margin kept around the brain's bounding box (context for the first convolutions).
-BBOX_MARGIN = 4
 
 
 @dataclass
@@ -120,61 +123,6 @@ class SegmentationResult:
     notes: list[str] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------------------------------
-# Geometry helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def mask_bbox(mask: np.ndarray, margin: int = BBOX_MARGIN) -> tuple[slice, slice, slice] | None:
-    """Bounding box of the true voxels of a 3D mask, widened by ``margin`` (``None``: empty)."""
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=other))
-        if hits.size == 0:
-            return None
-        lo = max(int(hits[0]) - margin, 0)
-        hi = min(int(hits[-1]) + 1 + margin, mask.shape[axis])
-        out.append(slice(lo, hi))
-    return tuple(out)  # type: ignore[return-value]
-
-
-def brain_bbox(image: np.ndarray, margin: int = BBOX_MARGIN) -> tuple[slice, slice, slice] | None:
-    """Bounding box of voxels non-zero in any channel of ``(C, X, Y, Z)``, widened by ``margin``.
-
-    Returns ``None`` when every voxel is zero.
-    """
-    return mask_bbox(np.any(image != 0, axis=0), margin)
-
-
-def _brain_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
-    """Voxels non-zero in any channel (skull-stripped scans are exactly 0 outside the brain)."""
-    mask = channels[0] != 0
-    for channel in channels[1:]:
-        mask |= channel != 0
-    return mask
-
-
-def grow_to_multiple(
-    box: Sequence[slice], multiple: int, shape: Sequence[int]
-) -> tuple[slice, slice, slice]:
-    """Widen ``box`` (centred, within ``shape``) so each side is a multiple of ``multiple``.
-
-    A crop the network can take as is needs no zero padding (one copy of the volume less), and
-    the extra voxels are real image context.
-    """
-    out = []
-    for sl, n in zip(box, shape, strict=True):
-        size = sl.stop - sl.start
-        target = min(int(np.ceil(size / multiple) * multiple), int(n))
-        start = max(0, sl.start - (target - size) // 2)
-        stop = start + target
-        if stop > n:
-            stop, start = int(n), int(n) - target
-        out.append(slice(start, stop))
-    return tuple(out)  # type: ignore[return-value]
-
-
 def _dropped_note(dropped: Sequence[DroppedComponent], voxel_mm3: float) -> str:
     total_ml = sum(c.voxels for c in dropped) * voxel_mm3 / 1000.0
     return (
@@ -189,35 +137,6 @@ def _dropped_note(dropped: Sequence[DroppedComponent], voxel_mm3: float) -> str:
 # --------------------------------------------------------------------------------------------------
 # The public call
 # --------------------------------------------------------------------------------------------------
-
-
-def _gather_input(
-    case_or_image: Case | np.ndarray,
-    model_modalities: tuple[str, ...],
-    modalities: Sequence[str] | None,
-) -> list[np.ndarray]:
-    """The channels the model needs, in its order and in model orientation (views, no copies)."""
-    if isinstance(case_or_image, Case):
-        return case_or_image.model_views(model_modalities)
-    image = np.asarray(case_or_image)
-    if image.ndim != 4:
-        raise ModelInputError(
-            f"segment expects a Case or a (C, X, Y, Z) array in model order, got shape "
-            f"{image.shape}."
-        )
-    given = tuple(modalities) if modalities is not None else model_modalities
-    if len(given) != image.shape[0]:
-        raise ModelInputError(
-            f"The array has {image.shape[0]} channels but modalities {list(given)} were named: "
-            "pass modalities= listing one modality per channel."
-        )
-    missing = [m for m in model_modalities if m not in given]
-    if missing:
-        raise ModelInputError(
-            f"The model needs {', '.join(lab.MODALITY_NAMES[m] for m in missing)}, which the "
-            f"array (channels {', '.join(given)}) lacks."
-        )
-    return [image[given.index(m)] for m in model_modalities]
 
 
 class _Stages:
@@ -239,32 +158,6 @@ class _Stages:
 
     def labels_ready(self) -> None:
         self._report(self.total, "label map made")
-
-
-def _network_input(
-    channels: Sequence[np.ndarray],
-    brain: np.ndarray,
-    box: tuple[slice, slice, slice],
-    config: ModelConfig,
-    plan: tuple[str, tuple[int, int, int]],
-    tta: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The normalised crop the network runs on, and the brain mask of the crop.
-
-    Only the crop is copied (a BraTS brain fills about 40 % of the grid), straight into float32
-    and normalised in place: one copy of the input in all. For one pass over the crop without
-    TTA, the array is made zero-padded to the network stride at once (a box at the grid's edge
-    cannot grow to it), so the back end needs no padded copy of its own; zeros are background to
-    the normalisation, which ignores them. With TTA the back ends pad each mirrored copy at its
-    far end, so that every mirroring sees the brain at the same place on the stride grid.
-    """
-    size = tuple(sl.stop - sl.start for sl in box)
-    strategy, padded = plan
-    shape = padded if strategy == "full" and not tta else size
-    crop = np.zeros((len(channels), *shape), np.float32)
-    for c, channel in enumerate(channels):
-        crop[c, : size[0], : size[1], : size[2]] = channel[box]
-    return normalize_input(crop, config.normalization, copy=False), brain[box]
 
 
 def _expected_passes(
@@ -457,10 +350,6 @@ def segment(
         was removed). On by default: on real scans these are mostly vessels and dura. Distances
         come from a case's affine; an array input is taken as isotropic voxels of
         ``voxel_volume_mm3`` (give a Case for anisotropic scans).
-    overlap
-        Overlap of sliding windows (only used when the brain exceeds the model's ROI).
-    sw_batch_size
-        Windows per forward pass.
     convention
         Label convention of the result (default: the case's, or the model's for arrays).
     progress
@@ -468,11 +357,10 @@ def segment(
         normalised, each forward pass, the label map made (``done == total`` at the end).
     should_stop
         Polled before each forward pass; returning True raises :class:`~errors.Cancelled`.
-    strategy
-        ``"auto"`` (one pass over the brain crop when it fits the ROI, else windows), ``"full"``
-        or ``"sliding"``.
-    roi_size
-        Sliding-window size (default: the model's ROI, shrunk to the volume).
+    strategy, roi_size, overlap, sw_batch_size
+        Passes: ``"auto"`` (one pass over the brain crop when it fits the model's ROI, else
+        sliding windows), ``"full"`` or ``"sliding"``; the window size (default: the model's
+        ROI, shrunk to the volume), their overlap and how many run per forward pass.
     crop_to_brain
         Crop to the brain's bounding box first (default). ``False`` with ``strategy="sliding"``
         and ``roi_size=(240, 240, 160)`` reproduces MONAI's bundle inference.
@@ -502,92 +390,39 @@ def segment(
     """
     start = time.perf_counter()
     notes: list[str] = []
-    if backend not in BACKENDS:
-        raise ModelInputError(f"Unknown backend {backend!r}: expected one of {BACKENDS}.")
-    # "student" / "teacher": for a case, the shipped model of that role that needs only its scans.
-    choice = choose_model(
-        model, case_or_image.modalities if isinstance(case_or_image, Case) else None
-    )
-    if choice.reason:
-        notes.append(choice.reason)
-    cfg = choice.config if choice.config is not None else load_choice(choice).config
-    missing_regions = {"WT", "TC", "ET"} - set(cfg.regions)
-    if missing_regions:
-        raise ModelInputError(
-            f"{cfg.display_name} predicts {list(cfg.regions)}; a label map needs WT, TC and ET."
-        )
-    channels = _gather_input(case_or_image, cfg.modalities, modalities)
-    grid = tuple(int(n) for n in channels[0].shape)
-    if isinstance(case_or_image, Case):
-        default_conv = case_or_image.convention
-        voxel_mm3 = case_or_image.reference.voxel_volume_mm3
-        spacing = voxel_sizes_in(case_or_image.reference.affine, MODEL_AXCODES)
-    else:
-        default_conv = lab.LabelConvention(cfg.convention)
-        voxel_mm3 = 1.0 if voxel_volume_mm3 is None else float(voxel_volume_mm3)
-        spacing = (voxel_mm3 ** (1 / 3),) * 3
-    target = lab.get_convention(convention if convention is not None else default_conv).convention
+    choice, cfg = _choose(case_or_image, model, backend, notes)
+    channels = gather_input(case_or_image, cfg.modalities, modalities)
     check_scans(channels, cfg.modalities)
-
-    brain = _brain_mask(channels)
-    box = mask_bbox(brain) if crop_to_brain else tuple(slice(0, n) for n in grid)
-    if box is None or not brain.any():
-        raise ModelInputError(
-            "Every voxel of the input is zero: there is no brain to segment "
-            "(check that the right scans are loaded)."
-        )
-    if crop_to_brain:
-        box = grow_to_multiple(box, network_stride(cfg), grid)
+    facts = InputFacts.of(case_or_image, cfg, convention, voxel_volume_mm3)
+    grid = tuple(int(n) for n in channels[0].shape)
+    brain, box = brain_box(channels, cfg, crop_to_brain)
     size = tuple(sl.stop - sl.start for sl in box)
     plan = plan_passes(cfg, size, strategy, roi_size)
-    crop, brain_crop = _network_input(channels, brain, box, cfg, plan, tta)
+    crop, brain_crop = network_input(channels, brain, box, cfg, plan, tta)
     stages = _Stages(progress, _expected_passes(plan, size, overlap, int(sw_batch_size), tta))
     stages.scans_ready()
     probs_input, info = _probabilities(
-        choice,
-        cfg,
-        plan[0],
-        crop,
-        device=device,
-        backend=backend,
-        tta=tta,
-        strategy=strategy,
-        roi_size=roi_size,
-        overlap=overlap,
-        sw_batch_size=sw_batch_size,
-        num_threads=num_threads,
-        progress=stages.model_pass,
-        should_stop=should_stop,
-        notes=notes,
-    )
-
+        choice, cfg, plan[0], crop, device=device, backend=backend, tta=tta, strategy=strategy,
+        roi_size=roi_size, overlap=overlap, sw_batch_size=sw_batch_size, num_threads=num_threads,
+        progress=stages.model_pass, should_stop=should_stop, notes=notes,
+    )  # fmt: skip
     if should_stop is not None and should_stop():  # a Cancel during the last pass
         raise Cancelled("Segmentation cancelled.")
     probs_crop = probs_input[:, : size[0], : size[1], : size[2]]  # without the stride padding
-    # Everything after the network works on the crop: nothing outside the brain box is tumour.
-    labels_crop = lab.regions_to_labels(probs_crop > 0.5, target, cfg.regions)
-    # Skull-stripped BraTS scans are exactly 0 outside the brain, and tumour never lies there:
-    # clearing those voxels removes margin/padding artefacts at no cost.
-    labels_crop[~brain_crop] = 0
-    labels_crop = remove_small_components(labels_crop, min_component_voxels)
-    if drop_far_components:
-        wt_probability = probs_crop[list(cfg.regions).index("WT")]
-        labels_crop, dropped = drop_far_unlikely_components(labels_crop, wt_probability, spacing)
-        if dropped:
-            notes.append(_dropped_note(dropped, voxel_mm3))
+    post = (min_component_voxels, drop_far_components)
+    labels_crop = _labels_of(probs_crop, brain_crop, cfg, facts, post, notes)
     stages.labels_ready()
     labels_model = np.zeros(grid, np.uint8)
     labels_model[box] = labels_crop
-    labels_display = np.ascontiguousarray(Case.from_model_order(labels_model))
     probabilities = None
     if return_probabilities:
         full = np.zeros((len(cfg.regions), *grid), np.float32)
         full[(slice(None), *box)] = probs_crop
         probabilities = np.ascontiguousarray(Case.from_model_order(full))
     return SegmentationResult(
-        labels=labels_display,
-        convention=target,
-        volumes_ml=lab.region_volumes_ml(labels_crop, target, voxel_mm3),
+        labels=np.ascontiguousarray(Case.from_model_order(labels_model)),
+        convention=facts.target,
+        volumes_ml=lab.region_volumes_ml(labels_crop, facts.target, facts.voxel_mm3),
         model=cfg.display_name,
         device=info["device"],
         backend=info["backend"],
@@ -599,3 +434,50 @@ def segment(
         n_forward=info["n_forward"],
         notes=notes,
     )
+
+
+def _choose(
+    case_or_image: Case | np.ndarray, model: str | LoadedModel, backend: str, notes: list[str]
+) -> tuple[ModelChoice, ModelConfig]:
+    """The model to run and its config; for a case, ``"student"`` / ``"teacher"`` is the
+    shipped model of that role that needs only the case's scans (a note says which)."""
+    if backend not in BACKENDS:
+        raise ModelInputError(f"Unknown backend {backend!r}: expected one of {BACKENDS}.")
+    choice = choose_model(
+        model, case_or_image.modalities if isinstance(case_or_image, Case) else None
+    )
+    if choice.reason:
+        notes.append(choice.reason)
+    cfg = choice.config if choice.config is not None else load_choice(choice).config
+    missing_regions = {"WT", "TC", "ET"} - set(cfg.regions)
+    if missing_regions:
+        raise ModelInputError(
+            f"{cfg.display_name} predicts {list(cfg.regions)}; a label map needs WT, TC and ET."
+        )
+    return choice, cfg
+
+
+def _labels_of(
+    probs_crop: np.ndarray,
+    brain_crop: np.ndarray,
+    cfg: ModelConfig,
+    facts: InputFacts,
+    post: tuple[int, bool],
+    notes: list[str],
+) -> np.ndarray:
+    """The label map of the crop: thresholded regions, then the post-processing asked for."""
+    min_component_voxels, drop_far_components = post
+    # Everything after the network works on the crop: nothing outside the brain box is tumour.
+    labels_crop = lab.regions_to_labels(probs_crop > 0.5, facts.target, cfg.regions)
+    # Skull-stripped BraTS scans are exactly 0 outside the brain, and tumour never lies there:
+    # clearing those voxels removes margin/padding artefacts at no cost.
+    labels_crop[~brain_crop] = 0
+    labels_crop = remove_small_components(labels_crop, min_component_voxels)
+    if drop_far_components:
+        wt_probability = probs_crop[list(cfg.regions).index("WT")]
+        labels_crop, dropped = drop_far_unlikely_components(
+            labels_crop, wt_probability, facts.spacing
+        )
+        if dropped:
+            notes.append(_dropped_note(dropped, facts.voxel_mm3))
+    return labels_crop
