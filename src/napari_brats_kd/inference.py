@@ -328,35 +328,32 @@ def segment(
         A :class:`~napari_brats_kd.volume.Case`, or a ``(C, X, Y, Z)`` array in model orientation
         whose channels are ``modalities``.
     model
-        ``"student"`` / ``"teacher"`` (shipped weights), a registered model name, a checkpoint or
-        MONAI bundle path, or a :class:`~napari_brats_kd.models.LoadedModel`. For a case that
-        lacks a modality the default model of the role needs, ``"student"`` / ``"teacher"``
-        take the shipped model of the role that needs only what the case has (a note says
-        which, and why).
+        ``"student"`` / ``"teacher"`` (for a case, the shipped model of the role that needs only
+        the case's scans; a note says which and why), a registered name, a checkpoint or MONAI
+        bundle path, or a :class:`~napari_brats_kd.models.LoadedModel`.
     modalities
         Channel names of an array input (default: the model's own order). Ignored for a Case.
-    device
-        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``. GPUs run under
-        mixed precision.
-    tta
-        Average probabilities over the 8 mirrorings of the volume (8x slower, a little smoother).
-    return_probabilities
-        Also return the sigmoid probabilities (float32, display order).
-    min_component_voxels
-        Remove tumour components smaller than this many voxels (0 keeps everything).
-    drop_far_components
-        Remove tumour components that lie far from the main lesion and that the model is unsure
-        of (:func:`~napari_brats_kd.postprocess.drop_far_unlikely_components`; a note says what
-        was removed). On by default: on real scans these are mostly vessels and dura. Distances
-        come from a case's affine; an array input is taken as isotropic voxels of
-        ``voxel_volume_mm3`` (give a Case for anisotropic scans).
+    device, backend, num_threads
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"`` (GPUs run under
+        mixed precision); ``"auto"`` (onnxruntime on a CPU, its graph exported once per model
+        and cached, else PyTorch), ``"torch"`` or ``"onnxruntime"``; CPU threads (default:
+        ``OMP_NUM_THREADS`` when set, else one per physical core with onnxruntime, PyTorch's
+        setting with PyTorch).
+    tta, return_probabilities
+        Average probabilities over the 8 mirrorings of the volume (8x slower, a little
+        smoother); also return the sigmoid probabilities (float32, display order).
+    min_component_voxels, drop_far_components
+        Remove tumour components smaller than this many voxels (0 keeps everything); remove
+        those far from the main lesion that the model is unsure of (on by default: on real
+        scans they are mostly vessels and dura; see :func:`~napari_brats_kd.postprocess.
+        drop_far_unlikely_components`; a note says what was removed). Distances come from a
+        case's affine, or isotropic voxels of ``voxel_volume_mm3`` for an array.
     convention
         Label convention of the result (default: the case's, or the model's for arrays).
-    progress
-        ``progress(done, total, message)``, called at each stage: the scans cropped and
-        normalised, each forward pass, the label map made (``done == total`` at the end).
-    should_stop
-        Polled before each forward pass; returning True raises :class:`~errors.Cancelled`.
+    progress, should_stop
+        ``progress(done, total, message)`` at each stage (scans cropped and normalised, each
+        forward pass, label map made); ``should_stop()`` polled before and during each pass
+        (True raises :class:`~napari_brats_kd.errors.Cancelled`).
     strategy, roi_size, overlap, sw_batch_size
         Passes: ``"auto"`` (one pass over the brain crop when it fits the model's ROI, else
         sliding windows), ``"full"`` or ``"sliding"``; the window size (default: the model's
@@ -364,14 +361,8 @@ def segment(
     crop_to_brain
         Crop to the brain's bounding box first (default). ``False`` with ``strategy="sliding"``
         and ``roi_size=(240, 240, 160)`` reproduces MONAI's bundle inference.
-    num_threads
-        CPU threads for this call (default: ``OMP_NUM_THREADS`` when set, else one per physical
-        core on the ONNX Runtime path and PyTorch's current setting on the PyTorch path).
     voxel_volume_mm3
         Voxel volume for ``volumes_ml`` of an array input (default 1 mm3). Cases use their affine.
-    backend
-        ``"auto"`` (onnxruntime on CPU when installed, else PyTorch), ``"torch"`` or
-        ``"onnxruntime"`` (CPU only; the graph is exported once per model and cached).
 
     Returns
     -------
@@ -379,14 +370,9 @@ def segment(
 
     Raises
     ------
-    CheckpointError
-        If the model cannot be found or loaded.
-    CaseError, ModelInputError
-        If the input lacks a modality the model needs or has the wrong shape.
-    ResourceError
-        If there is not enough memory on any usable device.
-    Cancelled
-        If ``should_stop`` returned True.
+    CheckpointError, ModelInputError, ResourceError, Cancelled
+        The model cannot be found or loaded; the input lacks a modality the model needs, has
+        the wrong shape or is no scan; not enough memory on any usable device; stopped.
     """
     start = time.perf_counter()
     notes: list[str] = []
