@@ -332,7 +332,7 @@ def segment(
         the case's scans; a note says which and why), a registered name, a checkpoint or MONAI
         bundle path, or a :class:`~napari_brats_kd.models.LoadedModel`.
     modalities
-        Channel names of an array input (default: the model's own order). Ignored for a Case.
+        Channel names of an array input (default: the model's order); ignored for a Case.
     device, backend, num_threads
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"`` (GPUs run under
         mixed precision); ``"auto"`` (onnxruntime on a CPU, its graph exported once per model
@@ -348,21 +348,19 @@ def segment(
         scans they are mostly vessels and dura; see :func:`~napari_brats_kd.postprocess.
         drop_far_unlikely_components`; a note says what was removed). Distances come from a
         case's affine, or isotropic voxels of ``voxel_volume_mm3`` for an array.
-    convention
-        Label convention of the result (default: the case's, or the model's for arrays).
+    convention, voxel_volume_mm3
+        Label convention of the result (default: the case's, or the model's for arrays); voxel
+        volume for ``volumes_ml`` of an array input (default 1 mm3; a case uses its affine).
     progress, should_stop
         ``progress(done, total, message)`` at each stage (scans cropped and normalised, each
         forward pass, label map made); ``should_stop()`` polled before and during each pass
         (True raises :class:`~napari_brats_kd.errors.Cancelled`).
     strategy, roi_size, overlap, sw_batch_size
-        Passes: ``"auto"`` (one pass over the brain crop when it fits the model's ROI, else
-        sliding windows), ``"full"`` or ``"sliding"``; the window size (default: the model's
-        ROI, shrunk to the volume), their overlap and how many run per forward pass.
+        ``"auto"`` (one pass over the brain crop if it fits the model's ROI, else windows),
+        ``"full"`` or ``"sliding"``; window size (default the ROI), overlap, windows per pass.
     crop_to_brain
         Crop to the brain's bounding box first (default). ``False`` with ``strategy="sliding"``
         and ``roi_size=(240, 240, 160)`` reproduces MONAI's bundle inference.
-    voxel_volume_mm3
-        Voxel volume for ``volumes_ml`` of an array input (default 1 mm3). Cases use their affine.
 
     Returns
     -------
