@@ -125,7 +125,7 @@ def _planned_outputs(
         replace a file of its own case (its ground truth), or outputs exist and ``overwrite``
         is not set.
     """
-    from .naming import case_files
+    from .cases import case_files
 
     planned: dict[Path, Path] = {}
     inputs: dict[Path, list[Path]] = {}

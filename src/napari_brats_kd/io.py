@@ -24,6 +24,7 @@ from . import labels as lab
 from . import naming
 from . import orientation as orient
 from .callbacks import Progress
+from .cases import CaseFiles, case_entries, case_files, expected_names, iter_dirs
 from .errors import (
     CaseError,
     InvalidVolumeError,
@@ -549,11 +550,11 @@ def _convention_without_seg(case_naming: str) -> tuple[lab.LabelConvention, str]
     )
 
 
-def _case_files_or_label_map(path: Path, max_bytes: int | None) -> naming.CaseFiles:
-    """:func:`naming.case_files`, plus lone files whose name says nothing but whose values are
+def _case_files_or_label_map(path: Path, max_bytes: int | None) -> CaseFiles:
+    """:func:`case_files`, plus lone files whose name says nothing but whose values are
     labels (e.g. a segmentation saved as ``edited.nii.gz``): those open as a segmentation."""
     try:
-        return naming.case_files(path)
+        return case_files(path)
     except CaseError:
         if not (path.is_file() and naming.classify_file(path).kind == "unknown"):
             raise
@@ -561,7 +562,7 @@ def _case_files_or_label_map(path: Path, max_bytes: int | None) -> naming.CaseFi
         if not is_segmentation(data):
             raise
         values = sorted(int(v) for v in np.unique(data))
-        files = naming.CaseFiles(naming.nifti_stem(path), "single", seg=path)
+        files = CaseFiles(naming.nifti_stem(path), "single", seg=path)
         files.notes.append(
             f"{path.name} names no modality; opened as a segmentation because its values "
             f"{values} are label values."
@@ -629,7 +630,7 @@ def load_case(
     Case
         Images in display orientation; ``case.convention`` / ``case.convention_reason`` say which
         label convention applies and why. ``case.extra`` holds ``"files"`` (the
-        :class:`~naming.CaseFiles`), ``"notes"`` (sentences for the user) and, when present,
+        :class:`~CaseFiles`), ``"notes"`` (sentences for the user) and, when present,
         ``"segmentations"``: ``{name: {"volume", "convention", "reason"}}``.
 
     Raises
@@ -676,7 +677,7 @@ def load_case(
             raise CaseError(
                 f"Case {files.case_id!r} at {path} lacks "
                 f"{', '.join(lab.MODALITY_NAMES[m] for m in missing)} (found: {found}). "
-                f"Expected files such as {naming._expected_names(files.case_id, files.naming)}."
+                f"Expected files such as {expected_names(files.case_id, files.naming)}."
             )
     seg = None
     if files.seg is not None:
@@ -715,7 +716,7 @@ def load_case(
 
 
 def _extra_label_maps(
-    files: naming.CaseFiles,
+    files: CaseFiles,
     max_bytes: int | None,
     notes: list[str],
     step: Callable[[str], None],
@@ -797,8 +798,8 @@ def find_cases(root: PathLike) -> list[Path]:
     if not root.is_dir():
         raise CaseError(f"{root} does not exist: expected a dataset folder.")
     cases: list[Path] = []
-    for folder in naming.iter_dirs(root):
-        cases.extend(naming.case_entries(folder))
+    for folder in iter_dirs(root):
+        cases.extend(case_entries(folder))
     if not cases:
         raise CaseError(
             f"No cases found under {root}: expected case folders holding .nii/.nii.gz files "

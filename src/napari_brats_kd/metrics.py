@@ -475,7 +475,8 @@ def _sibling_image_namings(labels_dir: Path) -> dict[str, str]:
     so which label convention) they belong to is told by the image folder next to them:
     ``<case>_0000.nii.gz`` channel files (nnU-Net) or 4D volumes ``<case>.nii.gz`` (MSD).
     """
-    from .naming import case_entries, classify_file, nifti_stem
+    from .cases import case_entries
+    from .naming import classify_file, nifti_stem
 
     name = labels_dir.name
     if not name.lower().startswith("labels"):
@@ -506,16 +507,9 @@ def _index_label_files(folder: Path) -> dict[str, _LabelFile]:
     image folder (``imagesTr``), and any other folder, is a dataset of cases whose segmentations
     are used, each with the naming of its case.
     """
+    from .cases import case_entries, case_files, iter_dirs, nifti_files
     from .io import find_cases
-    from .naming import (
-        case_entries,
-        case_files,
-        classify_file,
-        is_nifti_name,
-        iter_dirs,
-        nifti_files,
-        nifti_stem,
-    )
+    from .naming import classify_file, is_nifti_name, nifti_stem
 
     flat = sorted(f for f in folder.iterdir() if f.is_file() and is_nifti_name(f))
     found: dict[str, _LabelFile] = {}

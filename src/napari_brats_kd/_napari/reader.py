@@ -20,6 +20,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import io, naming
 from .. import labels as lab
+from ..cases import nifti_files
 from ..errors import BratsKDError, CaseError
 from .layers import LayerDataTuple, case_to_layer_data, image_layer_data
 
@@ -96,7 +97,7 @@ def _read_layers(p: Path) -> tuple[list[LayerDataTuple], list[str]]:
         except CaseError:
             # Datasets pass over folders of label maps alone (earlier outputs); opened on its
             # own, such a folder is shown as the label map it holds.
-            files = naming.nifti_files(p)
+            files = nifti_files(p)
             if not files or any(naming.classify_file(f).kind != "seg" for f in files):
                 raise
             cases = [p]
