@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -44,12 +43,12 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from . import orientation as orient
-from .callbacks import Progress, ShouldStop
-from .errors import Cancelled, ResourceError
-from .labels import MODALITIES, LabelConvention, get_convention
-from .volume import Case, Volume
-from .writing import save_case
+from .. import orientation as orient
+from ..callbacks import Progress, ShouldStop
+from ..errors import Cancelled, ResourceError
+from ..labels import MODALITIES, LabelConvention, get_convention
+from ..volume import Case, Volume
+from ..writing import save_case
 
 __all__ = [
     "SITES",
@@ -61,7 +60,7 @@ __all__ = [
     "write_phantom_dataset",
 ]
 
-ASSET_PATH = Path(__file__).with_name("assets") / "mni_icbm152_2mm.npz"
+ASSET_PATH = Path(__file__).parent.with_name("assets") / "mni_icbm152_2mm.npz"
 _TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -383,7 +382,7 @@ _PEAK_BYTES_PER_VOXEL = 80
 
 def _check_memory(spacing: float) -> None:
     """Refuse, before allocating, a phantom whose arrays would not fit in the free memory."""
-    from .device import available_memory
+    from ..device import available_memory
 
     shape = _output_shape(spacing)
     need = math.prod(shape) * _PEAK_BYTES_PER_VOXEL
@@ -1068,7 +1067,3 @@ def _main(argv: Sequence[str] | None = None) -> int:
     path = build_asset(args.source)
     print(f"Wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(_main())
