@@ -36,7 +36,8 @@ Modules, by concern:
 - :mod:`.fields`: grids, separable resampling, smooth random fields, the output grid and the
   memory check;
 - :mod:`.anatomy`: placement of the template in BraTS space, tumours, mass effect, tumour levels;
-- :mod:`.render`: :func:`render_phantom`;
+- :mod:`.render`: :func:`render_phantom`, step by step, with :mod:`.acquire` for labels and the
+  per-modality acquisition on the output grid;
 - :mod:`.data`: :class:`PhantomData`, the arrays a phantom is made of;
 - :mod:`.dataset`: :func:`make_phantom` (a :class:`~napari_brats_kd.volume.Case`) and
   :func:`write_phantom_dataset` (case folders);
