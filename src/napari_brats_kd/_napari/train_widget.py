@@ -54,7 +54,7 @@ from ._plot import TrainingPlot
 from ._qt import ScrollingDock, wrap_to_dock_width
 from ._settings import load_settings, save_settings
 from ._workers import FrozenHeap, Task, notify_error, start_task
-from .segment_widget import ask_model_path, available_devices, model_summary
+from .model_picker import ModelPicker, available_devices, model_summary
 
 if TYPE_CHECKING:
     import napari
@@ -221,24 +221,25 @@ class TrainWidget(ScrollingDock):
                 "folder: they are written to the run folder and used as the unlabelled set."
             ),
         )
-        self.model_picker = ComboBox(
+        self.models = ModelPicker(
+            self.native,
             label="Teacher",
-            choices=self._model_choices,
             nullable=True,
             tooltip=(
                 "The teacher (distillation) or the pretrained model (fine-tuning): models shipped "
                 "with the plugin, trained in this session, or loaded with the buttons below."
             ),
+            load_tooltip=(
+                "Use a checkpoint file (.safetensors written by napari-brats-kd, or a .pt)."
+            ),
+            bundle_tooltip="Use a MONAI bundle folder (e.g. brats_mri_segmentation) as the model.",
+            info_tooltip="What the picked model takes and predicts.",
+            # A model loaded here is offered by the Segment docks too.
+            on_loaded=lambda name, path: self._refresh_model_lists(),
         )
-        self.load_button = PushButton(
-            text="Load checkpoint...",
-            tooltip="Use a checkpoint file (.safetensors written by napari-brats-kd, or a .pt).",
-        )
-        self.bundle_button = PushButton(
-            text="Load MONAI bundle folder...",
-            tooltip="Use a MONAI bundle folder (e.g. brats_mri_segmentation) as the model.",
-        )
-        self.model_info = Label(value="", tooltip="What the picked model takes and predicts.")
+        self.model_picker = self.models.combo
+        self.load_button, self.bundle_button = self.models.load_button, self.models.bundle_button
+        self.model_buttons, self.model_info = self.models.buttons, self.models.info
         self.student_preset = ComboBox(
             label="Student",
             choices=list(STUDENT_PRESETS),
@@ -431,9 +432,6 @@ class TrainWidget(ScrollingDock):
         )
 
     def _build_layout(self) -> None:
-        self.model_buttons = Container(
-            widgets=[self.load_button, self.bundle_button], layout="horizontal", labels=False
-        )
         # The plot is a plain QWidget: a label-less Container places it in magicgui's column.
         self.plot_box = Container(labels=False)
         self.plot_box.native.layout().addWidget(self.plot)
@@ -446,9 +444,7 @@ class TrainWidget(ScrollingDock):
                 self.use_viewer_cases,
                 self.unlabeled_dir,
                 self.use_viewer_case,
-                self.model_picker,
-                self.model_buttons,
-                self.model_info,
+                *self.models.widgets,
                 self.student_preset,
                 self.teacher_arch,
                 self.modalities_row,
@@ -506,8 +502,6 @@ class TrainWidget(ScrollingDock):
         self.use_viewer_cases.changed.connect(self._on_source_changed)
         self.use_viewer_case.changed.connect(self._on_source_changed)
         self.model_picker.changed.connect(self._on_model_changed)
-        self.load_button.changed.connect(self._on_load_clicked)
-        self.bundle_button.changed.connect(self._on_bundle_clicked)
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.resume_button.changed.connect(self.resume)
@@ -611,11 +605,6 @@ class TrainWidget(ScrollingDock):
         self.unlabeled_dir.enabled = not running and not self.use_viewer_case.value
 
     # ------------------------------------------------------------------------------ models
-    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        from ..models import available_models
-
-        return [(f"{i.name} ({i.role}, {i.source})", i.name) for i in available_models()]
-
     def _select_default_model(self) -> None:
         from ..models import available_models
 
@@ -654,33 +643,22 @@ class TrainWidget(ScrollingDock):
             return
         self.model_info.value = model_summary(config, "Takes")
 
-    def _on_load_clicked(self, *_: Any) -> None:
-        path = ask_model_path(self.native, bundle=False)
-        if path:
-            self.load_model(path)
-
-    def _on_bundle_clicked(self, *_: Any) -> None:
-        path = ask_model_path(self.native, bundle=True)
-        if path:
-            self.load_model(path)
-
     def load_model(self, path: str | Path, quiet: bool = False) -> str | None:
         """Register a checkpoint or bundle folder and pick it as teacher / pretrained model.
 
-        Returns its name, or ``None`` if it cannot be loaded (a notification says why).
-        """
-        from ..errors import BratsKDError
-        from ..models import register_model
+        Parameters
+        ----------
+        path
+            The checkpoint file or bundle folder.
+        quiet
+            Say nothing when it cannot be loaded (restoring a saved pick).
 
-        try:
-            entry = register_model(Path(path))
-        except BratsKDError as exc:
-            if not quiet:
-                notify_error(exc, f"Loading {Path(path).name}")
-            return None
-        self._refresh_model_lists()
-        self.model_picker.value = entry.name
-        return entry.name
+        Returns
+        -------
+        str or None
+            Its name, or ``None`` if it cannot be loaded (a notification says why).
+        """
+        return self.models.load_model(path, quiet=quiet)
 
     def _refresh_model_lists(self) -> None:
         """Refresh this widget's and every docked widget's model lists (the Segment widgets)."""
@@ -1308,7 +1286,7 @@ class TrainWidget(ScrollingDock):
             self.last_run_dir = Path(saved["last_run_dir"])
         model = saved.get("model")
         if model:
-            names = [c[1] for c in self._model_choices()]
+            names = [c[1] for c in self.models.choices()]
             if model in names:
                 self.model_picker.value = model
             elif Path(model).exists():
