@@ -116,6 +116,61 @@ def model_choices(placeholder: str | None = None) -> list[tuple[str, str]]:
     return choices
 
 
+def model_config(spec: str) -> Any:
+    """The config of a listed model, read from its checkpoint's header when it has one.
+
+    Parameters
+    ----------
+    spec
+        A name from :func:`~napari_brats_kd.models.available_models`, a path or a role name.
+
+    Returns
+    -------
+    The model's config (what it takes and predicts).
+
+    Raises
+    ------
+    BratsKDError
+        The model cannot be found or read.
+    """
+    from ..models import available_models, read_checkpoint_config, resolve_model
+
+    for info in available_models():
+        # A header is enough to describe the model: no weights are loaded.
+        if info.name == spec and info.path.suffix == ".safetensors" and info.path.is_file():
+            return read_checkpoint_config(info.path)
+    return resolve_model(spec, role="teacher").config
+
+
+def model_file(name: str) -> str:
+    """A listed model's file when it has one (a run's config then works outside this session).
+
+    Parameters
+    ----------
+    name
+        A name from :func:`~napari_brats_kd.models.available_models`.
+
+    Returns
+    -------
+    str
+        The file's path, else ``name``.
+    """
+    from ..models import available_models
+
+    for info in available_models():
+        if info.name == name and info.path.exists():
+            return str(info.path)
+    return name
+
+
+def refresh_model_lists(viewer: Any, skip: Any = None) -> None:
+    """Refresh the model lists of every dock in ``viewer`` but ``skip`` (a model was added)."""
+    for widget in viewer.window.dock_widgets.values():
+        reset = getattr(widget, "reset_choices", None)
+        if widget is not skip and callable(reset):
+            reset()
+
+
 class ModelPicker:
     """A model list, "Load checkpoint..." and "Load MONAI bundle folder..." buttons, an info line.
 
@@ -191,10 +246,84 @@ class ModelPicker:
         for widget in self.widgets:
             widget.visible = shown
 
-    def set_enabled(self, enabled: bool) -> None:
-        """Enable or disable the list and the buttons (while a task runs)."""
-        for widget in (self.combo, self.load_button, self.bundle_button):
-            widget.enabled = enabled
+    def pick_if_empty(self, role: str) -> None:
+        """Refresh the list and, when nothing is picked, pick the last model of ``role``.
+
+        Parameters
+        ----------
+        role
+            ``"teacher"`` or ``"student"``; with no model of that role, the last model listed.
+        """
+        from ..models import available_models
+
+        self.combo.reset_choices()
+        if self.combo.value is not None:
+            return
+        infos = available_models()
+        of_role = [i.name for i in infos if i.role == role]
+        if of_role:
+            self.combo.value = of_role[-1]
+        elif infos:
+            self.combo.value = infos[-1].name
+
+    def describe(self, verb: str, empty: str) -> None:
+        """Fill the info line in from the picked model's config (:func:`model_config`).
+
+        Parameters
+        ----------
+        verb
+            The word before its modalities (see :func:`model_summary`).
+        empty
+            The line when no model is picked.
+        """
+        from ..errors import BratsKDError
+
+        spec = self.combo.value
+        if not spec:
+            self.info.value = empty
+            return
+        try:
+            config = model_config(spec)
+        except BratsKDError as exc:
+            self.info.value = str(exc)
+            return
+        self.info.value = model_summary(config, verb)
+
+    def picked_file(self, what: str) -> str:
+        """The picked model, as its file when it has one (:func:`model_file`).
+
+        Parameters
+        ----------
+        what
+            What the model is for, in the message when none is picked (``"teacher"``).
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        TrainingError
+            No model is picked.
+        """
+        from ..errors import TrainingError
+
+        spec = self.combo.value
+        if not spec:
+            raise TrainingError(
+                f"No {what} picked: load a checkpoint or a MONAI bundle folder with the buttons "
+                "under it."
+            )
+        return model_file(spec)
+
+    def restore(self, model: str | None) -> None:
+        """Pick a saved model again: by its name when listed, else by loading its file quietly."""
+        if not model:
+            return
+        if model in [name for _, name in self.choices()]:
+            self.combo.value = model
+        elif Path(model).exists():
+            self.load_model(model, quiet=True)
 
     def _ask_and_load(self, bundle: bool) -> None:
         path = ask_model_path(self._parent, bundle=bundle)

@@ -80,10 +80,34 @@ class SegmentWidget(ScrollingDock):
         # The layer each picker was last given by autofill: a different value was picked by hand.
         self._auto_picks: dict[str, Any] = {}
 
+        self._closed = False  # set when the dock is closed (its Qt widgets are gone)
+        self._build_controls()
+        self._build_layout()
+
+        self.model_picker.changed.connect(self._on_model_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        layer_events = viewer.layers.events
+        layer_events.inserted.connect(self._on_layers_changed)
+        layer_events.removed.connect(self._on_layers_changed)
+        layer_events.reordered.connect(self._on_layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._refresh_layer_choices)
+        # Closing the dock deletes the Qt widgets: stop a running model and drop its callbacks.
+        self.native.destroyed.connect(self._on_destroyed)
+
+        self._select_default_model()
+        self._on_model_changed()
+        self.autofill()
+        self.device_picker.changed.connect(self._warm_up)
+        self._built = True
+        self._warm_up()
+
+    def _build_controls(self) -> None:
         self.models = ModelPicker(
             self.native,
             label="Model",
-            placeholder=default_model,
+            placeholder=self.default_model,
             tooltip=(
                 "Network that segments the tumour: models shipped with the plugin, checkpoints "
                 "loaded with 'Load checkpoint...' and models trained in this session."
@@ -163,6 +187,8 @@ class SegmentWidget(ScrollingDock):
         self.volumes.native.setStyleSheet("font-family: monospace;")
         # Long messages (model descriptions, errors) wrap instead of widening the dock.
         wrap_to_dock_width(self.model_info, self.status)
+
+    def _build_layout(self) -> None:
         # Scrolling, as the training dock: docked together they fit a laptop screen.
         # Filled after it is built: magicgui lines the labels up only for widgets added then.
         body = Container(labels=True)
@@ -183,27 +209,6 @@ class SegmentWidget(ScrollingDock):
             ]
         )
         self.set_body(body, min_height=300)
-
-        self.model_picker.changed.connect(self._on_model_changed)
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
-        layer_events = viewer.layers.events
-        layer_events.inserted.connect(self._on_layers_changed)
-        layer_events.removed.connect(self._on_layers_changed)
-        layer_events.reordered.connect(self._on_layers_changed)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._refresh_layer_choices)
-
-        # Closing the dock deletes the Qt widgets: stop a running model and drop its callbacks.
-        self._closed = False
-        self.native.destroyed.connect(self._on_destroyed)
-
-        self._select_default_model()
-        self._on_model_changed()
-        self.autofill()
-        self.device_picker.changed.connect(self._warm_up)
-        self._built = True
-        self._warm_up()
 
     # ------------------------------------------------------------------------------------ models
     def _select_default_model(self) -> None:
