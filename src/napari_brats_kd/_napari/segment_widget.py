@@ -36,6 +36,13 @@ from .case_from_layers import (
     format_volumes,
     is_image_layer,
 )
+from .model_picker import (  # noqa: F401 (re-exported: their home was this module)
+    CHECKPOINT_FILTER,
+    ModelPicker,
+    ask_model_path,
+    available_devices,
+    model_summary,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -45,52 +52,6 @@ if TYPE_CHECKING:
 
 REPLACE = "Replace previous result"
 ADD = "Add a new layer"
-
-#: File-dialog filter of checkpoints the models package can load.
-CHECKPOINT_FILTER = (
-    "Model checkpoints (*.pt *.pth *.ckpt *.safetensors *.ts);;MONAI bundle model (model.pt);;"
-    "All files (*)"
-)
-
-
-def ask_model_path(parent: Any, bundle: bool) -> str | None:
-    """Ask for a checkpoint file (or, with ``bundle``, a MONAI bundle folder); ``None`` if cancelled."""
-    from qtpy.QtWidgets import QFileDialog
-
-    if bundle:
-        path = QFileDialog.getExistingDirectory(parent, "Load a MONAI bundle folder")
-    else:
-        path, _filter = QFileDialog.getOpenFileName(
-            parent, "Load a model checkpoint", "", CHECKPOINT_FILTER
-        )
-    return path or None
-
-
-def model_summary(config: Any, verb: str) -> str:
-    """``"<description>. <verb> T1c, FLAIR."``: a model's one-line description for a widget."""
-    needs = ", ".join(MODALITY_NAMES[m] for m in config.modalities)
-    return f"{(config.description or config.display_name).rstrip('.')}. {verb} {needs}."
-
-
-def available_devices() -> list[str]:
-    """``"auto"``, ``"cpu"`` and the accelerators torch can use on this machine.
-
-    Without a GPU (a CPU-only torch build, no GPU device) torch is not imported: opening the
-    widget stays instant and segmenting runs on the lean ONNX path.
-    """
-    from ..device import may_have_accelerator
-
-    devices = ["auto", "cpu"]
-    if not may_have_accelerator():
-        return devices
-    import torch
-
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 class SegmentWidget(ScrollingDock):
@@ -119,26 +80,49 @@ class SegmentWidget(ScrollingDock):
         # The layer each picker was last given by autofill: a different value was picked by hand.
         self._auto_picks: dict[str, Any] = {}
 
-        self.model_picker = ComboBox(
+        self._closed = False  # set when the dock is closed (its Qt widgets are gone)
+        self._build_controls()
+        self._build_layout()
+
+        self.model_picker.changed.connect(self._on_model_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        layer_events = viewer.layers.events
+        layer_events.inserted.connect(self._on_layers_changed)
+        layer_events.removed.connect(self._on_layers_changed)
+        layer_events.reordered.connect(self._on_layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._refresh_layer_choices)
+        # Closing the dock deletes the Qt widgets: stop a running model and drop its callbacks.
+        self.native.destroyed.connect(self._on_destroyed)
+
+        self._select_default_model()
+        self._on_model_changed()
+        self.autofill()
+        self.device_picker.changed.connect(self._warm_up)
+        self._built = True
+        self._warm_up()
+
+    def _build_controls(self) -> None:
+        self.models = ModelPicker(
+            self.native,
             label="Model",
-            choices=self._model_choices,
+            placeholder=self.default_model,
             tooltip=(
                 "Network that segments the tumour: models shipped with the plugin, checkpoints "
                 "loaded with 'Load checkpoint...' and models trained in this session."
             ),
-        )
-        self.load_button = PushButton(
-            text="Load checkpoint...",
-            tooltip=(
+            load_tooltip=(
                 "Add a model from a file: a napari-brats-kd checkpoint (.pt / .safetensors) or a "
                 "MONAI bundle's models/model.pt."
             ),
+            bundle_tooltip="Add a model from a MONAI bundle folder (e.g. brats_mri_segmentation).",
+            info_tooltip="What the selected model needs and does.",
+            on_loaded=lambda name, path: show_info(f"Model {name!r} loaded from {path}."),
         )
-        self.bundle_button = PushButton(
-            text="Load MONAI bundle folder...",
-            tooltip="Add a model from a MONAI bundle folder (e.g. brats_mri_segmentation).",
-        )
-        self.model_info = Label(value="", tooltip="What the selected model needs and does.")
+        self.model_picker = self.models.combo
+        self.load_button, self.bundle_button = self.models.load_button, self.models.bundle_button
+        self.model_info = self.models.info
         self.modality_pickers: dict[str, ComboBox] = {
             m: ComboBox(
                 label=MODALITY_NAMES[m],
@@ -203,18 +187,14 @@ class SegmentWidget(ScrollingDock):
         self.volumes.native.setStyleSheet("font-family: monospace;")
         # Long messages (model descriptions, errors) wrap instead of widening the dock.
         wrap_to_dock_width(self.model_info, self.status)
+
+    def _build_layout(self) -> None:
         # Scrolling, as the training dock: docked together they fit a laptop screen.
         # Filled after it is built: magicgui lines the labels up only for widgets added then.
         body = Container(labels=True)
         body.extend(
             [
-                self.model_picker,
-                Container(
-                    widgets=[self.load_button, self.bundle_button],
-                    layout="horizontal",
-                    labels=False,
-                ),
-                self.model_info,
+                *self.models.widgets,
                 *self.modality_pickers.values(),
                 self.device_picker,
                 self.tta_box,
@@ -230,45 +210,7 @@ class SegmentWidget(ScrollingDock):
         )
         self.set_body(body, min_height=300)
 
-        self.model_picker.changed.connect(self._on_model_changed)
-        self.load_button.changed.connect(self._on_load_clicked)
-        self.bundle_button.changed.connect(self._on_bundle_clicked)
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
-        layer_events = viewer.layers.events
-        layer_events.inserted.connect(self._on_layers_changed)
-        layer_events.removed.connect(self._on_layers_changed)
-        layer_events.reordered.connect(self._on_layers_changed)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._refresh_layer_choices)
-
-        # Closing the dock deletes the Qt widgets: stop a running model and drop its callbacks.
-        self._closed = False
-        self.native.destroyed.connect(self._on_destroyed)
-
-        self._select_default_model()
-        self._on_model_changed()
-        self.autofill()
-        self.device_picker.changed.connect(self._warm_up)
-        self._built = True
-        self._warm_up()
-
     # ------------------------------------------------------------------------------------ models
-    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        """``(label, name)`` of every model the models package knows (shipped + this session)."""
-        from ..models import available_models
-
-        choices = [
-            (f"{info.name} ({info.role}, {info.source})", info.name) for info in available_models()
-        ]
-        if not any(name == self.default_model for _, name in choices):
-            # The role name itself resolves to the shipped model of that role; with none
-            # installed it stays selectable and Run (and the info line) say what to do.
-            choices.insert(
-                0, (f"{self.default_model} (shipped; not installed)", self.default_model)
-            )
-        return choices
-
     def _select_default_model(self) -> None:
         from ..models import available_models
 
@@ -366,33 +308,20 @@ class SegmentWidget(ScrollingDock):
         self._warm_task = start_task(work, on_returned=ready, on_error=failed)
         return self._warm_task
 
-    def _on_load_clicked(self, *_: Any) -> None:
-        path = ask_model_path(self.native, bundle=False)
-        if path:
-            self.load_model(path)
-
-    def _on_bundle_clicked(self, *_: Any) -> None:
-        path = ask_model_path(self.native, bundle=True)
-        if path:
-            self.load_model(path)
-
     def load_model(self, path: str | Path) -> str | None:
         """Register a checkpoint file or MONAI bundle folder and select it.
 
-        Returns the model's name, or ``None`` if it could not be loaded (a notification says why).
-        """
-        from ..errors import BratsKDError
-        from ..models import register_model
+        Parameters
+        ----------
+        path
+            The checkpoint file or bundle folder.
 
-        try:
-            entry = register_model(Path(path))
-        except BratsKDError as exc:
-            notify_error(exc, f"Loading {Path(path).name}")
-            return None
-        self.model_picker.reset_choices()
-        self.model_picker.value = entry.name
-        show_info(f"Model {entry.name!r} loaded from {path}.")
-        return entry.name
+        Returns
+        -------
+        str or None
+            The model's name, or ``None`` if it could not be loaded (a notification says why).
+        """
+        return self.models.load_model(path)
 
     # ------------------------------------------------------------------------------------ layers
     def _image_layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:

@@ -26,97 +26,46 @@ the shipped YAML files).
 
 from __future__ import annotations
 
-import csv
-import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    LineEdit,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
-from ..labels import BUNDLE_MODALITY_ORDER, MODALITIES, MODALITY_NAMES, REPORT_REGIONS
+from ..labels import MODALITIES
+from . import compare, model_picker, train_feedback, train_form, train_sources
 from ._plot import TrainingPlot
 from ._qt import ScrollingDock, wrap_to_dock_width
 from ._settings import load_settings, save_settings
 from ._workers import FrozenHeap, Task, notify_error, start_task
-from .segment_widget import ask_model_path, available_devices, model_summary
+
+# The imports marked F401 keep the names that lived here before the split importable from here.
+from .compare import DIFFERENCE_COLORS, difference_labels  # noqa: F401
+from .model_picker import ModelPicker
+from .train_feedback import format_seconds as _format_seconds  # noqa: F401
+from .train_feedback import format_validation  # noqa: F401
+from .train_feedback import read_log as _read_log  # noqa: F401
+from .train_form import (  # noqa: F401
+    DEFAULT_OUTPUT_DIR,
+    MIN_LABELLED_CASES,
+    MODES,
+    MODES_BY_KEY,
+    MODES_BY_TITLE,
+    Mode,
+    mode_defaults,
+)
+from .train_form import folder as _folder  # noqa: F401
+from .train_form import path_text as _path_text  # noqa: F401
+from .train_sources import VIEWER_CASES, VIEWER_LABELLED  # noqa: F401
 
 if TYPE_CHECKING:
     import napari
 
     from ..training import TrainConfig, TrainResult
-    from ..volume import Case
 
 #: Name of the persisted settings file (see :mod:`._settings`).
 SETTINGS_NAME = "train_widget"
-
-#: Subfolder of a run where the case open in the viewer is written (Adapt mode).
-VIEWER_CASES = "viewer_cases"
-
-#: Subfolder of a run where the labelled cases open in the viewer are written (its dataset).
-VIEWER_LABELLED = "viewer_labelled_cases"
-
-#: Labelled cases a run needs: one is held out for validation, at least one trains.
-MIN_LABELLED_CASES = 2
-
-#: Default folder of run folders.
-DEFAULT_OUTPUT_DIR = Path.home() / "brats-kd-runs"
-
-
-@dataclass(frozen=True)
-class Mode:
-    """One way of training, with the shipped config it starts from and the controls it shows."""
-
-    key: str
-    title: str
-    config: str  # name of the shipped YAML in napari_brats_kd/configs
-    run_prefix: str
-    controls: frozenset[str]
-
-
-_COMMON = frozenset({"data_dir", "epochs", "lr", "augment", "patch", "batch"})
-#: The controls of both distillation modes (Distil student, Adapt to unlabelled scans).
-_DISTILL = _COMMON | {"model", "student", "modalities", "temperature", "alpha", "correction"}
-MODES: tuple[Mode, ...] = (
-    Mode("distill", "Distil student", "distill", "student", _DISTILL),
-    Mode(
-        "teacher", "Train teacher", "teacher", "teacher", _COMMON | {"teacher_arch", "modalities"}
-    ),
-    Mode(
-        "finetune", "Fine-tune", "finetune", "finetuned", _COMMON | {"model", "freeze", "lr_factor"}
-    ),
-    Mode(
-        "adapt",
-        "Adapt to unlabelled scans",
-        "distill",
-        "adapted",
-        _DISTILL | {"unlabeled", "unlabeled_w"},
-    ),
-)
-MODES_BY_TITLE = {m.title: m for m in MODES}
-MODES_BY_KEY = {m.key: m for m in MODES}
-
-
-def mode_defaults(mode: Mode) -> TrainConfig:
-    """The shipped defaults of ``mode`` (``configs/<name>.yaml`` over the dataclass defaults)."""
-    from ..training import load_config
-
-    return load_config(mode.config)
 
 
 class _EventRelay(QObject):
@@ -150,7 +99,6 @@ class TrainWidget(ScrollingDock):
         super().__init__()
         self.viewer = viewer
         self.task: Task | None = None
-        self.segment_task: Task | None = None
         self.last_result: TrainResult | None = None
         self.last_run_dir: Path | None = None
         self.trained_model: str | None = None
@@ -159,9 +107,6 @@ class TrainWidget(ScrollingDock):
         self._closed = False
         self._mode = MODES[0]
         self._per_mode: dict[str, dict[str, Any]] = {}
-        self._epochs_total = 0
-        self._epoch = 0
-        self._eta_start: tuple[float, int] | None = None
         self._relay = _EventRelay()
         self._relay.event.connect(self._on_event)
 
@@ -175,305 +120,69 @@ class TrainWidget(ScrollingDock):
 
     # ------------------------------------------------------------------------------ building
     def _build_controls(self) -> None:
-        from ..models import STUDENT_PRESETS, TEACHER_ARCHS
-        from ..training import PRESETS
-
+        tips = train_form.TIPS
+        titles = [m.title for m in MODES]
         self.mode_picker = ComboBox(
-            label="Mode",
-            choices=[m.title for m in MODES],
-            value=MODES[0].title,
-            tooltip=(
-                "Distil student: a small fast student learns from a teacher and the labels. "
-                "Train teacher: a network from scratch. Fine-tune: adapt a pretrained checkpoint "
-                "to your labelled cases. Adapt to unlabelled scans: distillation that also learns "
-                "from another site's unlabelled cases through the teacher."
-            ),
+            label="Mode", choices=titles, value=titles[0], tooltip=tips["mode"]
         )
-        self.data_dir = FileEdit(
-            label="Dataset folder",
-            mode="d",
-            tooltip=(
-                "Folder of labelled cases (one folder per case with its T1/T1c/T2/FLAIR and "
-                "segmentation files, any BraTS naming). Part of it is held out for validation."
-            ),
-        )
-        self.use_viewer_cases = CheckBox(
-            text="Use the labelled cases open in the viewer instead",
-            tooltip=(
-                "Train on the cases open in napari instead of a folder: every case whose ground "
-                "truth is a Labels layer named '<case> segmentation' (as opening a case folder "
-                "with its segmentation makes it). They are written to the run folder; at least "
-                f"{MIN_LABELLED_CASES} are needed, as one is held out for validation."
-            ),
-        )
-        self.unlabeled_dir = FileEdit(
-            label="Unlabelled folder",
-            mode="d",
-            tooltip=(
-                "Cases from the new site without segmentations: the student learns from the "
-                "teacher's predictions on them."
-            ),
-        )
-        self.use_viewer_case = CheckBox(
-            text="Use the case open in the viewer instead",
-            tooltip=(
-                "Adapt to the scans open in napari (e.g. a new hospital's case) instead of a "
-                "folder: they are written to the run folder and used as the unlabelled set."
-            ),
-        )
-        self.model_picker = ComboBox(
+        self.models = ModelPicker(
+            self.native,
             label="Teacher",
-            choices=self._model_choices,
             nullable=True,
-            tooltip=(
-                "The teacher (distillation) or the pretrained model (fine-tuning): models shipped "
-                "with the plugin, trained in this session, or loaded with the buttons below."
-            ),
+            tooltip=tips["model"],
+            load_tooltip=tips["load"],
+            bundle_tooltip=tips["bundle"],
+            info_tooltip=tips["model_info"],
+            # A model loaded here is offered by the Segment docks too.
+            on_loaded=lambda name, path: self._refresh_model_lists(),
         )
-        self.load_button = PushButton(
-            text="Load checkpoint...",
-            tooltip="Use a checkpoint file (.safetensors written by napari-brats-kd, or a .pt).",
+        self.model_picker = self.models.combo
+        self.load_button, self.bundle_button = self.models.load_button, self.models.bundle_button
+        self.model_buttons, self.model_info = self.models.buttons, self.models.info
+        # The settings' controls, from the one table of them (train_fields.FIELDS).
+        self.controls = train_form.build_controls()
+        for field in train_form.FIELDS:
+            setattr(self, field.attr, self.controls[field.name])
+        self.modality_boxes: dict[str, Any] = dict(
+            zip(MODALITIES, self.modalities_row, strict=True)
         )
-        self.bundle_button = PushButton(
-            text="Load MONAI bundle folder...",
-            tooltip="Use a MONAI bundle folder (e.g. brats_mri_segmentation) as the model.",
-        )
-        self.model_info = Label(value="", tooltip="What the picked model takes and predicts.")
-        self.student_preset = ComboBox(
-            label="Student",
-            choices=list(STUDENT_PRESETS),
-            tooltip=(
-                "Student size: student-small (about 0.44 M parameters) or student-tiny (three "
-                "stages, faster). Both run at half resolution on CPU."
-            ),
-        )
-        self.teacher_arch = ComboBox(
-            label="Architecture",
-            choices=list(TEACHER_ARCHS),
-            tooltip=(
-                "Network to train: segresnet is the MONAI brats_mri_segmentation bundle network; "
-                "segresnet-large is wider; unet and swinunetr are alternatives."
-            ),
-        )
-        self.modality_boxes: dict[str, CheckBox] = {
-            m: CheckBox(
-                text=MODALITY_NAMES[m],
-                value=True,
-                tooltip=(
-                    f"Give the model the {MODALITY_NAMES[m]} scan. Fewer modalities than the "
-                    "teacher makes a cross-modal student that needs only those scans."
-                ),
-            )
-            for m in MODALITIES
-        }
-        self.modalities_row = Container(
-            widgets=list(self.modality_boxes.values()),
-            layout="horizontal",
-            labels=False,
-            label="Input scans",
-            tooltip=(
-                "Modalities the trained model will take as input. For a student, all four ticked "
-                "means the teacher's own inputs."
-            ),
-        )
-        self.epochs = SpinBox(
-            label="Epochs",
-            min=1,
-            max=100000,
-            tooltip="Passes over the training patches. Validation runs every few epochs.",
-        )
-        self.lr = FloatSpinBox(
-            label="Learning rate",
-            min=1e-5,
-            max=1.0,
-            step=1e-5,
-            tooltip="Peak AdamW learning rate (after warm-up; then cosine decay).",
-        )
-        self.lr_factor = FloatSpinBox(
-            label="Pretrained LR factor",
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            tooltip=(
-                "Learning-rate multiplier of the pretrained layers (the output layer always learns "
-                "at the full rate); 0.1 changes what the checkpoint learnt only gently."
-            ),
-        )
-        self.freeze = CheckBox(
-            text="Freeze encoder",
-            tooltip=(
-                "Keep the pretrained encoder (down-sampling stages) fixed and train the decoder: "
-                "fewer cases suffice and nothing learnt on big data is forgotten."
-            ),
-        )
-        self.temperature = FloatSpinBox(
-            label="Temperature",
-            min=0.1,
-            max=20.0,
-            step=0.5,
-            tooltip=(
-                "Softening temperature T of teacher and student outputs: higher shows the "
-                "student more of the teacher's uncertainty."
-            ),
-        )
-        self.alpha = FloatSpinBox(
-            label="Alpha",
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            tooltip=(
-                "Weight of the ground-truth loss; 1 - alpha goes to matching the teacher "
-                "(0 = learn from the teacher only)."
-            ),
-        )
-        self.label_correction = CheckBox(
-            text="Correct the teacher by the labels",
-            tooltip=(
-                "Where the teacher's output contradicts a case's label, learn the teacher's "
-                "confidence on the label's side instead of its mistake (knowledge adjustment). "
-                "Use it when the teacher is not clearly better than the labels; unlabelled scans "
-                "keep the teacher's outputs."
-            ),
-        )
-        self.unlabeled_weight = FloatSpinBox(
-            label="Unlabelled weight",
-            min=0.0,
-            max=10.0,
-            step=0.25,
-            tooltip="Unlabelled patches drawn per labelled patch (1 = as many from both folders).",
-        )
-        self.augment = ComboBox(
-            label="Augmentation",
-            choices=list(PRESETS),
-            tooltip=(
-                "Random changes of the training patches: none, light (flips, small rotations and "
-                "intensity changes) or strong (also elastic, bias field, low resolution: helps "
-                "students work on other scanners)."
-            ),
-        )
-        self.patch = SpinBox(
-            label="Patch size",
-            min=16,
-            max=512,
-            step=16,
-            tooltip=(
-                "Edge of the cubic training patches in voxels. Lower it (and the batch size) when "
-                "training runs out of memory."
-            ),
-        )
-        self.batch = SpinBox(
-            label="Batch size",
-            min=1,
-            max=64,
-            tooltip="Cases per optimisation step (each gives several patches).",
-        )
-        self.device_picker = ComboBox(
-            label="Device",
-            choices=available_devices(),
-            value="auto",
-            tooltip="Where training runs: auto picks a GPU when there is one, else the CPU.",
-        )
-        self.output_dir = FileEdit(
-            label="Output folder",
-            mode="d",
-            value=str(DEFAULT_OUTPUT_DIR),
-            tooltip=(
-                "Each run gets a folder here with its config, split, log and checkpoints "
-                "(last.safetensors after every epoch, best.safetensors for the best validation)."
-            ),
-        )
-        self.extra = LineEdit(
-            label="Extra settings",
-            value="",
-            tooltip=(
-                "Any other training setting as key=value pairs separated by ';', e.g. "
-                "'steps_per_epoch=50; val_every=5; model.arch_args={init_filters: 16}', or for "
-                "distillation 'attention_weight=0.5' (attention transfer) and "
-                "'teacher_targets=online' (run the teacher on every patch instead of caching its "
-                "outputs, the CPU default). They win over the controls above (see brats-kd "
-                "distill --help)."
-            ),
-        )
-        self.start_button = PushButton(text="Start", tooltip="Start a new run with these settings.")
-        self.stop_button = PushButton(
-            text="Stop",
-            tooltip="Finish the current step, save a checkpoint and stop (Resume continues).",
-        )
-        self.resume_button = PushButton(
-            text="Resume",
-            tooltip=(
-                "Continue the last stopped or failed run from its checkpoint (asks for a run "
-                "folder when there is none). Raise Epochs first to train a finished run longer."
-            ),
-        )
+        self.start_button = PushButton(text="Start", tooltip=tips["start"])
+        self.stop_button = PushButton(text="Stop", tooltip=tips["stop"])
+        self.resume_button = PushButton(text="Resume", tooltip=tips["resume"])
         self.progress_bar = ProgressBar(
-            label="Progress", value=0, min=0, max=1, tooltip="Optimisation steps done of all."
+            label="Progress", value=0, min=0, max=1, tooltip=tips["progress"]
         )
-        self.status = Label(value="", tooltip="Epoch, ETA and what the widget last did.")
+        self.status = Label(value="", tooltip=tips["status"])
         self.plot = TrainingPlot()
-        self.plot.setToolTip(
-            "Top: training loss per step (grey) and per epoch (blue). Bottom: validation Dice per "
-            "region (WT whole tumour, TC tumour core, ET enhancing tumour)."
-        )
-        self.results = Label(
-            value="",
-            tooltip="Validation Dice per region of the last run; * marks the checkpoint kept.",
-        )
+        self.plot.setToolTip(tips["plot"])
+        self.feedback = train_feedback.RunFeedback(self.plot)
+        self.results = Label(value="", tooltip=tips["results"])
         self.results.native.setStyleSheet("font-family: monospace;")
         # Long messages (model descriptions, paths, errors) wrap instead of widening the dock.
         wrap_to_dock_width(self.model_info, self.status)
-        self.segment_button = PushButton(
-            text="Segment current case",
-            tooltip=(
-                "Segment the case open in the viewer with the new model and with its teacher (or "
-                "starting checkpoint), side by side, plus a layer showing where they disagree."
-            ),
+        self.segment_button = PushButton(text="Segment current case", tooltip=tips["segment"])
+        self.comparison = compare.CaseComparison(
+            self.viewer,
+            self.status,
+            self.segment_button,
+            closed=lambda: self._closed,
+            on_finished=lambda: self._set_running(self._busy()),
         )
 
     def _build_layout(self) -> None:
-        self.model_buttons = Container(
-            widgets=[self.load_button, self.bundle_button], layout="horizontal", labels=False
-        )
         # The plot is a plain QWidget: a label-less Container places it in magicgui's column.
         self.plot_box = Container(labels=False)
         self.plot_box.native.layout().addWidget(self.plot)
         # Settings in a labelled form; progress, plot and results below it at full width.
         self.form = Container(labels=True)
-        self.form.extend(
-            [
-                self.mode_picker,
-                self.data_dir,
-                self.use_viewer_cases,
-                self.unlabeled_dir,
-                self.use_viewer_case,
-                self.model_picker,
-                self.model_buttons,
-                self.model_info,
-                self.student_preset,
-                self.teacher_arch,
-                self.modalities_row,
-                self.epochs,
-                self.lr,
-                self.lr_factor,
-                self.freeze,
-                self.temperature,
-                self.alpha,
-                self.label_correction,
-                self.unlabeled_weight,
-                self.augment,
-                self.patch,
-                self.batch,
-                self.device_picker,
-                self.output_dir,
-                self.extra,
-                Container(
-                    widgets=[self.start_button, self.stop_button, self.resume_button],
-                    layout="horizontal",
-                    labels=False,
-                ),
-                self.progress_bar,
-            ]
-        )
+        rows: list[Any] = [self.mode_picker]
+        for field in train_form.FIELDS:
+            rows.append(self.controls[field.name])
+            if field.name == train_form.MODEL_ROWS_AFTER:
+                rows += self.models.widgets
+        buttons = [self.start_button, self.stop_button, self.resume_button]
+        rows += [Container(widgets=buttons, layout="horizontal", labels=False), self.progress_bar]
+        self.form.extend(rows)
         # The form, plots and results are taller than a laptop screen: they scroll.
         self.set_body(
             Container(
@@ -481,33 +190,12 @@ class TrainWidget(ScrollingDock):
                 labels=False,
             )
         )
-        self._control_widgets = {
-            "data_dir": [self.data_dir, self.use_viewer_cases],
-            "unlabeled": [self.unlabeled_dir, self.use_viewer_case],
-            "unlabeled_w": [self.unlabeled_weight],
-            "model": [self.model_picker, self.model_buttons, self.model_info],
-            "student": [self.student_preset],
-            "teacher_arch": [self.teacher_arch],
-            "modalities": [self.modalities_row],
-            "epochs": [self.epochs],
-            "lr": [self.lr],
-            "lr_factor": [self.lr_factor],
-            "freeze": [self.freeze],
-            "temperature": [self.temperature],
-            "alpha": [self.alpha],
-            "correction": [self.label_correction],
-            "augment": [self.augment],
-            "patch": [self.patch],
-            "batch": [self.batch],
-        }
 
     def _connect_signals(self) -> None:
         self.mode_picker.changed.connect(self._on_mode_changed)
         self.use_viewer_cases.changed.connect(self._on_source_changed)
         self.use_viewer_case.changed.connect(self._on_source_changed)
         self.model_picker.changed.connect(self._on_model_changed)
-        self.load_button.changed.connect(self._on_load_clicked)
-        self.bundle_button.changed.connect(self._on_bundle_clicked)
         self.start_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self.resume_button.changed.connect(self.resume)
@@ -521,87 +209,22 @@ class TrainWidget(ScrollingDock):
 
     def _mode_values(self) -> dict[str, Any]:
         """Values of the controls whose defaults depend on the mode."""
-        return {
-            "epochs": self.epochs.value,
-            "lr": self.lr.value,
-            "augment": self.augment.value,
-            "patch": self.patch.value,
-            "batch": self.batch.value,
-            "temperature": self.temperature.value,
-            "alpha": self.alpha.value,
-            "label_correction": self.label_correction.value,
-            "unlabeled_weight": self.unlabeled_weight.value,
-            "freeze": self.freeze.value,
-            "lr_factor": self.lr_factor.value,
-            "student": self.student_preset.value,
-            "teacher_arch": self.teacher_arch.value,
-            "modalities": [m for m, box in self.modality_boxes.items() if box.value],
-        }
-
-    def _defaults_of(self, mode: Mode) -> dict[str, Any]:
-        from ..training import DistillConfig
-
-        cfg = mode_defaults(mode)
-        distill = isinstance(cfg, DistillConfig)
-        base = mode_defaults(MODES_BY_KEY["distill"])  # KD settings for the non-KD modes
-        return {
-            "epochs": cfg.epochs,
-            "lr": cfg.lr,
-            "augment": cfg.augment.preset,
-            "patch": int(cfg.patch_size[0]),
-            "batch": cfg.batch_size,
-            "temperature": (cfg if distill else base).temperature,
-            "alpha": (cfg if distill else base).alpha,
-            "label_correction": (cfg if distill else base).kd_label_correction,
-            "unlabeled_weight": (cfg if distill else base).unlabeled_weight,
-            "freeze": "encoder" in cfg.freeze,
-            "lr_factor": cfg.pretrained_lr_factor,
-            "student": cfg.model.arch if cfg.model.kind == "student" else base.model.arch,
-            "teacher_arch": cfg.model.arch if cfg.model.kind == "teacher" else "segresnet",
-            "modalities": list(cfg.model.modalities or MODALITIES),
-        }
-
-    def _apply_values(self, values: dict[str, Any]) -> None:
-        simple = {
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "augment": self.augment,
-            "patch": self.patch,
-            "batch": self.batch,
-            "temperature": self.temperature,
-            "alpha": self.alpha,
-            "label_correction": self.label_correction,
-            "unlabeled_weight": self.unlabeled_weight,
-            "freeze": self.freeze,
-            "lr_factor": self.lr_factor,
-            "student": self.student_preset,
-            "teacher_arch": self.teacher_arch,
-        }
-        for key, widget in simple.items():
-            if key not in values:
-                continue
-            try:
-                widget.value = values[key]
-            except (ValueError, TypeError, KeyError):
-                pass  # a value saved by another version that this control no longer accepts
-        if "modalities" in values:
-            for m, box in self.modality_boxes.items():
-                box.value = m in values["modalities"]
+        return train_form.read_values(self.controls)
 
     def _on_mode_changed(self, *_: Any) -> None:
         new = self.mode
         if new is not self._mode:
             self._per_mode[self._mode.key] = self._mode_values()
-        values = self._defaults_of(new)
+        values = train_form.defaults_of(new)
         values.update(self._per_mode.get(new.key, {}))
         self._mode = new
-        self._apply_values(values)
-        for control, widgets in self._control_widgets.items():
-            for widget in widgets:
-                widget.visible = control in new.controls
+        train_form.apply_values(self.controls, values)
+        for field in train_form.FIELDS:
+            self.controls[field.name].visible = field.name in new.controls
+        self.models.visible = "model" in new.controls
         self.model_picker.label = "Pretrained model" if new.key == "finetune" else "Teacher"
         if new.key != "teacher":
-            self._select_default_model()
+            self.models.pick_if_empty("teacher")
         self._on_model_changed()
 
     def _on_source_changed(self, *_: Any) -> None:
@@ -611,286 +234,90 @@ class TrainWidget(ScrollingDock):
         self.unlabeled_dir.enabled = not running and not self.use_viewer_case.value
 
     # ------------------------------------------------------------------------------ models
-    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        from ..models import available_models
-
-        return [(f"{i.name} ({i.role}, {i.source})", i.name) for i in available_models()]
-
-    def _select_default_model(self) -> None:
-        from ..models import available_models
-
-        self.model_picker.reset_choices()
-        if self.model_picker.value is not None:
-            return
-        infos = available_models()
-        teachers = [i.name for i in infos if i.role == "teacher"]
-        if teachers:
-            self.model_picker.value = teachers[-1]
-        elif infos:
-            self.model_picker.value = infos[-1].name
-
-    def _model_config(self, spec: str):
-        from ..models import available_models, read_checkpoint_config, resolve_model
-
-        for info in available_models():
-            if info.name == spec and info.path.suffix == ".safetensors" and info.path.is_file():
-                return read_checkpoint_config(info.path)
-        return resolve_model(spec, role="teacher").config
-
     def _on_model_changed(self, *_: Any) -> None:
-        from ..errors import BratsKDError
-
-        spec = self.model_picker.value
-        if not spec:
-            self.model_info.value = (
+        self.models.describe(
+            "Takes",
+            empty=(
                 "No model picked: load a checkpoint or a MONAI bundle folder (a teacher can be "
                 "trained in the 'Train teacher' mode)."
-            )
-            return
-        try:
-            config = self._model_config(spec)
-        except BratsKDError as exc:
-            self.model_info.value = str(exc)
-            return
-        self.model_info.value = model_summary(config, "Takes")
-
-    def _on_load_clicked(self, *_: Any) -> None:
-        path = ask_model_path(self.native, bundle=False)
-        if path:
-            self.load_model(path)
-
-    def _on_bundle_clicked(self, *_: Any) -> None:
-        path = ask_model_path(self.native, bundle=True)
-        if path:
-            self.load_model(path)
+            ),
+        )
 
     def load_model(self, path: str | Path, quiet: bool = False) -> str | None:
         """Register a checkpoint or bundle folder and pick it as teacher / pretrained model.
 
-        Returns its name, or ``None`` if it cannot be loaded (a notification says why).
-        """
-        from ..errors import BratsKDError
-        from ..models import register_model
+        Parameters
+        ----------
+        path
+            The checkpoint file or bundle folder.
+        quiet
+            Say nothing when it cannot be loaded (restoring a saved pick).
 
-        try:
-            entry = register_model(Path(path))
-        except BratsKDError as exc:
-            if not quiet:
-                notify_error(exc, f"Loading {Path(path).name}")
-            return None
-        self._refresh_model_lists()
-        self.model_picker.value = entry.name
-        return entry.name
+        Returns
+        -------
+        str or None
+            Its name, or ``None`` if it cannot be loaded (a notification says why).
+        """
+        return self.models.load_model(path, quiet=quiet)
 
     def _refresh_model_lists(self) -> None:
         """Refresh this widget's and every docked widget's model lists (the Segment widgets)."""
         self.model_picker.reset_choices()
-        for widget in self.viewer.window.dock_widgets.values():
-            reset = getattr(widget, "reset_choices", None)
-            if widget is not self and callable(reset):
-                reset()
+        model_picker.refresh_model_lists(self.viewer, skip=self)
 
     # ------------------------------------------------------------------------------ config
-    def _extra_overrides(self) -> list[str]:
-        text = self.extra.value or ""
-        return [part.strip() for part in text.replace("\n", ";").split(";") if part.strip()]
-
-    def _new_run_dir(self) -> Path:
-        root = Path(self.output_dir.value).expanduser()
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run = root / f"{self.mode.run_prefix}-{stamp}"
-        n = 2
-        while run.exists():
-            run = root / f"{self.mode.run_prefix}-{stamp}-{n}"
-            n += 1
-        return run
-
     def build_config(self, run_dir: Path | None = None) -> TrainConfig:
         """The training config of the current controls (shipped defaults < controls < extras).
+
+        Parameters
+        ----------
+        run_dir
+            The run's folder (by default a new one in the output folder).
+
+        Returns
+        -------
+        TrainConfig
 
         Raises
         ------
         TrainingError
             A folder or model is missing, or a setting is out of range.
         """
-        import yaml
-
         from ..errors import TrainingError
-        from ..training import apply_overrides, load_config
-        from ..training.config import default_config_path
+        from ..training import load_config
 
         mode = self.mode
-        run_dir = run_dir or self._new_run_dir()
-        if self.use_viewer_cases.value:
-            if mode.key == "adapt" and self.use_viewer_case.value:
-                raise TrainingError(
-                    "Both 'Use the labelled cases open in the viewer' and 'Use the case open in "
-                    "the viewer' are ticked: untick one, and give the other set as a folder."
-                )
-            # The open cases are written there by the run (see start()).
-            data_dir = run_dir / VIEWER_LABELLED
-        else:
-            data_dir = _folder(self.data_dir.value)
-            if data_dir is None or not data_dir.is_dir():
-                picked = _path_text(self.data_dir.value)
-                what = (
-                    f"Dataset folder {picked!r} does not exist" if picked else "No dataset folder"
-                )
-                raise TrainingError(
-                    f"{what}: pick a folder of labelled cases (one folder per case) in 'Dataset "
-                    "folder', or tick 'Use the labelled cases open in the viewer'."
-                )
-        values: dict[str, Any] = {
-            "data_dir": str(data_dir),
-            "run_dir": str(run_dir),
-            "epochs": int(self.epochs.value),
-            "lr": float(self.lr.value),
-            "augment.preset": self.augment.value,
-            "patch_size": [int(self.patch.value)] * 3,
-            "batch_size": int(self.batch.value),
-            "device": self.device_picker.value,
-        }
-        mods = [m for m in BUNDLE_MODALITY_ORDER if self.modality_boxes[m].value]
-        if "modalities" in mode.controls and not mods:
-            raise TrainingError("Tick at least one input scan (T1, T1c, T2 or FLAIR).")
-        if mode.key in ("distill", "adapt", "finetune"):
-            spec = self.model_picker.value
-            if not spec:
-                what = "pretrained model" if mode.key == "finetune" else "teacher"
-                raise TrainingError(
-                    f"No {what} picked: load a checkpoint or a MONAI bundle folder with the "
-                    "buttons under it."
-                )
-            spec = self._model_path(spec)
-        if mode.key in ("distill", "adapt"):
-            values.update(
-                {
-                    "teacher": spec,
-                    "temperature": float(self.temperature.value),
-                    "alpha": float(self.alpha.value),
-                    "kd_label_correction": bool(self.label_correction.value),
-                    "model.arch": self.student_preset.value,
-                    # All four ticked: the teacher's modalities, in the teacher's order.
-                    "model.modalities": None if len(mods) == len(MODALITIES) else mods,
-                    "model.name": run_dir.name,
-                }
-            )
-        if mode.key == "adapt":
-            # The open case is written there by the run (see start()).
-            unlabeled = (
-                run_dir / VIEWER_CASES
-                if self.use_viewer_case.value
-                else _folder(self.unlabeled_dir.value)
-            )
-            if not self.use_viewer_case.value and (unlabeled is None or not unlabeled.is_dir()):
-                picked = _path_text(self.unlabeled_dir.value)
-                what = (
-                    f"Unlabelled folder {picked!r} does not exist"
-                    if picked
-                    else "No unlabelled folder"
-                )
-                raise TrainingError(
-                    f"{what}: pick the folder of the new site's cases in 'Unlabelled folder', or "
-                    "tick 'Use the case open in the viewer'."
-                )
-            values.update(
-                {"unlabeled_dir": str(unlabeled), "unlabeled_weight": self.unlabeled_weight.value}
-            )
-        if mode.key == "teacher":
-            values.update(
-                {
-                    "model.arch": self.teacher_arch.value,
-                    "model.modalities": mods,
-                    "model.name": run_dir.name,
-                }
-            )
-        if mode.key == "finetune":
-            values.update(
-                {
-                    "init_from": spec,
-                    "freeze": ["encoder"] if self.freeze.value else [],
-                    "pretrained_lr_factor": float(self.lr_factor.value),
-                }
-            )
-        data = yaml.safe_load(default_config_path(mode.config).read_text()) or {}
-        apply_overrides(data, values)
-        apply_overrides(data, self._extra_overrides())
-        return load_config(data)
-
-    def _viewer_labelled_cases(self, cfg: TrainConfig) -> list[Case]:
-        """The labelled cases open in the viewer that have the scans ``cfg`` trains on.
-
-        Raises
-        ------
-        TrainingError
-            Fewer than :data:`MIN_LABELLED_CASES` labelled cases are open (the message says which
-            cases were skipped and how to fix it).
-        """
-        from ..errors import TrainingError
-        from .case_from_layers import labelled_cases_from_layers
-
-        cases, messages = labelled_cases_from_layers(self.viewer.layers, self._needed(cfg))
-        if len(cases) < MIN_LABELLED_CASES:
-            skipped = " ".join(messages)
+        run_dir = run_dir or train_sources.new_run_dir(self.output_dir.value, mode.run_prefix)
+        use_cases, use_case = self.use_viewer_cases.value, self.use_viewer_case.value
+        if mode.key == "adapt" and use_cases and use_case:
             raise TrainingError(
-                f"{len(cases)} labelled case(s) open in the viewer; training needs at least "
-                f"{MIN_LABELLED_CASES}, as one is held out for validation. Open more case folders "
-                "with their segmentations (File > Open), name a painted Labels layer "
-                "'<case> segmentation', or untick 'Use the labelled cases open in the viewer' "
-                "and pick a dataset folder." + (f" {skipped}" if skipped else "")
+                "Both 'Use the labelled cases open in the viewer' and 'Use the case open in "
+                "the viewer' are ticked: untick one, and give the other set as a folder."
             )
-        for message in messages:
-            show_warning(message)
-        return cases
-
-    def _needed(self, cfg: TrainConfig) -> list[str]:
-        """Modalities a run of ``cfg`` reads from every case (the model's and its teacher's)."""
-        from ..errors import BratsKDError
-
-        needed = set(cfg.model.modalities or ())
-        for spec in (getattr(cfg, "teacher", None), cfg.init_from):
-            if not spec:
-                continue
-            try:
-                needed |= set(self._model_config(spec).modalities)
-            except BratsKDError:
-                return list(MODALITIES)  # the engine explains a model it cannot read
-        return [m for m in MODALITIES if m in needed] or list(MODALITIES)
-
-    def _viewer_case(self) -> Case:
-        """The case open in the viewer (every modality layer found), for the unlabelled set."""
-        from ..errors import CaseError
-        from .case_from_layers import case_from_layers, find_modality_layers
-
-        found = find_modality_layers(self.viewer.layers)
-        if not found:
-            raise CaseError(
-                "The viewer holds no scan (T1, T1c, T2, FLAIR) to adapt to: open a case "
-                "(File > Open) or untick 'Use the case open in the viewer'."
+        values: dict[str, Any] = {
+            # The open cases are written there by the run (see start()).
+            "data_dir": str(train_sources.labelled_dir(self.data_dir.value, use_cases, run_dir)),
+            "run_dir": str(run_dir),
+            **train_form.to_overrides(
+                self._mode_values() | {"device": self.device_picker.value}, mode
+            ),
+        }
+        if "modalities" in mode.controls and not any(b.value for b in self.modality_boxes.values()):
+            raise TrainingError("Tick at least one input scan (T1, T1c, T2 or FLAIR).")
+        if mode.key in ("distill", "adapt", "teacher"):
+            values["model.name"] = run_dir.name
+        if "model" in mode.controls:
+            spec = self.models.picked_file(
+                "pretrained model" if mode.key == "finetune" else "teacher"
             )
-        case, warnings = case_from_layers(found)
-        for warning in warnings:
-            show_warning(warning)
-        return case
-
-    def _model_label(self, spec: str) -> str:
-        """Short name of a model for layer names: its list name, else the file or folder name."""
-        from ..models import available_models
-
-        for info in available_models():
-            if spec in (info.name, str(info.path)):
-                return info.name
-        path = Path(spec)
-        return path.name.removesuffix(".safetensors") if path.exists() else spec
-
-    def _model_path(self, name: str) -> str:
-        """A model's file when it has one (the run's config then works outside this session)."""
-        from ..models import available_models
-
-        for info in available_models():
-            if info.name == name and info.path.exists():
-                return str(info.path)
-        return name
+            values["init_from" if mode.key == "finetune" else "teacher"] = spec
+        if mode.key == "adapt":
+            picked = self.unlabeled_dir.value
+            values["unlabeled_dir"] = str(train_sources.unlabeled_dir(picked, use_case, run_dir))
+        return load_config(
+            mode.config,
+            train_form.merge_overrides(values, train_form.split_extra(self.extra.value)),
+        )
 
     # ------------------------------------------------------------------------------ running
     def start(self, *_: Any) -> Task | None:
@@ -906,16 +333,18 @@ class TrainWidget(ScrollingDock):
             notify_error(exc, "Training")
             return None
         mode = self.mode
-        case = None
-        labelled: list[Case] = []
         try:
-            if self.use_viewer_cases.value:
-                labelled = self._viewer_labelled_cases(cfg)
-            if mode.key == "adapt" and self.use_viewer_case.value:
-                case = self._viewer_case()
+            labelled, case, warnings = train_sources.open_cases(
+                cfg,
+                self.viewer.layers,
+                labelled=self.use_viewer_cases.value,
+                unlabelled=mode.key == "adapt" and self.use_viewer_case.value,
+            )
         except BratsKDError as exc:
             notify_error(exc, "Training")
             return None
+        for warning in warnings:
+            show_warning(warning)
         self._save_settings()
         reference = getattr(cfg, "teacher", None) or cfg.init_from
         self.plot.clear()
@@ -943,8 +372,7 @@ class TrainWidget(ScrollingDock):
 
     def resume(self, *_: Any, run_dir: str | Path | None = None) -> Task | None:
         """Continue a stopped run (the last one, or ``run_dir``); returns the task or None."""
-        from ..errors import BratsKDError, TrainingError
-        from ..training import load_config
+        from ..errors import BratsKDError
 
         if self._busy():
             show_info("A training run is already running.")
@@ -952,27 +380,18 @@ class TrainWidget(ScrollingDock):
         if run_dir is None:
             run_dir = self.last_run_dir
         if run_dir is None:
-            from qtpy.QtWidgets import QFileDialog
-
-            chosen = QFileDialog.getExistingDirectory(
-                self.native, "Resume which run folder?", str(self.output_dir.value)
-            )
-            if not chosen:
-                return None
-            run_dir = chosen
+            run_dir = train_sources.ask_run_dir(self.native, self.output_dir.value)
+        if run_dir is None:
+            return None
         run_dir = Path(run_dir)
         try:
-            if not (run_dir / "config.yaml").is_file():
-                raise TrainingError(
-                    f"{run_dir} is not a run folder (no config.yaml): pick a folder made by Start."
-                )
-            cfg = load_config(run_dir / "config.yaml")
+            cfg = train_sources.run_config(run_dir)
         except BratsKDError as exc:
             notify_error(exc, "Resume")
             return None
         # Raising Epochs above the run's setting trains a finished run longer.
         epochs = max(int(cfg.epochs), int(self.epochs.value))
-        self.plot.load_history(_read_log(run_dir))
+        self.plot.load_history(train_feedback.read_log(run_dir))
         self.last_run_dir = run_dir
         self._save_settings()
         reference = getattr(cfg, "teacher", None) or cfg.init_from
@@ -996,9 +415,7 @@ class TrainWidget(ScrollingDock):
 
         self.last_run_dir = run_dir
         self._run_reference = reference
-        self._epochs_total = epochs
-        self._epoch = 0
-        self._eta_start = None
+        self.feedback.reset(epochs)
         self.status.value = message
 
         def finished() -> None:
@@ -1042,7 +459,7 @@ class TrainWidget(ScrollingDock):
             return
         self.start_button.enabled = not running
         self.stop_button.enabled = running
-        can_resume = self.last_run_dir is None or (self.last_run_dir / "last_state.pt").is_file()
+        can_resume = train_sources.can_resume(self.last_run_dir)
         self.resume_button.enabled = not running and can_resume
         for widget in (
             self.mode_picker,
@@ -1057,7 +474,7 @@ class TrainWidget(ScrollingDock):
             widget.enabled = not running
         self.data_dir.enabled = not running and not self.use_viewer_cases.value
         self.unlabeled_dir.enabled = not running and not self.use_viewer_case.value
-        seg_busy = self.segment_task is not None and self.segment_task.is_running
+        seg_busy = self.comparison.busy
         self.segment_button.enabled = (
             not running and not seg_busy and self.trained_model is not None
         )
@@ -1069,46 +486,16 @@ class TrainWidget(ScrollingDock):
     def _on_progress(self, done: int, total: int, message: str) -> None:
         if self._closed:
             return
-        now = time.perf_counter()
-        if self._eta_start is None:
-            # The first step's time includes loading data and models: measure from it on.
-            self._eta_start = (now, done)
         self.progress_bar.max = max(int(total), 1)
         self.progress_bar.value = min(int(done), self.progress_bar.max)
-        t0, d0 = self._eta_start
-        eta = ""
-        if done > d0:
-            remaining = (now - t0) / (done - d0) * (total - done)
-            eta = f" · ETA {_format_seconds(remaining)}"
-        epoch = f"Epoch {self._epoch}/{self._epochs_total} · " if self._epoch else ""
-        loss = message.rsplit("loss", 1)[-1].strip() if "loss" in message else ""
-        self.status.value = f"{epoch}step {done}/{total}{eta}" + (f" · loss {loss}" if loss else "")
+        self.status.value = self.feedback.progress(done, total, message)
 
     def _on_event(self, event: dict) -> None:
         if self._closed:
             return
-        kind = event.get("type")
-        if kind == "start":
-            # Sent before the first (possibly slow) step: show the epoch right away.
-            self._epoch = int(event["start_epoch"]) + 1
-            self._epochs_total = int(event["epochs"])
-            self.status.value = (
-                f"Epoch {self._epoch}/{self._epochs_total} · preparing first step..."
-            )
-        elif kind == "note":  # the widget's own steps before training (writing open cases)
-            self.status.value = str(event["message"])
-        elif kind == "val_progress":
-            self.status.value = (
-                f"Epoch {event['epoch']}/{self._epochs_total} · validating case "
-                f"{event['done']}/{event['total']}"
-            )
-        elif kind == "step":
-            self._epoch = int(event["epoch"])
-            self.plot.add_step(int(event["step"]), float(event["loss"]))
-        elif kind == "epoch":
-            self.plot.add_epoch(int(event["epoch"]), int(event["step"]), float(event["loss"]))
-        elif kind == "val":
-            self.plot.add_validation(int(event["epoch"]), event["dice"])
+        status = self.feedback.event(event)
+        if status is not None:
+            self.status.value = status
 
     def _on_error(self, exc: BaseException) -> None:
         from ..errors import Cancelled
@@ -1119,10 +506,7 @@ class TrainWidget(ScrollingDock):
             notify_error(exc, "Training")
             return
         if not self._closed:
-            kept = ""
-            if self.last_run_dir is not None and (self.last_run_dir / "last.safetensors").is_file():
-                kept = f" The last checkpoint is kept in {self.last_run_dir}; Resume continues it."
-            self.status.value = f"Failed.{kept}"
+            self.status.value = train_feedback.failed_status(self.last_run_dir)
             self.plot.redraw()
         notify_error(exc, "Training")
 
@@ -1135,12 +519,9 @@ class TrainWidget(ScrollingDock):
         if self._closed:
             return
         self.plot.redraw()
-        self.results.value = format_validation(result.history, result.best_epoch)
+        self.results.value = train_feedback.format_validation(result.history, result.best_epoch)
         if result.stopped:
-            self.status.value = (
-                f"Stopped after {result.epochs_done} finished epoch(s); checkpoint "
-                f"{result.last_checkpoint} kept. Resume continues the run."
-            )
+            self.status.value = train_feedback.finished_status(result)
             show_info(f"Training stopped; Resume continues {result.run_dir.name}.")
             return
         checkpoint = result.best_checkpoint or result.last_checkpoint
@@ -1152,11 +533,7 @@ class TrainWidget(ScrollingDock):
         self.trained_model = entry.name
         self.reference_model = self._run_reference
         self._refresh_model_lists()
-        best = f" (best epoch {result.best_epoch})" if result.best_epoch else ""
-        self.status.value = (
-            f"Done: {result.epochs_done} epoch(s). Model {entry.name!r}{best} is in the Segment "
-            f"widgets' model list; checkpoint {checkpoint}."
-        )
+        self.status.value = train_feedback.finished_status(result, entry.name)
         show_info(f"Training finished: model {entry.name!r} is ready to segment.")
 
     # ------------------------------------------------------------------------------ comparison
@@ -1167,99 +544,18 @@ class TrainWidget(ScrollingDock):
         (1 = tumour only in the new model, 2 = only in the reference, 3 = both, other class).
         Returns the task, or None if it cannot start (a notification says why).
         """
-        from ..errors import BratsKDError, CaseError
-        from ..models import resolve_model
-        from .case_from_layers import case_from_layers, find_modality_layers
-
         if self.trained_model is None:
             show_info("Train a model first: 'Segment current case' uses the model of the last run.")
             return None
-        if self.segment_task is not None and self.segment_task.is_running:
+        if self.comparison.busy:
             return None
         models = [self.trained_model] + ([self.reference_model] if self.reference_model else [])
-        try:
-            needed: list[str] = []
-            for spec in models:
-                needed += [m for m in resolve_model(spec).config.modalities if m not in needed]
-            found = find_modality_layers(self.viewer.layers)
-            missing = [MODALITY_NAMES[m] for m in needed if m not in found]
-            if missing:
-                raise CaseError(
-                    f"The viewer has no layer for {', '.join(missing)}: open a case (File > Open, "
-                    "a case folder) to compare the models on it."
-                )
-            case, warnings = case_from_layers({m: found[m] for m in needed})
-        except BratsKDError as exc:
-            notify_error(exc, "Segment current case")
-            return None
-        for warning in warnings:
-            show_warning(warning)
-        source_layer = found[needed[0]]
-        device = self.device_picker.value
+        return self.comparison.start(models, self.device_picker.value)
 
-        def work(progress, should_stop):
-            from ..inference import segment
-
-            results = []
-            for i, spec in enumerate(models):
-                progress(i, len(models), f"Segmenting {case.case_id} with {spec}...")
-                results.append(segment(case, model=spec, device=device, should_stop=should_stop))
-            progress(len(models), len(models), "")
-            return results
-
-        self.segment_button.enabled = False
-        self.status.value = f"Segmenting {case.case_id} with {' and '.join(models)}..."
-        self.segment_task = start_task(
-            work,
-            on_progress=self._on_segment_progress,
-            on_returned=lambda res: self._show_comparison(res, models, case, source_layer),
-            on_error=lambda exc: notify_error(exc, "Segment current case"),
-            on_finished=lambda: self._set_running(self._busy()),
-        )
-        return self.segment_task
-
-    def _on_segment_progress(self, done: int, total: int, message: str) -> None:
-        if not self._closed and message:
-            self.status.value = message
-
-    def _show_comparison(self, results: list, models: list[str], case: Any, source: Any) -> None:
-        from ..labels import labels_to_regions
-        from ..metrics import dice
-        from .case_from_layers import add_result_layer
-
-        if self._closed:
-            return
-        labels = [self._model_label(spec) for spec in models]
-        layers = [
-            add_result_layer(self.viewer, res, case, source, label)
-            for res, label in zip(results, labels, strict=True)
-        ]
-        if len(results) < 2:
-            self.status.value = f"{labels[0]} segmented {case.case_id} (no reference model)."
-            return
-        new, ref = results
-        diff = difference_labels(new.labels, ref.labels)
-        name = f"{case.case_id} {labels[0]} vs {labels[1]}"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        self.viewer.add_labels(
-            diff,
-            name=name,
-            scale=layers[0].scale,
-            translate=layers[0].translate,
-            colormap=DIFFERENCE_COLORS,
-            metadata={"brats_kd": {"role": "difference", "models": list(models)}},
-        )
-        new_regions = labels_to_regions(new.labels, new.convention, REPORT_REGIONS)
-        ref_regions = labels_to_regions(ref.labels, ref.convention, REPORT_REGIONS)
-        agree = ", ".join(
-            f"{r} {dice(new_regions[i], ref_regions[i]):.2f}" for i, r in enumerate(REPORT_REGIONS)
-        )
-        self.status.value = (
-            f"{case.case_id}: {labels[0]} vs {labels[1]} agreement (Dice) {agree}; "
-            f"{int((diff > 0).sum())} voxels differ (layer {name!r}: red = only the new model, "
-            "blue = only the reference, yellow = other tumour class)."
-        )
+    @property
+    def segment_task(self) -> Task | None:
+        """The running (or last) "Segment current case" task."""
+        return self.comparison.task
 
     # ------------------------------------------------------------------------------ settings
     def settings(self) -> dict[str, Any]:
@@ -1269,14 +565,8 @@ class TrainWidget(ScrollingDock):
         model = self.model_picker.value
         return {
             "mode": self.mode.key,
-            "data_dir": _path_text(self.data_dir.value),
-            "unlabeled_dir": _path_text(self.unlabeled_dir.value),
-            "use_viewer_cases": bool(self.use_viewer_cases.value),
-            "use_viewer_case": bool(self.use_viewer_case.value),
-            "model": self._model_path(model) if model else None,
-            "device": self.device_picker.value,
-            "output_dir": _path_text(self.output_dir.value),
-            "extra": self.extra.value,
+            **train_form.session_settings(self.controls),
+            "model": model_picker.model_file(model) if model else None,
             "last_run_dir": str(self.last_run_dir) if self.last_run_dir else None,
             "modes": per_mode,
         }
@@ -1291,28 +581,10 @@ class TrainWidget(ScrollingDock):
         modes = saved.get("modes")
         if isinstance(modes, dict):
             self._per_mode = {k: v for k, v in modes.items() if isinstance(v, dict)}
-        for key, widget in (
-            ("data_dir", self.data_dir),
-            ("unlabeled_dir", self.unlabeled_dir),
-            ("output_dir", self.output_dir),
-        ):
-            if saved.get(key):
-                widget.value = saved[key]
-        if saved.get("extra"):
-            self.extra.value = str(saved["extra"])
-        self.use_viewer_cases.value = bool(saved.get("use_viewer_cases", False))
-        self.use_viewer_case.value = bool(saved.get("use_viewer_case", False))
-        if saved.get("device") in self.device_picker.choices:
-            self.device_picker.value = saved["device"]
+        train_form.restore_session(self.controls, saved)
         if saved.get("last_run_dir") and Path(saved["last_run_dir"]).is_dir():
             self.last_run_dir = Path(saved["last_run_dir"])
-        model = saved.get("model")
-        if model:
-            names = [c[1] for c in self._model_choices()]
-            if model in names:
-                self.model_picker.value = model
-            elif Path(model).exists():
-                self.load_model(model, quiet=True)
+        self.models.restore(saved.get("model"))
         mode = MODES_BY_KEY.get(saved.get("mode", ""))
         if mode is not None:
             self._mode = mode  # values of the saved mode are applied by _on_mode_changed
@@ -1320,77 +592,8 @@ class TrainWidget(ScrollingDock):
 
 
 # ---------------------------------------------------------------------------------- helpers
-#: Colours of the difference layer: 1 only the new model, 2 only the reference, 3 other class.
-DIFFERENCE_COLORS = {
-    None: (0.0, 0.0, 0.0, 0.0),
-    0: (0.0, 0.0, 0.0, 0.0),
-    1: (1.0, 0.2, 0.2, 1.0),
-    2: (0.2, 0.5, 1.0, 1.0),
-    3: (1.0, 0.9, 0.1, 1.0),
-}
-
-
-def difference_labels(new: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Where two label maps disagree: 1 tumour only in ``new``, 2 only in ``reference``, 3 both
-    tumour but another class, 0 agreement (both maps in the same convention)."""
-    new_t, ref_t = new > 0, reference > 0
-    out = np.zeros(new.shape, np.uint8)
-    out[new_t & ~ref_t] = 1
-    out[ref_t & ~new_t] = 2
-    out[new_t & ref_t & (new != reference)] = 3
-    return out
-
-
-def format_validation(history: list[dict], best_epoch: int = 0, last: int = 6) -> str:
-    """Table of validation Dice per region (the last ``last`` validated epochs and the best)."""
-    rows = [r for r in history if r.get("val_mean_dice") not in (None, "")]
-    if not rows:
-        return "No validation yet (it runs every val_every epochs and at the end)."
-    shown = rows[-last:]
-    best = [r for r in rows if int(r["epoch"]) == best_epoch]
-    if best and best[0] not in shown:
-        shown = best + shown
-    header = "epoch " + " ".join(f"{r:>5}" for r in REPORT_REGIONS) + "  mean"
-    lines = ["Validation Dice (* = the checkpoint kept)", header]
-    for r in shown:
-        mark = "*" if int(r["epoch"]) == best_epoch else " "
-        cells = " ".join(f"{float(r[f'val_dice_{g}']):5.3f}" for g in REPORT_REGIONS)
-        lines.append(f"{int(r['epoch']):>4}{mark} {cells} {float(r['val_mean_dice']):5.3f}")
-    return "\n".join(lines)
-
-
 def _train(cfg: TrainConfig, progress: Any, should_stop: Any, on_event: Any) -> TrainResult:
     from ..training import DistillConfig, distill, train_teacher
 
     run = distill if isinstance(cfg, DistillConfig) else train_teacher
     return run(cfg, progress=progress, should_stop=should_stop, on_event=on_event)
-
-
-def _read_log(run_dir: Path) -> list[dict]:
-    path = run_dir / "log.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _folder(value: Any) -> Path | None:
-    text = _path_text(value)
-    return Path(text).expanduser() if text else None
-
-
-def _path_text(value: Any) -> str:
-    # FileEdit shows an empty field as "." (Path("")): treat it as nothing picked.
-    text = str(value) if value is not None else ""
-    return "" if text in ("", ".") else text
-
-
-def _format_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
