@@ -677,18 +677,40 @@ def evaluate_folders(
         When a prediction has no ground truth, or (without ``missing_as_empty``) a ground-truth
         case has no prediction: the summary then covers fewer cases than the folders hold.
     """
-    from .io import convention_from_header, label_convention
-
     fixed_pred = _checked_convention(pred_convention)
     fixed_gt = _checked_convention(gt_convention)
-    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    preds, gts, missing, unmatched = _match_cases(Path(pred_dir), Path(gt_dir), missing_as_empty)
+    scored = sorted(gts) if missing_as_empty else sorted(set(preds) & set(gts))
+    results: list[CaseMetrics] = []
+    for i, case_id in enumerate(scored):
+        pf, gf = preds.get(case_id), gts[case_id]
+        try:
+            results.append(_score_case(case_id, pf, gf, fixed_pred, fixed_gt))
+        except LabelConventionError as exc:
+            pred_name = pf.path.name if pf is not None else "no prediction"
+            raise LabelConventionError(
+                f"Case {case_id!r} ({pred_name} vs ground truth {gf.path.name}): {exc}"
+            ) from None
+        if progress is not None:
+            progress(i + 1, len(scored), case_id)
+    rows = [r.as_row() for r in results]
+    summary = summarize(rows)
+    if csv_path is not None:
+        write_csv(rows, csv_path, summary)
+    return FolderEvaluation(results, summary, missing, unmatched)
+
+
+def _match_cases(
+    pred_dir: Path, gt_dir: Path, missing_as_empty: bool
+) -> tuple[dict[str, _LabelFile], dict[str, _LabelFile], list[str], list[str]]:
+    """Label files of both folders by case id, the ground-truth cases without prediction and
+    the predictions without ground truth (warned about)."""
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not folder.is_dir():
             raise CaseError(f"The {what} folder {folder} does not exist.")
     preds = _index_label_files(pred_dir)
     gts = _index_label_files(gt_dir)
-    common = sorted(set(preds) & set(gts))
-    if not common:
+    if not set(preds) & set(gts):
         # Even with missing_as_empty: no match at all is a wrong folder or naming, not a model
         # that predicted nothing, and scoring it as all-empty would hide that.
         raise CaseError(
@@ -711,45 +733,36 @@ def evaluate_folders(
             f"ignored: {_some_ids(unmatched)} (name predictions after their case id)"
         )
     if problems:
-        warnings.warn("; ".join(problems) + ".", UnmatchedCasesWarning, stacklevel=2)
-    scored = sorted(gts) if missing_as_empty else common
-    results: list[CaseMetrics] = []
-    for i, case_id in enumerate(scored):
-        pf, gf = preds.get(case_id), gts[case_id]
-        gv = _load_labels(gf.path, case_id, "ground truth")
-        g = gv.data
-        try:
-            gconv = fixed_gt or label_convention(gv, gf.naming)[0]
-            spacing = gv.scale  # display-order voxel sizes match the display-order arrays
-            if pf is None:
-                # Empty labels fit every convention; reading them in the ground truth's compares
-                # the same regions.
-                result = evaluate_labels(
-                    np.zeros_like(g), g, gconv, spacing, case_id, gt_convention=gconv
-                )
-                result.pred_convention = ""
-                result.prediction_missing = True
-                results.append(result)
-            else:
-                pv = _load_labels(pf.path, case_id, "prediction")
-                _check_same_grid(case_id, pv, gv)
-                p = pv.data
-                pconv = fixed_pred or _pred_convention(
-                    np.unique(p), gconv, convention_from_header(pv.header)
-                )
-                results.append(evaluate_labels(p, g, pconv, spacing, case_id, gt_convention=gconv))
-        except LabelConventionError as exc:
-            pred_name = pf.path.name if pf is not None else "no prediction"
-            raise LabelConventionError(
-                f"Case {case_id!r} ({pred_name} vs ground truth {gf.path.name}): {exc}"
-            ) from None
-        if progress is not None:
-            progress(i + 1, len(scored), case_id)
-    rows = [r.as_row() for r in results]
-    summary = summarize(rows)
-    if csv_path is not None:
-        write_csv(rows, csv_path, summary)
-    return FolderEvaluation(results, summary, missing, unmatched)
+        warnings.warn("; ".join(problems) + ".", UnmatchedCasesWarning, stacklevel=3)
+    return preds, gts, missing, unmatched
+
+
+def _score_case(
+    case_id: str,
+    pf: _LabelFile | None,
+    gf: _LabelFile,
+    fixed_pred: LabelConvention | None,
+    fixed_gt: LabelConvention | None,
+) -> CaseMetrics:
+    """One case's metrics; a missing prediction scores as an empty one."""
+    from .io import convention_from_header, label_convention
+
+    gv = _load_labels(gf.path, case_id, "ground truth")
+    g = gv.data
+    gconv = fixed_gt or label_convention(gv, gf.naming)[0]
+    spacing = gv.scale  # display-order voxel sizes match the display-order arrays
+    if pf is None:
+        # Empty labels fit every convention; reading them in the ground truth's compares the
+        # same regions.
+        result = evaluate_labels(np.zeros_like(g), g, gconv, spacing, case_id, gt_convention=gconv)
+        result.pred_convention = ""
+        result.prediction_missing = True
+        return result
+    pv = _load_labels(pf.path, case_id, "prediction")
+    _check_same_grid(case_id, pv, gv)
+    p = pv.data
+    pconv = fixed_pred or _pred_convention(np.unique(p), gconv, convention_from_header(pv.header))
+    return evaluate_labels(p, g, pconv, spacing, case_id, gt_convention=gconv)
 
 
 def _pred_convention(
