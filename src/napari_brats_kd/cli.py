@@ -541,7 +541,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     import warnings
     from collections import Counter
 
-    from .metrics import UnmatchedCasesWarning, evaluate_folders
+    from .evaluation import UnmatchedCasesWarning, evaluate_folders
 
     def some(ids: Sequence[str], first: int = 5) -> str:
         # Enough ids to find the files, not a flood for a dataset of a thousand cases.
