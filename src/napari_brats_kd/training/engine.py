@@ -36,100 +36,48 @@ sliding_window_inference). What it guarantees:
 
 The parts, by concern: :mod:`.model_setup` (the networks), :mod:`.loaders` (cases, split, caches,
 loaders), :mod:`.steps` (a step, validation), :mod:`.schedule` (learning rate, time budget,
-mixed precision) and :mod:`.run_folder` (files and saved state). This module builds a run
-from them, runs its epochs and keeps the public API.
+mixed precision), :mod:`.run_folder` (files and saved state) and :mod:`.loop` (the epochs). This
+module builds a run from them and keeps the public API.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._files import atomic_write
-from ..errors import BratsKDError, Cancelled, ResourceError, TrainingError
+from ..errors import TrainingError
 from . import distributed as dd
 from .config import DistillConfig, TrainConfig, load_config
-from .data import is_out_of_memory, user_error_in
 from .loaders import (
     build_data,
     cache_teacher_outputs,
     check_memory_cache,
-    cycle,
     find_cases,
     seed_everything,
-    seed_transforms,
 )
 from .loaders import cycle as _cycle  # noqa: F401 (re-exported: tests import it from here)
+from .loop import EventFn, Networks, ProgressFn, StopFn, TrainingLoop
 from .losses import AttentionTransfer, DistillationLoss, SupervisedLoss
 from .model_setup import check_networks, load_model, load_teacher, param_groups
 from .model_setup import param_groups as _param_groups  # noqa: F401 (re-exported, as _cycle)
 from .run_folder import (
-    BEST_CKPT,
-    LAST_CKPT,
-    LOG_FILE,
     STATE_FILE,
-    atomic_torch_save,
+    RunState,
+    TrainResult,
     load_resume_state,
     open_run_dir,
-    rng_state,
+    provenance,
     set_rng_state,
     write_config,
-    write_log,
 )
-from .run_folder import provenance as make_provenance
-from .schedule import amp_settings, lr_lambda
+from .schedule import TimeBudget, amp_settings, build_scheduler, lr_lambda
 from .steps import train_step, validate, weights_are_finite
 from .teacher_targets import resolve_target_mode
-
-ProgressFn = Callable[[int, int, str], None]
-StopFn = Callable[[], bool]
-EventFn = Callable[[dict], None]
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced.
-
-    Attributes
-    ----------
-    run_dir
-        The run folder.
-    best_checkpoint
-        ``best.safetensors`` (highest mean validation Dice) or ``None`` if never validated.
-    last_checkpoint
-        ``last.safetensors`` (the weights at the end or at the stop).
-    out
-        Copy of the best (else last) checkpoint at the requested output path, if any.
-    epochs_done
-        Completed epochs.
-    best_metric, best_epoch
-        Best mean validation Dice and its (1-based) epoch; NaN / 0 without validation.
-    stopped
-        Whether ``should_stop`` ended the run early.
-    time_limit_reached
-        Whether the run ended because its ``max_minutes`` budget was spent (a normal end: last
-        validation done, ``out`` written).
-    history
-        One dict per completed epoch (the rows of ``log.csv``).
-    """
-
-    run_dir: Path
-    best_checkpoint: Path | None
-    last_checkpoint: Path
-    out: Path | None = None
-    epochs_done: int = 0
-    best_metric: float = float("nan")
-    best_epoch: int = 0
-    stopped: bool = False
-    time_limit_reached: bool = False
-    history: list[dict] = field(default_factory=list)
 
 
 def _run(
@@ -194,305 +142,43 @@ def _run_in_context(
         )
         teacher = None  # not needed any more: free its memory
     data = build_data(cfg, ctx, cases, loader_kw, cache_dir, targets)
-    total_steps = data.steps * cfg.epochs
-    patches_per_step = cfg.batch_size * cfg.samples_per_case
 
-    # ---------------------------------------------------------------- optimisation
-    pretrained = cfg.init_from is not None
-    state_path = run_dir / STATE_FILE
     model = model.to(device)
     attention = AttentionTransfer(model, teacher) if attention_weight > 0 else None
-    groups = param_groups(model, cfg, model_cfg.arch, pretrained)
+    groups = param_groups(model, cfg, model_cfg.arch, cfg.init_from is not None)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = cfg.warmup_epochs * data.steps
-    # Under max_minutes the schedule runs on whichever is further along, steps or time, so that
-    # the learning rate has decayed when the budget ends the run. `clock` holds rank 0's training
-    # seconds (broadcast each step: DDP ranks must agree on the learning rate).
-    budget_s = cfg.max_minutes * 60.0 if cfg.max_minutes else None
-    clock = {"before": 0.0, "start": None, "elapsed": 0.0}
-
-    def schedule_step(s: int) -> int:
-        if budget_s is None:
-            return s
-        return max(s, int(total_steps * min(1.0, clock["elapsed"] / budget_s)))
-
-    def budget_spent() -> bool:
-        """Update the clock (kept in the state even without a budget, so that one set on resume
-        counts the time already spent); whether the time budget is spent."""
-        elapsed = clock["before"] + time.perf_counter() - clock["start"]
-        if budget_s is None:
-            clock["elapsed"] = elapsed
-            return False
-        clock["elapsed"] = dd.broadcast_float(elapsed, ctx)
-        return clock["elapsed"] >= budget_s
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_lambda(schedule_step(s), total_steps, warmup, cfg.schedule, cfg.min_lr_factor),
-    )
-    supervised = SupervisedLoss(cfg.dice_weight, cfg.bce_weight)
-    loss_fn: nn.Module = (
-        DistillationLoss(
-            cfg.alpha, cfg.temperature, supervised, cfg.kd_dice_weight, cfg.kd_label_correction
-        )
-        if distill
-        else supervised
-    )
+    # This module's clock, step and validation, looked up now: tests replace them here.
+    budget = TimeBudget(cfg.max_minutes, ctx, time.perf_counter)
+    scheduler = build_scheduler(optimizer, cfg, data.steps, budget)
     amp_dtype, scaler = amp_settings(cfg, device)
-
-    start_epoch, global_step = 0, 0
-    best_metric, best_epoch = float("-inf"), 0
-    history: list[dict] = []
+    state = RunState()
     if resume:
-        state = load_resume_state(state_path, model, optimizer, scheduler)
-        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-        best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
-        history = list(state["history"])
-        clock["before"] = clock["elapsed"] = float(state.get("train_seconds", 0.0))
-        set_rng_state(state["rng"])
-    ddp_model = dd.wrap_model(model, ctx)
-
+        saved = load_resume_state(run_dir / STATE_FILE, model, optimizer, scheduler)
+        state = RunState.from_saved(saved)
+        budget.resume(float(saved.get("train_seconds", 0.0)))
+        set_rng_state(saved["rng"])
+    nets = Networks(
+        model, dd.wrap_model(model, ctx), model_cfg, teacher, attention, attention_weight,
+        amp_dtype, scaler, val_roi,
+    )  # fmt: skip
     counts = (len(cases.train), len(cases.val), len(cases.unlabeled))
-    provenance = make_provenance(cfg, ctx, counts, teacher_cfg, targets_mode, attention_weight)
-    writer = write_config(cfg, run_dir) if ctx.is_main else None
+    loop = TrainingLoop(
+        cfg, ctx, run_dir, nets, optimizer, scheduler, _loss(cfg, distill), cases, data, budget,
+        state, provenance(cfg, ctx, counts, teacher_cfg, targets_mode, attention_weight),
+        write_config(cfg, run_dir) if ctx.is_main else None,
+        progress, should_stop, emit, train_step, validate, time.perf_counter,
+    )  # fmt: skip
+    return loop.run()
 
-    epoch_start: dict[str, Any] = {"epoch": -1, "step": 0, "scheduler": None}
 
-    def save(epoch_next: int, metrics: dict | None = None) -> None:
-        """Checkpoint (rank 0): inference weights, then the training state."""
-        if not ctx.is_main:
-            return
-        from ..models import save_checkpoint
-
-        out_cfg = replace(
-            model_cfg,
-            provenance={**model_cfg.provenance, **provenance, "epochs": epoch_next},
-            metrics=metrics if metrics is not None else dict(model_cfg.metrics),
-        )
-        # Saved inside an epoch (a stop, checkpoint_every, a stopped validation), the epoch is
-        # replayed on resume: its step count and learning-rate schedule restart where it began,
-        # so the run still takes the steps and the schedule it planned.
-        mid_epoch = epoch_next == epoch_start["epoch"]
-        step = epoch_start["step"] if mid_epoch else global_step
-        sched = epoch_start["scheduler"] if mid_epoch else scheduler.state_dict()
-        extra = {"epoch": epoch_next, "global_step": step}
-        save_checkpoint(run_dir / LAST_CKPT, model, out_cfg, extra=extra)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": sched,
-            "epoch": epoch_next,
-            "global_step": step,
-            "best_metric": best_metric,
-            "best_epoch": best_epoch,
-            "history": history,
-            "train_seconds": clock["elapsed"],
-            "rng": rng_state(),
-        }
-        atomic_torch_save(state, state_path)
-
-    def result(stopped: bool, time_limit_reached: bool = False) -> TrainResult:
-        best = run_dir / BEST_CKPT
-        out = None
-        if ctx.is_main and cfg.out and not stopped:
-            src = best if best.is_file() else run_dir / LAST_CKPT
-            out = atomic_write(cfg.out, lambda tmp: shutil.copyfile(src, tmp))
-            side = src.with_suffix(".json")
-            if side.is_file():
-                shutil.copyfile(side, out.with_suffix(".json"))
-        if writer is not None:
-            writer.close()
-        return TrainResult(
-            run_dir=run_dir,
-            best_checkpoint=best if best.is_file() else None,
-            last_checkpoint=run_dir / LAST_CKPT,
-            out=out,
-            epochs_done=len(history),
-            best_metric=best_metric if best_epoch else float("nan"),
-            best_epoch=best_epoch,
-            stopped=stopped,
-            time_limit_reached=time_limit_reached,
-            history=history,
-        )
-
-    # ---------------------------------------------------------------- the loop
-    last_metrics: dict | None = None
-    if emit is not None:
-        # Before the first step (which may take long: caching, compiling) so UIs can say "Epoch x/y".
-        emit({
-            "type": "start",
-            "epochs": cfg.epochs,
-            "start_epoch": start_epoch,
-            "steps_per_epoch": data.steps,
-            "n_train": len(cases.train),
-            "n_val": len(cases.val),
-            "run_dir": str(run_dir),
-            "kind": provenance["kind"],
-        })  # fmt: skip
-    out_of_time = False
-    for epoch in range(start_epoch, cfg.epochs):
-        epoch_start.update(epoch=epoch, step=global_step, scheduler=scheduler.state_dict())
-        epoch_seed = cfg.seed + 1000 * epoch + ctx.rank
-        seed_everything(epoch_seed, cfg.deterministic)
-        seed_transforms(data.train_ds, epoch_seed)
-        if hasattr(data.sampler, "set_epoch"):
-            data.sampler.set_epoch(epoch)
-        ddp_model.train()
-        batches = cycle(data.loader, epoch)
-        sums = {"loss": 0.0, "supervised": 0.0, "kd": 0.0}
-        if attention is not None:
-            sums["attention"] = 0.0
-        t0 = time.perf_counter()
-        if clock["start"] is None:
-            clock["start"] = t0
-        steps_done = 0
-        for step in range(data.steps):
-            try:
-                batch = next(batches)
-                parts = train_step(
-                    ddp_model, optimizer, loss_fn, batch, device, cases.channels,
-                    teacher, cases.teacher_channels, amp_dtype, scaler, attention, attention_weight,
-                )  # fmt: skip
-            except BratsKDError:
-                raise
-            except (RuntimeError, MemoryError) as exc:
-                user_error = user_error_in(exc)
-                if user_error is not None:
-                    raise user_error from exc
-                if not is_out_of_memory(exc):
-                    raise
-                raise ResourceError(
-                    f"Out of memory at epoch {epoch + 1}, step {step + 1} with batch_size "
-                    f"{cfg.batch_size} x samples_per_case {cfg.samples_per_case} patches of "
-                    f"{list(cfg.patch_size)} on {device}: lower batch_size or patch_size. The last "
-                    f"finished epoch's checkpoint in {run_dir} is intact (resume from it)."
-                ) from exc
-            steps_done += 1
-            out_of_time = budget_spent()
-            scheduler.step()
-            global_step += 1
-            for k in sums:
-                sums[k] += parts.get(k, 0.0)
-            lr = optimizer.param_groups[-1]["lr"]
-            if progress is not None and ctx.is_main:
-                progress(
-                    epoch * data.steps + step + 1,
-                    total_steps,
-                    f"epoch {epoch + 1}/{cfg.epochs} loss {parts['loss']:.4f}",
-                )
-            if emit is not None:
-                emit({"type": "step", "epoch": epoch + 1, "step": global_step, "lr": lr, **parts})
-            stop = dd.any_true(bool(should_stop()) if should_stop is not None else False, ctx)
-            if stop:
-                # The interrupted epoch is redone on resume; the weights so far are kept.
-                save(epoch, metrics=last_metrics)
-                return result(stopped=True)
-            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
-                save(epoch, metrics=last_metrics)
-            if out_of_time:
-                break  # the budget is spent: this epoch ends the run
-        elapsed = time.perf_counter() - t0
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": global_step,
-            **{k: dd.mean_over_processes(v / steps_done, ctx) for k, v in sums.items()},
-            "lr": optimizer.param_groups[-1]["lr"],
-            "patches_per_s": steps_done * patches_per_step * ctx.world_size / max(elapsed, 1e-9),
-            "epoch_time_s": elapsed,
-        }
-        if emit is not None:
-            emit({"type": "epoch", **row})
-        last_epoch = out_of_time or epoch + 1 == cfg.epochs
-        do_val = cases.val and ((epoch + 1) % cfg.val_every == 0 or last_epoch)
-        improved = 0.0
-        if do_val:
-            # 0: validated; 1: stopped by the user; 2: failed (val_error) on rank 0.
-            val_status = 0.0
-            val_error: BaseException | None = None
-            dice: dict[str, float] | None = None
-            if ctx.is_main:
-
-                def val_case(done: int, total: int, epoch: int = epoch + 1) -> None:
-                    if emit is not None:
-                        emit({"type": "val_progress", "epoch": epoch, "done": done, "total": total})
-
-                try:
-                    dice = validate(
-                        model, data.val_ds, device, val_roi, cases.channels, cfg.val_overlap,
-                        cfg.val_sw_batch_size, amp_dtype, model_cfg.regions,
-                        should_stop, val_case,
-                    )  # fmt: skip
-                except Cancelled:
-                    val_status = 1.0
-                except Exception as exc:  # re-raised below, once every rank knows
-                    # Whatever went wrong, the other ranks wait in the broadcast below: they
-                    # must hear of it rather than hang until the process group times out.
-                    val_status = 2.0
-                    val_error = user_error_in(exc) or exc
-                    if val_error is exc and is_out_of_memory(exc):
-                        val_error = ResourceError(
-                            f"Out of memory validating epoch {epoch + 1} on {device} "
-                            f"(sliding windows of {list(val_roi)}, val_sw_batch_size "
-                            f"{cfg.val_sw_batch_size}): lower val_sw_batch_size or val_roi_size, "
-                            f"then resume from {run_dir}: it goes on with epoch {epoch + 2}."
-                        )
-                    if val_error is not exc:
-                        val_error.__cause__ = exc
-            # Only rank 0 validates (and polls should_stop meanwhile): all ranks stop together.
-            val_status = dd.broadcast_float(val_status, ctx)
-            if val_status:
-                # The epoch's steps are all done: it counts as finished without its validation,
-                # so that resuming goes on with the next epoch instead of training this one twice.
-                history.append(row)
-                save(epoch + 1, metrics=last_metrics)
-                if ctx.is_main:
-                    write_log(history, run_dir / LOG_FILE)
-                if val_status == 1.0:
-                    return result(stopped=True)
-                raise val_error or TrainingError(
-                    f"Validating epoch {epoch + 1} failed on rank 0; its log says why."
-                )
-            if dice is not None:
-                row.update({f"val_dice_{r}": dice[r] for r in model_cfg.regions})
-                row["val_mean_dice"] = dice["mean"]
-                last_metrics = {
-                    "val_dice": {r: dice[r] for r in model_cfg.regions},
-                    "val_mean_dice": dice["mean"],
-                    "val_cases": len(cases.val),
-                    "epoch": epoch + 1,
-                }
-                if emit is not None:
-                    emit({"type": "val", "epoch": epoch + 1, "dice": last_metrics["val_dice"],
-                          "mean_dice": dice["mean"]})  # fmt: skip
-                if dice["mean"] > best_metric:
-                    best_metric, best_epoch = dice["mean"], epoch + 1
-                    improved = 1.0
-            improved = dd.broadcast_float(improved, ctx)
-            ddp_model.train()
-            # A validation that spends the budget ends the run here, already validated, rather
-            # than after one more step and a second validation.
-            out_of_time = budget_spent() or out_of_time
-        history.append(row)
-        if writer is not None:
-            for k, v in row.items():
-                if k != "epoch" and isinstance(v, float):
-                    writer.add_scalar(k, v, epoch + 1)
-        save(epoch + 1, metrics=last_metrics)
-        if improved and ctx.is_main:
-            from ..models import save_checkpoint
-
-            best_cfg = replace(
-                model_cfg,
-                provenance={**model_cfg.provenance, **provenance, "epochs": epoch + 1},
-                metrics=last_metrics or {},
-            )
-            save_checkpoint(run_dir / BEST_CKPT, model, best_cfg, extra={"epoch": epoch + 1})
-        if ctx.is_main:
-            write_log(history, run_dir / LOG_FILE)
-        dd.barrier(ctx)
-        if out_of_time:
-            return result(stopped=False, time_limit_reached=True)
-    return result(stopped=False)
+def _loss(cfg: TrainConfig, distill: bool) -> nn.Module:
+    """Dice + BCE on the labels, with the teacher's term when distilling."""
+    supervised = SupervisedLoss(cfg.dice_weight, cfg.bce_weight)
+    if not distill:
+        return supervised
+    return DistillationLoss(
+        cfg.alpha, cfg.temperature, supervised, cfg.kd_dice_weight, cfg.kd_label_correction
+    )
 
 
 # ------------------------------------------------------------------------------------ the API

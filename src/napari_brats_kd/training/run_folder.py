@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import random
+import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,109 @@ LOG_COLUMNS = (
     "val_dice_ET",
     "val_mean_dice",
 )
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes
+    ----------
+    run_dir
+        The run folder.
+    best_checkpoint
+        ``best.safetensors`` (highest mean validation Dice) or ``None`` if never validated.
+    last_checkpoint
+        ``last.safetensors`` (the weights at the end or at the stop).
+    out
+        Copy of the best (else last) checkpoint at the requested output path, if any.
+    epochs_done
+        Completed epochs.
+    best_metric, best_epoch
+        Best mean validation Dice and its (1-based) epoch; NaN / 0 without validation.
+    stopped
+        Whether ``should_stop`` ended the run early.
+    time_limit_reached
+        Whether the run ended because its ``max_minutes`` budget was spent (a normal end: last
+        validation done, ``out`` written).
+    history
+        One dict per completed epoch (the rows of ``log.csv``).
+    """
+
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path
+    out: Path | None = None
+    epochs_done: int = 0
+    best_metric: float = float("nan")
+    best_epoch: int = 0
+    stopped: bool = False
+    time_limit_reached: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what ``last_state.pt`` keeps besides the optimiser's states.
+
+    Attributes
+    ----------
+    epoch
+        Epochs done when the run (re)starts: the first epoch to train, 0-based.
+    global_step
+        Optimisation steps taken.
+    best_metric, best_epoch
+        Best mean validation Dice and its 1-based epoch (``-inf`` / 0 before any).
+    history
+        One dict per completed epoch (the rows of ``log.csv``).
+    """
+
+    epoch: int = 0
+    global_step: int = 0
+    best_metric: float = float("-inf")
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_saved(cls, state: dict) -> RunState:
+        """The counters of a state :func:`load_resume_state` returned."""
+        return cls(
+            epoch=int(state["epoch"]),
+            global_step=int(state["global_step"]),
+            best_metric=float(state["best_metric"]),
+            best_epoch=int(state["best_epoch"]),
+            history=list(state["history"]),
+        )
+
+
+def save_training_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler_state: dict,
+    epoch: int,
+    global_step: int,
+    run: RunState,
+    train_seconds: float,
+) -> None:
+    """Write ``last_state.pt`` atomically (with the RNG states of this moment).
+
+    ``epoch`` and ``global_step`` are those a resumed run starts from (an epoch saved inside
+    itself is replayed), which may differ from ``run``'s.
+    """
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler_state,
+        "epoch": epoch,
+        "global_step": global_step,
+        "best_metric": run.best_metric,
+        "best_epoch": run.best_epoch,
+        "history": run.history,
+        "train_seconds": train_seconds,
+        "rng": rng_state(),
+    }
+    atomic_torch_save(state, path)
 
 
 def load_resume_state(
@@ -261,6 +365,15 @@ def write_config(cfg: TrainConfig, run_dir: Path) -> Any:
         return None
 
 
+def copy_out(src: Path, out: str | Path) -> Path:
+    """Copy checkpoint ``src`` (and its ``.json`` sidecar, if any) to ``out`` atomically."""
+    out_path = atomic_write(out, lambda tmp: shutil.copyfile(src, tmp))
+    side = src.with_suffix(".json")
+    if side.is_file():
+        shutil.copyfile(side, out_path.with_suffix(".json"))
+    return out_path
+
+
 __all__ = [
     "BEST_CKPT",
     "CONFIG_FILE",
@@ -268,13 +381,17 @@ __all__ = [
     "LOG_COLUMNS",
     "LOG_FILE",
     "STATE_FILE",
+    "RunState",
+    "TrainResult",
     "atomic_torch_save",
+    "copy_out",
     "default_run_dir",
     "first_line",
     "load_resume_state",
     "open_run_dir",
     "provenance",
     "rng_state",
+    "save_training_state",
     "set_rng_state",
     "write_config",
     "write_log",
