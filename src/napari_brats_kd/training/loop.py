@@ -36,9 +36,9 @@ from .run_folder import (
     write_log,
 )
 from .schedule import TimeBudget
+from .steps import StopFn
 
 ProgressFn = Callable[[int, int, str], None]
-StopFn = Callable[[], bool]
 EventFn = Callable[[dict], None]
 
 
