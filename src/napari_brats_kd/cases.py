@@ -296,6 +296,46 @@ def _extra_segmentations(folder: Path) -> list[Path]:
     return out
 
 
+def _channel_or_msd_case(folder: Path, roles: list[FileRole]) -> CaseFiles | None:
+    """The case of a folder in a channel-numbered layout (nnU-Net raw: ``_0000`` files; MSD: one
+    4D file whose name says nothing), or ``None`` when the files are named by modality."""
+    # nnU-Net raw: channel files, possibly of several cases (a flat imagesTr folder).
+    channel_roles = [r for r in roles if r.kind == "channel"]
+    if channel_roles:
+        others = [r for r in roles if r.kind != "channel"]
+        if others:
+            raise CaseError(
+                f"Folder {folder} mixes nnU-Net channel files (e.g. {channel_roles[0].path.name}) "
+                f"with other files ({', '.join(r.path.name for r in others[:4])}): keep one "
+                "layout per folder."
+            )
+        ids = sorted({r.case_id for r in channel_roles})
+        if len(ids) > 1:
+            raise CaseError(
+                f"Folder {folder} is an nnU-Net dataset folder with {len(ids)} cases "
+                f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}): open one of its files "
+                f"(e.g. {ids[0]}_0000.nii.gz) to open that case."
+            )
+        return _nnunet_case(folder, channel_roles, ids[0])
+
+    # MSD: files whose names say nothing, each a 4D multi-channel volume.
+    unknown = [r for r in roles if r.kind == "unknown"]
+    if unknown and len(unknown) == len(roles):
+        probes = {r.path: header_ndim_channels(r.path) for r in unknown}
+        multichannel = [
+            p for p, pr in probes.items() if pr is not None and pr[0] == 4 and pr[1] > 1
+        ]
+        if len(multichannel) == len(unknown):
+            if len(multichannel) > 1:
+                raise CaseError(
+                    f"Folder {folder} is an MSD-style dataset folder with {len(multichannel)} "
+                    f"4D cases ({', '.join(p.name for p in multichannel[:5])}): open one file."
+                )
+            return msd_case(multichannel[0])
+
+    return None
+
+
 def case_files_in_folder(folder: Path) -> CaseFiles:
     """Assign the NIfTI files of a case folder to modalities and segmentation.
 
@@ -337,40 +377,10 @@ def case_files_in_folder(folder: Path) -> CaseFiles:
             "the case folder with the scans."
         )
 
-    # nnU-Net raw: channel files, possibly of several cases (a flat imagesTr folder).
-    channel_roles = [r for r in roles if r.kind == "channel"]
-    if channel_roles:
-        others = [r for r in roles if r.kind != "channel"]
-        if others:
-            raise CaseError(
-                f"Folder {folder} mixes nnU-Net channel files (e.g. {channel_roles[0].path.name}) "
-                f"with other files ({', '.join(r.path.name for r in others[:4])}): keep one "
-                "layout per folder."
-            )
-        ids = sorted({r.case_id for r in channel_roles})
-        if len(ids) > 1:
-            raise CaseError(
-                f"Folder {folder} is an nnU-Net dataset folder with {len(ids)} cases "
-                f"({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''}): open one of its files "
-                f"(e.g. {ids[0]}_0000.nii.gz) to open that case."
-            )
-        return _nnunet_case(folder, channel_roles, ids[0])
-
-    # MSD: files whose names say nothing, each a 4D multi-channel volume.
+    layout_case = _channel_or_msd_case(folder, roles)
+    if layout_case is not None:
+        return layout_case
     unknown = [r for r in roles if r.kind == "unknown"]
-    if unknown and len(unknown) == len(roles):
-        probes = {r.path: header_ndim_channels(r.path) for r in unknown}
-        multichannel = [
-            p for p, pr in probes.items() if pr is not None and pr[0] == 4 and pr[1] > 1
-        ]
-        if len(multichannel) == len(unknown):
-            if len(multichannel) > 1:
-                raise CaseError(
-                    f"Folder {folder} is an MSD-style dataset folder with {len(multichannel)} "
-                    f"4D cases ({', '.join(p.name for p in multichannel[:5])}): open one file."
-                )
-            return msd_case(multichannel[0])
-
     unnamed: list[Path] = []
     if unknown and any(r.kind == "image" for r in roles):
         # The scans tell their modalities apart: the other files must not stop the case from

@@ -21,12 +21,12 @@ from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
+from ..callbacks import Progress as ProgressFn
+from ..callbacks import ShouldStop as StopFn
 from ..errors import BratsKDError, Cancelled, one_line
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int, str], None]
-StopFn = Callable[[], bool]
 TaskFn = Callable[[ProgressFn, StopFn], Any]
 
 

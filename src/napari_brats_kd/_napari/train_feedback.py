@@ -107,7 +107,7 @@ class RunFeedback:
 
 def failed_status(run_dir: Path | None) -> str:
     """The status line after a run failed: whether its last checkpoint is kept for Resume."""
-    from ..training.engine import LAST_CKPT
+    from ..training.run_folder import LAST_CKPT
 
     if run_dir is not None and (Path(run_dir) / LAST_CKPT).is_file():
         return f"Failed. The last checkpoint is kept in {run_dir}; Resume continues it."
@@ -186,7 +186,7 @@ def read_log(run_dir: Path) -> list[dict]:
     -------
     list of dict
     """
-    from ..training.engine import LOG_FILE
+    from ..training.run_folder import LOG_FILE
 
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():

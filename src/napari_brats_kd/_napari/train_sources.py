@@ -53,7 +53,7 @@ def new_run_dir(output_dir: Any, prefix: str) -> Path:
 
 def can_resume(run_dir: Path | None) -> bool:
     """Whether Resume can continue ``run_dir`` (it has the engine's state file; no run: it asks)."""
-    from ..training.engine import STATE_FILE
+    from ..training.run_folder import STATE_FILE
 
     return run_dir is None or (Path(run_dir) / STATE_FILE).is_file()
 
@@ -87,7 +87,9 @@ def run_config(run_dir: Path) -> TrainConfig:
     from ..training import load_config
 
     # The engine writes the run's settings there; it names the file in its messages the same.
-    path = Path(run_dir) / "config.yaml"
+    from ..training.run_folder import CONFIG_FILE
+
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise TrainingError(
             f"{run_dir} is not a run folder (no config.yaml): pick a folder made by Start."

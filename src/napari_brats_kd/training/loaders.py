@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..callbacks import ShouldStop
 from ..errors import ResourceError, TrainingError
 from ..labels import MODALITIES, MODALITY_NAMES
 from . import distributed as dd
@@ -246,7 +247,7 @@ def cache_teacher_outputs(
     loader_kw: dict[str, Any],
     cache_dir: Path,
     emit: Callable[[dict], None] | None,
-    should_stop: Callable[[], bool] | None,
+    should_stop: ShouldStop | None,
 ) -> LoadTeacherTargetsd:
     """Run the teacher once per training and unlabelled case and keep its logits on disk.
 

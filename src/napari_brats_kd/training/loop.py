@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..callbacks import Progress as ProgressFn
+from ..callbacks import ShouldStop as StopFn
 from ..errors import BratsKDError, Cancelled, ResourceError, TrainingError
 from . import distributed as dd
 from .config import TrainConfig
@@ -36,9 +38,7 @@ from .run_folder import (
     write_log,
 )
 from .schedule import TimeBudget
-from .steps import StopFn
 
-ProgressFn = Callable[[int, int, str], None]
 EventFn = Callable[[dict], None]
 
 

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..callbacks import ShouldStop
 from ..errors import Cancelled, TrainingError
 from .data import TEACHER
 from .losses import AttentionTransfer
-
-StopFn = Callable[[], bool]
 
 
 def train_step(
@@ -133,7 +132,7 @@ def validate(
     sw_batch_size: int = 2,
     amp_dtype: torch.dtype | None = None,
     region_names: Sequence[str] = ("TC", "WT", "ET"),
-    should_stop: StopFn | None = None,
+    should_stop: ShouldStop | None = None,
     on_case: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Mean Dice per region over whole cases with sliding-window inference (threshold 0.5).
@@ -197,4 +196,4 @@ def validate(
     return out
 
 
-__all__ = ["StopFn", "train_step", "validate", "weights_are_finite"]
+__all__ = ["train_step", "validate", "weights_are_finite"]
