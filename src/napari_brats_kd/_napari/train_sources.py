@@ -97,21 +97,9 @@ def run_config(run_dir: Path) -> TrainConfig:
     return load_config(path)
 
 
-def labelled_dir(picked: Any, use_viewer: bool, run_dir: Path) -> Path:
-    """The run's folder of labelled cases.
-
-    Parameters
-    ----------
-    picked
-        The Dataset folder control's value.
-    use_viewer
-        Train on the labelled cases open in the viewer (written into ``run_dir`` by the run).
-    run_dir
-        The run's folder.
-
-    Returns
-    -------
-    pathlib.Path
+def _picked_dir(picked: Any, use_viewer: bool, run_dir: Path, which: str) -> Path:
+    """The folder a run reads: the one picked, or the cases open in the viewer (written into
+    ``run_dir`` by the run); ``which`` is ``"labelled"`` or ``"unlabelled"``.
 
     Raises
     ------
@@ -120,53 +108,31 @@ def labelled_dir(picked: Any, use_viewer: bool, run_dir: Path) -> Path:
     """
     from ..errors import TrainingError
 
+    subdir, control, remedy = {
+        "labelled": (VIEWER_LABELLED, "Dataset folder", "a folder of labelled cases (one "
+                     "folder per case) in 'Dataset folder', or tick 'Use the labelled cases "
+                     "open in the viewer'"),
+        "unlabelled": (VIEWER_CASES, "Unlabelled folder", "the folder of the new site's cases "
+                       "in 'Unlabelled folder', or tick 'Use the case open in the viewer'"),
+    }[which]  # fmt: skip
     if use_viewer:
-        return run_dir / VIEWER_LABELLED
-    data_dir = folder(picked)
-    if data_dir is None or not data_dir.is_dir():
+        return run_dir / subdir
+    chosen = folder(picked)
+    if chosen is None or not chosen.is_dir():
         text = path_text(picked)
-        what = f"Dataset folder {text!r} does not exist" if text else "No dataset folder"
-        raise TrainingError(
-            f"{what}: pick a folder of labelled cases (one folder per case) in 'Dataset "
-            "folder', or tick 'Use the labelled cases open in the viewer'."
-        )
-    return data_dir
+        what = f"{control} {text!r} does not exist" if text else f"No {control.lower()}"
+        raise TrainingError(f"{what}: pick {remedy}.")
+    return chosen
+
+
+def labelled_dir(picked: Any, use_viewer: bool, run_dir: Path) -> Path:
+    """The run's folder of labelled cases (see :func:`_picked_dir`)."""
+    return _picked_dir(picked, use_viewer, run_dir, "labelled")
 
 
 def unlabeled_dir(picked: Any, use_viewer: bool, run_dir: Path) -> Path:
-    """The run's folder of unlabelled cases (Adapt mode).
-
-    Parameters
-    ----------
-    picked
-        The Unlabelled folder control's value.
-    use_viewer
-        Adapt to the case open in the viewer (written into ``run_dir`` by the run).
-    run_dir
-        The run's folder.
-
-    Returns
-    -------
-    pathlib.Path
-
-    Raises
-    ------
-    TrainingError
-        No folder is picked, or it does not exist.
-    """
-    from ..errors import TrainingError
-
-    if use_viewer:
-        return run_dir / VIEWER_CASES
-    unlabeled = folder(picked)
-    if unlabeled is None or not unlabeled.is_dir():
-        text = path_text(picked)
-        what = f"Unlabelled folder {text!r} does not exist" if text else "No unlabelled folder"
-        raise TrainingError(
-            f"{what}: pick the folder of the new site's cases in 'Unlabelled folder', or "
-            "tick 'Use the case open in the viewer'."
-        )
-    return unlabeled
+    """The run's folder of unlabelled cases, Adapt mode (see :func:`_picked_dir`)."""
+    return _picked_dir(picked, use_viewer, run_dir, "unlabelled")
 
 
 def needed_modalities(cfg: TrainConfig, model_config: Callable[[str], Any]) -> list[str]:
