@@ -354,6 +354,7 @@ def _damage_state(run: Path, kind: str) -> None:
         torch.save(state, state_file)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind",
     ["truncated", "random bytes", "empty", "pickle payload", "wrong shapes", "missing entries",
@@ -368,6 +369,7 @@ def test_a_damaged_training_state_is_a_checkpoint_error(kind, finished_run, tmp_
     assert not Path("pwned.txt").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_runs_temporary_files_are_removed_at_its_next_start(finished_run, tmp_path):
     from napari_brats_kd.training import resume_run
 

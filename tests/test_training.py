@@ -74,6 +74,7 @@ def teacher_ckpt(data_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_teacher_run_writes_checkpoints_log_and_split(teacher_ckpt) -> None:
     run = teacher_ckpt.parent / "run"
     for name in ("best.safetensors", "last.safetensors", "last_state.pt", "config.yaml"):
@@ -95,6 +96,7 @@ def test_teacher_run_writes_checkpoints_log_and_split(teacher_ckpt) -> None:
     assert again.epochs == 2 and again.model.arch_args == TINY
 
 
+@pytest.mark.slow
 def test_distill_labelled_unlabelled_cross_modal(data_dir, teacher_ckpt, tmp_path) -> None:
     cfg = load_config(
         "distill",
@@ -156,6 +158,7 @@ def test_unlabelled_cases_are_drawn_in_the_ratio_asked_for() -> None:
     assert list(one) == first
 
 
+@pytest.mark.slow
 def test_distillation_draws_unlabelled_cases_by_unlabeled_weight(
     data_dir, teacher_ckpt, tmp_path, monkeypatch
 ) -> None:
@@ -183,6 +186,7 @@ def test_distillation_draws_unlabelled_cases_by_unlabeled_weight(
             assert sum(labelled) <= 1  # 1 labelled per 50 unlabelled
 
 
+@pytest.mark.slow
 def test_stop_leaves_loadable_checkpoint_and_resume_continues(
     data_dir, tmp_path, monkeypatch
 ) -> None:
@@ -238,6 +242,7 @@ def test_stop_leaves_loadable_checkpoint_and_resume_continues(
     assert len(rows) == 2
 
 
+@pytest.mark.slow
 def test_run_writes_tensorboard_curves_matching_its_log(data_dir, tmp_path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -253,6 +258,7 @@ def test_run_writes_tensorboard_curves_matching_its_log(data_dir, tmp_path) -> N
         assert [e.value for e in curve] == pytest.approx([float(r[tag]) for r in rows], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_stretches_the_lr_schedule(data_dir, tmp_path) -> None:
     from napari_brats_kd.training.engine import lr_lambda
 
@@ -272,6 +278,7 @@ def test_resume_with_more_epochs_stretches_the_lr_schedule(data_dir, tmp_path) -
     assert more[5] > first[4]
 
 
+@pytest.mark.slow
 def test_time_budget_ends_the_run_validated_with_the_lr_decayed(data_dir, tmp_path) -> None:
     out = tmp_path / "timed.safetensors"
     cfg = _teacher_cfg(
@@ -292,6 +299,7 @@ def test_time_budget_ends_the_run_validated_with_the_lr_decayed(data_dir, tmp_pa
     assert len(rows) == 1 and float(rows[0]["patches_per_s"]) > 0
 
 
+@pytest.mark.slow
 def test_validation_that_spends_the_budget_ends_the_run(data_dir, tmp_path, monkeypatch) -> None:
     import time
     from types import SimpleNamespace
@@ -320,6 +328,7 @@ def test_validation_that_spends_the_budget_ends_the_run(data_dir, tmp_path, monk
     assert [e["epoch"] for e in events if e["type"] == "val"] == [1]
 
 
+@pytest.mark.slow
 def test_generous_time_budget_changes_nothing(data_dir, tmp_path) -> None:
     from napari_brats_kd.training.engine import lr_lambda
 
@@ -336,6 +345,7 @@ def test_generous_time_budget_changes_nothing(data_dir, tmp_path) -> None:
     assert lrs == pytest.approx({g: cfg.lr * lr_lambda(g, 4, 0, *schedule) for g in range(1, 5)})
 
 
+@pytest.mark.slow
 def test_stop_during_validation_skips_the_rest_and_keeps_a_checkpoint(data_dir, tmp_path) -> None:
     run = tmp_path / "run"
     cfg = _teacher_cfg(data_dir, run, "val_fraction=0.67")  # 1 training case, 2 validation cases
@@ -363,6 +373,7 @@ def test_stop_during_validation_skips_the_rest_and_keeps_a_checkpoint(data_dir, 
     assert [r["epoch"] for r in resumed.history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_fine_tune_freezes_encoder(data_dir, teacher_ckpt, tmp_path) -> None:
     before = load_checkpoint(teacher_ckpt).model.state_dict()
     result = fine_tune(
@@ -380,6 +391,7 @@ def test_fine_tune_freezes_encoder(data_dir, teacher_ckpt, tmp_path) -> None:
     assert any(not torch.equal(before[k], state[k]) for k in dec)
 
 
+@pytest.mark.slow
 def test_fine_tune_from_a_monai_bundle(data_dir, tmp_path) -> None:
     from _bundles import write_bundle
     from napari_brats_kd.models import build_model
@@ -436,6 +448,7 @@ def test_case_without_labels_is_named(data_dir, tmp_path) -> None:
         train_teacher(_teacher_cfg(tmp_path, tmp_path / "run", f"data_dir={data}"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("cache", "workers"), [("memory", 0), ("disk", 1), ("none", 1)], ids=["memory", "disk", "none"]
 )
@@ -461,6 +474,7 @@ def _no_memory(*args, **kwargs):
     raise MemoryError()
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_a_step_is_a_resource_error_naming_the_settings(
     data_dir, tmp_path, monkeypatch
 ) -> None:
@@ -480,6 +494,7 @@ def test_out_of_memory_in_a_step_is_a_resource_error_naming_the_settings(
     assert (run / "last.safetensors").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_validation_keeps_the_epoch_and_names_the_settings(
     data_dir, tmp_path, monkeypatch
 ) -> None:
@@ -494,6 +509,7 @@ def test_out_of_memory_in_validation_keeps_the_epoch_and_names_the_settings(
     assert load_checkpoint(run / "last.safetensors").config.provenance["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_out_of_memory_filling_the_memory_cache_suggests_the_disk_cache(
     data_dir, tmp_path, monkeypatch
 ) -> None:
@@ -543,6 +559,7 @@ def test_a_memory_cache_that_does_not_fit_is_refused_before_any_work(
     assert (run / "last.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_teacher_modalities_missing_from_data(data_dir, teacher_ckpt, tmp_path) -> None:
     data = tmp_path / "data"
     shutil.copytree(data_dir / "siteA", data)
@@ -575,6 +592,7 @@ def test_teacher_regions_must_match_student(data_dir, tmp_path) -> None:
         distill(cfg)
 
 
+@pytest.mark.slow
 def test_bad_settings_are_named(data_dir, tmp_path) -> None:
     with pytest.raises(TrainingError, match="patch_size"):
         train_teacher(_teacher_cfg(data_dir, tmp_path / "r", "patch_size=[20,16,16]"))
@@ -594,6 +612,7 @@ def test_bad_settings_are_named(data_dir, tmp_path) -> None:
         distill(load_config("distill", [f"data_dir={data_dir}", "teacher=/no/such.safetensors"]))
 
 
+@pytest.mark.slow
 def test_cli_train_runs_and_reports(data_dir, tmp_path, capsys) -> None:
     from napari_brats_kd.cli import main
 
@@ -611,6 +630,7 @@ def test_cli_train_runs_and_reports(data_dir, tmp_path, capsys) -> None:
     assert "Time limit reached after 1 epoch(s)." in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_init_from_fine_tunes_with_the_finetune_defaults(
     data_dir, teacher_ckpt, tmp_path
 ) -> None:
@@ -653,6 +673,7 @@ def test_cli_distill_options_reach_the_config(tmp_path) -> None:
     assert config().kd_label_correction is False and config().alpha == 0.5
 
 
+@pytest.mark.slow
 def test_cli_distill_cross_modal_onto_another_site_with_a_split_then_resumed(
     data_dir, teacher_ckpt, tmp_path, capsys
 ) -> None:
@@ -682,6 +703,7 @@ def test_cli_distill_cross_modal_onto_another_site_with_a_split_then_resumed(
     assert load_checkpoint(run / "last.safetensors").config.provenance["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_a_resume_refused_for_a_bad_setting_leaves_the_run_config_as_it_was(
     data_dir, tmp_path
 ) -> None:
@@ -711,6 +733,7 @@ def _distill_cfg(data_dir: Path, teacher: Path, run: Path, *extra: str) -> Disti
     )
 
 
+@pytest.mark.slow
 def test_cached_teacher_targets_are_the_teachers_outputs_and_are_reused(
     data_dir, teacher_ckpt, tmp_path, monkeypatch
 ) -> None:
@@ -764,6 +787,7 @@ def test_cached_teacher_targets_are_the_teachers_outputs_and_are_reused(
     assert sorted(cache.glob("teacher_targets/*/*.npy")) == files
 
 
+@pytest.mark.slow
 def test_online_teacher_targets_run_the_teacher_on_each_patch(
     data_dir, teacher_ckpt, tmp_path
 ) -> None:
@@ -779,6 +803,7 @@ def test_online_teacher_targets_run_the_teacher_on_each_patch(
         load_config("distill", ["teacher_targets=sometimes"])
 
 
+@pytest.mark.slow
 def test_stop_while_caching_keeps_the_finished_cases(data_dir, teacher_ckpt, tmp_path) -> None:
     from napari_brats_kd.errors import Cancelled
     from napari_brats_kd.training.data import LoadCased, discover_cases
@@ -874,6 +899,7 @@ def test_a_step_on_cached_targets_equals_a_step_with_the_online_teacher() -> Non
         assert torch.allclose(a, b)
 
 
+@pytest.mark.slow
 def test_attention_distillation_runs_the_teacher_online_and_logs_its_term(
     data_dir, teacher_ckpt, tmp_path
 ) -> None:

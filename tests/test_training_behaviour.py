@@ -184,6 +184,7 @@ def _expected_lr(step: int, total: int, warmup: int, lr: float, floor: float, ki
     return lr * (floor + (1 - floor) * decay)
 
 
+@pytest.mark.slow
 def test_lr_warms_up_linearly_then_decays_by_cosine_or_poly(
     data_dir, tmp_path, monkeypatch
 ) -> None:
@@ -231,6 +232,7 @@ def test_lr_warms_up_linearly_then_decays_by_cosine_or_poly(
 
 
 # ----------------------------------------------------------------- 3. validation, best checkpoint
+@pytest.mark.slow
 def test_validation_every_n_epochs_and_best_checkpoint_holds_best_epoch(
     data_dir, tmp_path, monkeypatch
 ) -> None:
@@ -281,6 +283,7 @@ def test_validation_every_n_epochs_and_best_checkpoint_holds_best_epoch(
 
 
 # --------------------------------------------------------------------------- 4. frozen teacher
+@pytest.mark.slow
 def test_teacher_stays_frozen_and_in_eval_mode_during_distillation(data_dir, tmp_path) -> None:
     """Distilling leaves the teacher's file byte-identical, and the teacher runs in eval mode:
     a teacher with dropout (p=0.5) yields exactly the same student as the same weights without
@@ -325,6 +328,7 @@ def test_teacher_stays_frozen_and_in_eval_mode_during_distillation(data_dir, tmp
 
 
 # --------------------------------------------------------------------------- 5. determinism
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights_other_seed_differs(data_dir, tmp_path) -> None:
     """Two CPU runs with the same seed (augmentation on) end with bit-identical weights and the
     same loss; another seed gives other weights.
@@ -341,6 +345,7 @@ def test_same_seed_gives_identical_weights_other_seed_differs(data_dir, tmp_path
 
 
 # --------------------------------------------------------------------------- 6. user's split file
+@pytest.mark.slow
 def test_users_split_file_decides_the_training_cases(
     data_dir, case_ids, tmp_path, monkeypatch
 ) -> None:
