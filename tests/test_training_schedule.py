@@ -69,6 +69,7 @@ def test_the_scheduler_follows_lr_lambda_at_the_budgets_step() -> None:
     budget.start(clock())
     clock.now += 30.0  # half the budget: the schedule jumps to step 5 of 10
     budget.spent()
+    optimizer.step()  # as a training step does, before the scheduler's
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(lr_lambda(5, 10, 0, "cosine", 0.1))
 

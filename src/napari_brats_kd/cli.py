@@ -15,7 +15,12 @@ from pathlib import Path
 
 from . import __version__
 from ._cli_common import Runner, close_bars, tqdm_progress
-from ._cli_training import _add_distill, _add_train, _training_overrides  # noqa: F401 - tests
+from ._cli_training import (  # noqa: F401 - the flag helpers stay importable here (tests)
+    _add_distill,
+    _add_train,
+    _distill_settings,
+    _training_overrides,
+)
 from .errors import few, one_line
 
 
