@@ -280,8 +280,6 @@ def iter_segment_folder(
         One per case, in order; a case that fails (unreadable, refused by the model, a full
         disk) carries its error and the next case still runs.
     """
-    from .inference import segment
-    from .io import save_labels
     from .models.registry import choose_model
 
     choose_model(model)  # a wrong name stops here, before any case is read
@@ -289,8 +287,7 @@ def iter_segment_folder(
         if i == 0:
             # Started now, they run beside the single-threaded crop of the first case.
             _import_in_background("onnxruntime", "tqdm.auto", "scipy.ndimage")
-        yield _segment_one(plan, case_path, case, model, segment, save_labels, case_progress,
-                           segment_options)  # fmt: skip
+        yield _segment_one(plan, case_path, case, model, case_progress, segment_options)
 
 
 def _segment_one(
@@ -298,11 +295,13 @@ def _segment_one(
     case_path: Path,
     case: Case | BratsKDError | OSError,
     model: str,
-    segment: Callable[..., SegmentationResult],
-    save_labels: Callable[..., Path],
     case_progress: Callable[[str], Progress | None] | None,
     options: dict[str, Any],
 ) -> CaseOutcome:
+    """Segment one case read ahead (or carry the error that reading it gave) and save it."""
+    from .inference import segment
+    from .io import save_labels
+
     if isinstance(case, Exception):
         return CaseOutcome(case_path, case_path.name, error=case)
     outcome = CaseOutcome(case_path, case.case_id, notes=list(case.notes))
