@@ -1,9 +1,6 @@
-"""Which files make a case: a case folder, a file, a flat nnU-Net / MSD folder, a dataset.
-
-:mod:`.naming` tells what one file name means; this module assembles the files of a case
-(:func:`case_files`), lists the cases of a dataset (:func:`case_entries`, :func:`iter_dirs`) and
-reads nnU-Net / MSD ``dataset.json`` files. Like :mod:`.naming` it never reads voxel data (4D MSD
-files are told apart by their header alone).
+"""Which files make a case (:func:`case_files`), and the cases of a dataset (:func:`case_entries`,
+:func:`iter_dirs`), from the names :mod:`.naming` reads and nnU-Net / MSD ``dataset.json`` files;
+no voxel data is read (4D MSD files are told apart by their header alone).
 """
 
 from __future__ import annotations
