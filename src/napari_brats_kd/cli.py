@@ -133,7 +133,7 @@ def _positive_int(text: str) -> int:
 
 def _run_segment(args: argparse.Namespace) -> int:
     """A thin shell over :mod:`.batch`: it prints what each case gave."""
-    from .batch import iter_segment_folder, plan_folder
+    from .batch import FolderResult, iter_segment_folder, plan_folder
 
     plan = plan_folder(args.input, args.output, args.overwrite)
     case_bar = tqdm_progress("cases", "case") if plan.several else None
@@ -149,19 +149,17 @@ def _run_segment(args: argparse.Namespace) -> int:
         drop_far_components=not args.keep_far_components,
         num_threads=args.threads,
     )
-    failed: list[str] = []
-    used: dict[str, int] = {}
+    done = FolderResult(plan, [])  # counts the models used and the cases that failed
     for i, outcome in enumerate(outcomes):
+        done.outcomes.append(outcome)
         for note in outcome.notes:
             print(f"{outcome.case_id}: {note}", file=sys.stderr)
         if outcome.error is not None:
             if not plan.several:
                 raise outcome.error
-            failed.append(str(outcome.path))
             print(f"skipped {outcome.path}: {outcome.error}", file=sys.stderr)
         else:
             result = outcome.result
-            used[result.model] = used.get(result.model, 0) + 1
             volumes = ", ".join(f"{r} {v:.1f} ml" for r, v in result.volumes_ml.items())
             print(
                 f"{outcome.case_id}: {volumes} ({result.seconds:.1f} s on {result.device}/"
@@ -172,9 +170,10 @@ def _run_segment(args: argparse.Namespace) -> int:
             case_bar(i + 1, len(plan.cases), outcome.case_id if outcome.ok else "skipped")
     if not plan.several:
         return 0
-    models = ", ".join(f"{name} ({n})" for name, n in used.items()) or "no model"
-    done = len(plan.cases) - len(failed)
-    print(f"Segmented {done} of {len(plan.cases)} cases with {models} into {args.output}")
+    models = ", ".join(f"{name} ({n})" for name, n in done.models.items()) or "no model"
+    failed = [str(o.path) for o in done.failed]
+    segmented = len(plan.cases) - len(failed)
+    print(f"Segmented {segmented} of {len(plan.cases)} cases with {models} into {args.output}")
     if failed:
         print(f"Failed ({len(failed)}): {few(failed, limit=20)}", file=sys.stderr)
     return 1 if failed else 0
