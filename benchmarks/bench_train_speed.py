@@ -5,7 +5,7 @@ patches per step, ``cache: memory``, augmentation ``light``) trained two ways on
 
 - ``no KD``: labels only (``brats-kd train``);
 - ``KD, cached``: label-corrected distillation from the teacher's outputs cached once per case,
-  with the soft Dice term (``brats-kd distill --teacher-targets cached --label-correction
+  with the soft Dice term (``brats-kd distill --teacher-targets cached --kd-label-correction
   --set kd_dice_weight=1``), as the shipped student was made.
 
 The teacher's outputs are computed first if the cache does not hold them yet (not timed). Each

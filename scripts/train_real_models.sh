@@ -76,7 +76,7 @@ run() {
 # the cross-modal student: labels only, or distilled from the four-modality model $1
 t1cflair_nokd() { echo --arch student-small --set model.kind=student; }
 t1cflair_kd() {
-  echo --teacher "$1" --student student-small --alpha 0.5 --temperature 2 --label-correction \
+  echo --teacher "$1" --student student-small --alpha 0.5 --temperature 2 --kd-label-correction \
     --set kd_dice_weight=1 --teacher-targets cached --set cache_dir="$out/cache"
 }
 

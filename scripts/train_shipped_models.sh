@@ -8,7 +8,7 @@
 #   student_attention the student distilled with attention transfer too (the teacher's encoder
 #                     attention maps; it runs the teacher on every patch, about 55 min on a CPU);
 #   student_corrected the student distilled from the teacher's outputs corrected by the labels
-#                     (--label-correction: where the teacher is wrong, its confidence on the
+#                     (--kd-label-correction: where the teacher is wrong, its confidence on the
 #                     label's side);
 #   student_semi      the label-corrected student distilled also on unlabelled scans of the
 #                     training sites (N_SEMI per site, teacher targets only), which only KD can
@@ -223,7 +223,7 @@ evaluate student_attention
 
 stage student_corrected "label-corrected KD: the student, from the teacher's outputs corrected by the labels" &&
 brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
-  --out "$out/student_corrected.safetensors" --set kd_dice_weight=1 --label-correction \
+  --out "$out/student_corrected.safetensors" --set kd_dice_weight=1 --kd-label-correction \
   "${student_common[@]}" "${common[@]}"
 evaluate student_corrected
 
@@ -231,7 +231,7 @@ evaluate student_corrected
 # cases drawn from the three sites' unlabelled scans (teacher targets only).
 stage student_semi "label-corrected KD, plus unlabelled scans of the training sites" &&
 brats-kd distill "$out/data/train" --teacher "$out/teacher.safetensors" \
-  --out "$out/student_semi.safetensors" --set kd_dice_weight=1 --label-correction \
+  --out "$out/student_semi.safetensors" --set kd_dice_weight=1 --kd-label-correction \
   --unlabeled "$out/data/unlabeled_ABC" --set unlabeled_weight=0.5 \
   "${student_common[@]}" "${common[@]}"
 evaluate student_semi

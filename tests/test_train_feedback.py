@@ -34,10 +34,12 @@ def test_status_line_counts_the_eta_from_the_first_step():
         "Epoch 2/5 · preparing first step..."
     )
     assert feedback.progress(1, 11, "step 1", now=100.0) == "Epoch 2/5 · step 1/11"
-    line = feedback.progress(3, 11, "step 3 loss 0.412", now=110.0)
-    assert line == "Epoch 2/5 · step 3/11 · ETA 40 s · loss 0.412"
+    # The engine sends each step's event before its progress call: the loss comes from the event.
+    assert feedback.event({"type": "step", "epoch": 2, "step": 3, "loss": 0.412}) is None
+    line = feedback.progress(3, 11, "epoch 2/5 loss 9.9999", now=110.0)
+    assert line == "Epoch 2/5 · step 3/11 · ETA 40 s · loss 0.4120"
     assert feedback.event({"type": "step", "epoch": 3, "step": 4, "loss": 0.5}) is None
-    assert feedback.epoch == 3 and plot.calls == [("step", 4, 0.5)]
+    assert feedback.epoch == 3 and plot.calls == [("step", 3, 0.412), ("step", 4, 0.5)]
     assert feedback.event({"type": "val_progress", "epoch": 3, "done": 1, "total": 2}) == (
         "Epoch 3/5 · validating case 1/2"
     )

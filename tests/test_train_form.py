@@ -48,15 +48,15 @@ def test_a_config_round_trips_through_the_table(mode):
         **defaults,
         "epochs": 7,
         "lr": 0.0025,
-        "patch": 32,
-        "batch": 3,
+        "patch_size": 32,
+        "batch_size": 3,
         "augment": "light",
         "temperature": 3.5,
         "alpha": 0.25,
-        "label_correction": not defaults["label_correction"],
+        "kd_label_correction": not defaults["kd_label_correction"],
         "unlabeled_weight": 2.0,
         "freeze": not defaults["freeze"],
-        "lr_factor": 0.3,
+        "pretrained_lr_factor": 0.3,
         "student": "student-tiny",
         "teacher_arch": "unet",
         "modalities": ["t1c", "flair"],
@@ -160,3 +160,21 @@ def test_a_refused_saved_value_is_skipped():
     controls["epochs"] = Refusing()
     tf.apply_values(controls, {"epochs": 9, "lr": 0.5})
     assert controls["epochs"].value == 5 and controls["lr"].value == 0.5
+
+
+def test_settings_saved_under_old_control_names_come_back_under_todays() -> None:
+    saved = {
+        "finetune": {"lr_factor": 0.3, "patch": 64, "epochs": 5},
+        "distill": {"label_correction": True, "kd_label_correction": False, "batch": 2},
+        "teacher": "not a mapping",
+    }
+    assert tf.saved_mode_values(saved) == {
+        "finetune": {"pretrained_lr_factor": 0.3, "patch_size": 64, "epochs": 5},
+        # Saved under both names: today's wins.
+        "distill": {"kd_label_correction": False, "batch_size": 2},
+    }
+    assert tf.saved_mode_values(None) == {}
+    # Every control is named after the training setting it fills, where it fills one directly.
+    for field in tf.FIELDS:
+        if field.config_key and "." not in field.config_key:
+            assert field.name == field.config_key, field.name

@@ -668,9 +668,22 @@ def test_cli_distill_options_reach_the_config(tmp_path) -> None:
         args = parser.parse_args(["distill", str(tmp_path), *argv])
         return load_config("distill", _training_overrides(args, _distill_settings(args)))
 
-    cfg = config("--label-correction", "--attention-weight", "0.5", "--alpha", "0.3")
+    cfg = config("--kd-label-correction", "--attention-weight", "0.5", "--alpha", "0.3")
     assert cfg.kd_label_correction is True and cfg.attention_weight == 0.5 and cfg.alpha == 0.3
     assert config().kd_label_correction is False and config().alpha == 0.5
+
+
+def test_cli_old_flag_name_still_works_and_names_the_new_one(tmp_path, capsys) -> None:
+    from napari_brats_kd.cli import _distill_settings, build_parser
+
+    parser, _ = build_parser()
+    args = parser.parse_args(["distill", str(tmp_path), "--label-correction"])
+    assert _distill_settings(args)["kd_label_correction"] is True
+    assert "--label-correction is now called --kd-label-correction" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["distill", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--kd-label-correction" in help_text and "--label-correction" not in help_text
 
 
 @pytest.mark.slow

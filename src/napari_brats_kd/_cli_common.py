@@ -1,4 +1,4 @@
-"""What every ``brats-kd`` subcommand shares: the runner type and tqdm progress bars."""
+"""What every ``brats-kd`` subcommand shares: the runner type, renamed flags, tqdm progress bars."""
 
 from __future__ import annotations
 
@@ -8,6 +8,27 @@ from collections.abc import Callable
 
 #: A subcommand's runner: parsed arguments in, exit status out.
 Runner = Callable[[argparse.Namespace], int]
+
+
+class RenamedFlag(argparse.Action):
+    """A flag's old name, still accepted: it sets the new flag's value and says the new name.
+
+    Added with ``help=argparse.SUPPRESS``, so that ``--help`` lists only today's name, while
+    scripts written for an earlier version keep working.
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(
+            f"note: {option_string} is now called {self.new}; the old name will be removed in a "
+            "later version.",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, True)
+
 
 #: Progress bars drawn and not yet closed: an error closes them first, so that its line starts on
 #: a line of its own instead of after a half-drawn bar.

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._cli_common import Runner, tqdm_progress
+from ._cli_common import RenamedFlag, Runner, tqdm_progress
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -233,11 +233,18 @@ def _add_distill(sub: argparse._SubParsersAction) -> Runner:
         help="also match the teacher's encoder attention maps, with weight W (default 0: off)",
     )
     p.add_argument(
-        "--label-correction",
+        "--kd-label-correction",
         action="store_true",
         default=None,
         help="correct the teacher's outputs by the labels: where the teacher contradicts the "
         "ground truth, learn its confidence on the label's side (knowledge adjustment)",
+    )
+    p.add_argument(
+        "--label-correction",
+        action=RenamedFlag,
+        new="--kd-label-correction",
+        dest="kd_label_correction",
+        help=argparse.SUPPRESS,
     )
     return _run_distill
 
@@ -253,7 +260,7 @@ def _distill_settings(args: argparse.Namespace) -> dict:
         "temperature": args.temperature,
         "teacher_targets": args.teacher_targets,
         "attention_weight": args.attention_weight,
-        "kd_label_correction": args.label_correction,
+        "kd_label_correction": args.kd_label_correction,
     }
 
 

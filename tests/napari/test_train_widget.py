@@ -91,8 +91,8 @@ def configure(
     assert widget.load_model(data["teacher"]) == "tiny-teacher"
     widget.student_preset.value = "student-tiny"
     widget.epochs.value = epochs
-    widget.patch.value = 16
-    widget.batch.value = 1
+    widget.patch_size.value = 16
+    widget.batch_size.value = 1
     widget.augment.value = "none"
     widget.output_dir.value = tmp_path / "runs"
     widget.extra.value = f"{FAST}; {extra}"
@@ -272,16 +272,16 @@ def test_modes_show_their_controls_and_settings_persist(make_napari_viewer, data
     assert widget.epochs.value == distill_defaults.epochs
     assert widget.temperature.value == distill_defaults.temperature
     assert widget.augment.value == distill_defaults.augment.preset
-    assert widget.label_correction.value == distill_defaults.kd_label_correction
+    assert widget.kd_label_correction.value == distill_defaults.kd_label_correction
     assert shown(widget.temperature) and shown(widget.modalities_row)
-    assert shown(widget.label_correction)
+    assert shown(widget.kd_label_correction)
     assert not shown(widget.unlabeled_dir) and not shown(widget.freeze)
 
     configure(widget, data, tmp_path)
     widget.modality_boxes["t1"].value = False
     widget.modality_boxes["t2"].value = False
     assert widget.build_config(tmp_path / "run").kd_label_correction is False
-    widget.label_correction.value = True
+    widget.kd_label_correction.value = True
     cfg = widget.build_config(tmp_path / "run")
     assert cfg.kd_label_correction is True
     assert cfg.teacher == str(data["teacher"]) and cfg.model.modalities == ["t1c", "flair"]
@@ -291,9 +291,9 @@ def test_modes_show_their_controls_and_settings_persist(make_napari_viewer, data
     finetune_defaults = load_config("finetune")
     assert widget.epochs.value == finetune_defaults.epochs
     assert widget.freeze.value and widget.model_picker.label == "Pretrained model"
-    assert shown(widget.freeze) and shown(widget.lr_factor)
+    assert shown(widget.freeze) and shown(widget.pretrained_lr_factor)
     assert not shown(widget.temperature) and not shown(widget.modalities_row)
-    assert not shown(widget.label_correction)
+    assert not shown(widget.kd_label_correction)
     cfg = widget.build_config(tmp_path / "run")
     assert cfg.init_from == str(data["teacher"]) and cfg.freeze == ["encoder"]
     assert cfg.pretrained_lr_factor == finetune_defaults.pretrained_lr_factor

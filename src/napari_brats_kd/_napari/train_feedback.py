@@ -31,12 +31,15 @@ class RunFeedback:
         self.plot = plot
         self.epochs_total = 0
         self.epoch = 0
+        #: The last step event's loss (the engine sends it before the step's progress call).
+        self.loss: float | None = None
         self._eta_start: tuple[float, int] | None = None
 
     def reset(self, epochs: int) -> None:
         """Start over for a run of ``epochs`` epochs (before its first step)."""
         self.epochs_total = epochs
         self.epoch = 0
+        self.loss = None
         self._eta_start = None
 
     def progress(self, done: int, total: int, message: str, now: float | None = None) -> str:
@@ -47,7 +50,8 @@ class RunFeedback:
         done, total
             Steps done and planned.
         message
-            The engine's progress message (its loss is shown).
+            The engine's progress message: not shown (the loss comes from the step event,
+            as a number, rather than parsed back out of this text).
         now
             The time (:func:`time.perf_counter`); by default now.
 
@@ -66,8 +70,8 @@ class RunFeedback:
             remaining = (now - t0) / (done - d0) * (total - done)
             eta = f" · ETA {format_seconds(remaining)}"
         epoch = f"Epoch {self.epoch}/{self.epochs_total} · " if self.epoch else ""
-        loss = message.rsplit("loss", 1)[-1].strip() if "loss" in message else ""
-        return f"{epoch}step {done}/{total}{eta}" + (f" · loss {loss}" if loss else "")
+        loss = "" if self.loss is None else f" · loss {self.loss:.4f}"
+        return f"{epoch}step {done}/{total}{eta}{loss}"
 
     def event(self, event: dict) -> str | None:
         """Take one of the engine's events: plot its numbers; return a new status line, if any.
@@ -97,6 +101,7 @@ class RunFeedback:
             )
         if kind == "step":
             self.epoch = int(event["epoch"])
+            self.loss = float(event["loss"])
             self.plot.add_step(int(event["step"]), float(event["loss"]))
         elif kind == "epoch":
             self.plot.add_epoch(int(event["epoch"]), int(event["step"]), float(event["loss"]))

@@ -173,7 +173,7 @@ FIELDS: tuple[Field, ...] = (
         config_key="lr", lo=1e-5, hi=1.0, step=1e-5, from_config=lambda c, kd: c.lr,
     ),
     Field(
-        "lr_factor", "lr_factor", "float", "Pretrained LR factor",
+        "pretrained_lr_factor", "pretrained_lr_factor", "float", "Pretrained LR factor",
         "Learning-rate multiplier of the pretrained layers (the output layer always learns at the "
         "full rate); 0.1 changes what the checkpoint learnt only gently.",
         modes=frozenset({"finetune"}), config_key="pretrained_lr_factor", lo=0.0, hi=1.0,
@@ -202,7 +202,7 @@ FIELDS: tuple[Field, ...] = (
         from_config=lambda c, kd: kd.alpha,
     ),
     Field(
-        "label_correction", "label_correction", "check", "Correct the teacher by the labels",
+        "kd_label_correction", "kd_label_correction", "check", "Correct the teacher by the labels",
         "Where the teacher's output contradicts a case's label, learn the teacher's confidence "
         "on the label's side instead of its mistake (knowledge adjustment). Use it when the "
         "teacher is not clearly better than the labels; unlabelled scans keep the teacher's "
@@ -225,14 +225,14 @@ FIELDS: tuple[Field, ...] = (
         from_config=lambda c, kd: c.augment.preset,
     ),
     Field(
-        "patch", "patch", "int", "Patch size",
+        "patch_size", "patch_size", "int", "Patch size",
         "Edge of the cubic training patches in voxels. Lower it (and the batch size) when "
         "training runs out of memory.",
         config_key="patch_size", lo=16, hi=512, step=16,
         to_config=lambda v, mode: [int(v)] * 3, from_config=lambda c, kd: int(c.patch_size[0]),
     ),
     Field(
-        "batch", "batch", "int", "Batch size",
+        "batch_size", "batch_size", "int", "Batch size",
         "Cases per optimisation step (each gives several patches).",
         config_key="batch_size", lo=1, hi=64, from_config=lambda c, kd: c.batch_size,
     ),
@@ -260,6 +260,14 @@ FIELDS: tuple[Field, ...] = (
 )  # fmt: skip
 #: The settings whose defaults come from the mode's shipped config (remembered per mode).
 MODE_FIELDS = tuple(f for f in FIELDS if f.per_mode)
+#: Names the dock saved settings under before each control took its setting's name: read back
+#: from an older session's saved settings under the new name.
+RENAMED_FIELDS: dict[str, str] = {
+    "lr_factor": "pretrained_lr_factor",
+    "label_correction": "kd_label_correction",
+    "patch": "patch_size",
+    "batch": "batch_size",
+}
 #: The model picker's rows go after this field (the folders first, then what is trained).
 MODEL_ROWS_AFTER = "use_viewer_case"
 

@@ -27,6 +27,7 @@ from .train_fields import (  # noqa: F401 (the table's names, for the dock)
     MODES,
     MODES_BY_KEY,
     MODES_BY_TITLE,
+    RENAMED_FIELDS,
     TIPS,
     Field,
     Mode,
@@ -318,6 +319,33 @@ def session_settings(controls: Mapping[str, Any]) -> dict[str, Any]:
         out[f.name] = (
             path_text(value) if f.kind == "folder" else bool(value) if f.kind == "check" else value
         )
+    return out
+
+
+def saved_mode_values(saved: Any) -> dict[str, dict[str, Any]]:
+    """The per-mode values saved by a session, under today's control names.
+
+    Names of an older version (:data:`RENAMED_FIELDS`) are read as today's; a value saved under
+    both keeps the one under today's name. Anything that is not a mapping is ignored (a settings
+    file edited by hand, or from a version that saved none).
+
+    Parameters
+    ----------
+    saved
+        ``{mode key: {field name: value}}``, as :meth:`TrainWidget.settings` saved them.
+
+    Returns
+    -------
+    dict
+    """
+    if not isinstance(saved, Mapping):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for mode, values in saved.items():
+        if isinstance(values, Mapping):
+            current = {RENAMED_FIELDS.get(name, name): value for name, value in values.items()}
+            current.update({n: values[n] for n in RENAMED_FIELDS.values() if n in values})
+            out[mode] = current
     return out
 
 

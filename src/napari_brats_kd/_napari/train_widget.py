@@ -578,9 +578,7 @@ class TrainWidget(ScrollingDock):
         saved = load_settings(SETTINGS_NAME)
         if not saved:
             return
-        modes = saved.get("modes")
-        if isinstance(modes, dict):
-            self._per_mode = {k: v for k, v in modes.items() if isinstance(v, dict)}
+        self._per_mode = train_form.saved_mode_values(saved.get("modes"))
         train_form.restore_session(self.controls, saved)
         if saved.get("last_run_dir") and Path(saved["last_run_dir"]).is_dir():
             self.last_run_dir = Path(saved["last_run_dir"])

@@ -280,20 +280,24 @@ class TrainingLoop:
             ) from exc
 
     def _report_step(self, epoch: int, step: int, parts: dict[str, float]) -> None:
-        """The progress callback and the step event (rank 0)."""
+        """The step event, then the progress callback (rank 0).
+
+        The event goes first so that a listener of both (the Train dock) shows this step's loss,
+        taken from the event, on the status line the progress call updates.
+        """
         cfg = self.cfg
-        if self.progress is not None and self.ctx.is_main:
-            self.progress(
-                epoch * self.data.steps + step + 1,
-                self.data.steps * cfg.epochs,
-                f"epoch {epoch + 1}/{cfg.epochs} loss {parts['loss']:.4f}",
-            )
         if self.emit is not None:
             lr = self.optimizer.param_groups[-1]["lr"]
             self.emit({
                 "type": "step", "epoch": epoch + 1, "step": self.state.global_step, "lr": lr,
                 **parts,
             })  # fmt: skip
+        if self.progress is not None and self.ctx.is_main:
+            self.progress(
+                epoch * self.data.steps + step + 1,
+                self.data.steps * cfg.epochs,
+                f"epoch {epoch + 1}/{cfg.epochs} loss {parts['loss']:.4f}",
+            )
 
     # --------------------------------------------------------------------------- validation
     def validate_epoch(self, epoch: int, row: dict[str, Any]) -> tuple[ValStatus, bool]:
