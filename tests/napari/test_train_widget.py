@@ -540,3 +540,32 @@ def test_a_run_has_the_same_defaults_from_the_widget_the_cli_and_python(
         config["model"].pop("name")
     for key in sorted(set(from_python) - ignore):
         assert from_widget[key] == from_cli[key] == from_python[key], key
+
+
+def _mean_brightness(plot) -> float:
+    image = plot.image.pixmap().toImage()
+    assert not image.isNull(), "the plot shows no image"
+    width, height = image.width(), image.height()
+    pixels = [image.pixelColor(x, y) for x in range(0, width, 7) for y in range(0, height, 7)]
+    return float(np.mean([c.lightness() for c in pixels]))
+
+
+def test_plot_follows_napari_theme(make_napari_viewer, qtbot):
+    """On napari's dark theme the plot is dark, not a white block; it turns light with the theme."""
+    viewer = make_napari_viewer()
+    viewer.theme = "dark"
+    widget = open_widget(viewer)
+    plot = widget.plot
+    qtbot.waitUntil(lambda: plot.idle and plot.n_draws > 0, timeout=10000)
+    dark = _mean_brightness(plot)
+    assert dark < 100, f"plot brightness {dark:.0f} of 255 on the dark theme"
+
+    draws = plot.n_draws
+    viewer.theme = "light"
+    qtbot.waitUntil(lambda: plot.idle and plot.n_draws > draws, timeout=10000)
+    light = _mean_brightness(plot)
+    assert light > 160, f"plot brightness {light:.0f} of 255 on the light theme"
+
+    # Closing the dock stops following the theme: switching back raises nothing.
+    viewer.window.remove_dock_widget("all")
+    viewer.theme = "dark"

@@ -8,12 +8,17 @@ of Python (mostly text layout), and while the training thread competes for the i
 stretches past 100 ms, long enough for napari to stutter at every update. So the figure lives on a
 plain Agg canvas owned by one rendering thread; the GUI thread only hands it snapshots of the
 points (the newest wins, so a fast run cannot queue up draws) and shows the finished image.
+
+The figure takes its colours from napari's theme (:func:`theme_colors`, followed as the user
+switches themes), so that it does not sit as a white block in the default dark window; while a
+panel has no points it shows a hint and no ticks (an empty 0-1 axis means nothing).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from qtpy.QtCore import Qt, QTimer
@@ -28,12 +33,54 @@ REGION_COLORS = {"WT": "tab:green", "TC": "tab:red", "ET": "tab:orange"}
 DPI = 80
 
 
+@dataclass(frozen=True)
+class PlotColors:
+    """The figure's colours (any matplotlib colour, e.g. ``"#23242b"``).
+
+    Attributes
+    ----------
+    background
+        Behind the panels: the dock's own background.
+    panel
+        Inside the axes.
+    text
+        Labels, ticks and the legend's text.
+    muted
+        The hints, the grid and the per-step loss line.
+    """
+
+    background: str = "white"
+    panel: str = "white"
+    text: str = "black"
+    muted: str = "0.5"
+
+
+def theme_colors(theme_name: str) -> PlotColors:
+    """The plot's colours in napari's theme ``theme_name`` (``"dark"``, ``"light"``, ...).
+
+    An unknown theme gives matplotlib's own (light) colours.
+    """
+    from napari.utils.theme import get_theme
+
+    try:
+        theme = get_theme(theme_name)
+    except (KeyError, ValueError):
+        return PlotColors()
+    return PlotColors(
+        background=theme.background.as_hex(),
+        panel=theme.foreground.as_hex(),
+        text=theme.text.as_hex(),
+        muted=theme.highlight.as_hex() if theme.type == "dark" else theme.secondary.as_hex(),
+    )
+
+
 class _Figure:
     """The matplotlib figure and its lines; used by the rendering thread only."""
 
     def __init__(self) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         # Fixed margins (set per size in render): constrained layout would cost every draw.
         self.figure = Figure(figsize=(4.0, 4.6), dpi=DPI)
@@ -56,18 +103,55 @@ class _Figure:
             for r in REPORT_REGIONS
         }
         ax.set_ylim(0, 1.02)
+        ax.set_yticks([0, 0.5, 1])
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation Dice")
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")
-        ax.xaxis.get_major_locator().set_params(integer=True)
         self.dice_hint = ax.text(0.5, 0.5, "Dice appears after the\nfirst validated epoch",
                                  ha="center", va="center", transform=ax.transAxes,
                                  color="0.5")  # fmt: skip
+        # Steps and epochs are whole numbers: no tick at step 1.2 or epoch 0.6.
+        for axis in (self.ax_loss.xaxis, self.ax_dice.xaxis):
+            axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        self.colors: PlotColors | None = None
+
+    def apply_colors(self, colors: PlotColors) -> None:
+        """Paint the figure in ``colors`` (a theme's)."""
+        self.colors = colors
+        self.figure.set_facecolor(colors.background)
+        for ax in (self.ax_loss, self.ax_dice):
+            ax.set_facecolor(colors.panel)
+            ax.xaxis.label.set_color(colors.text)
+            ax.yaxis.label.set_color(colors.text)
+            ax.tick_params(colors=colors.text)
+            ax.grid(alpha=0.3, color=colors.muted)
+            for spine in ax.spines.values():
+                spine.set_color(colors.muted)
+            legend = ax.get_legend()
+            legend.get_frame().set_facecolor(colors.panel)
+            legend.get_frame().set_edgecolor(colors.muted)
+            for text in legend.get_texts():
+                text.set_color(colors.text)
+        self.step_line.set_color(colors.muted)
+        self.loss_hint.set_color(colors.muted)
+        self.dice_hint.set_color(colors.muted)
+
+    @staticmethod
+    def _show_ticks(ax: Any, shown: bool) -> None:
+        # Ticks on an empty panel are matplotlib's default 0-1 range: no information, so none;
+        # nor a legend of lines not drawn yet, over the hint.
+        ax.tick_params(
+            bottom=shown, left=shown, labelbottom=shown, labelleft=shown,
+        )  # fmt: skip
+        ax.get_legend().set_visible(shown)
+        ax.grid(shown)
 
     def render(self, snap: dict[str, Any]) -> tuple[bytes, int, int]:
         """RGBA pixels (and width, height) of the figure drawn with the snapshot's points."""
         width, height = max(snap["size"][0], 200), max(snap["size"][1], 200)
+        if snap["colors"] != self.colors:
+            self.apply_colors(snap["colors"])
         self.figure.set_size_inches(width / DPI, height / DPI)
         # Margins in pixels (axis labels keep their room whatever the widget's size).
         self.figure.subplots_adjust(
@@ -79,10 +163,13 @@ class _Figure:
         )
         self.step_line.set_data(snap["steps"], snap["step_losses"])
         self.epoch_line.set_data(snap["epoch_steps"], snap["epoch_losses"])
-        self.loss_hint.set_visible(not (snap["steps"] or snap["epoch_steps"]))
+        has_loss = bool(snap["steps"] or snap["epoch_steps"])
+        self.loss_hint.set_visible(not has_loss)
+        self._show_ticks(self.ax_loss, has_loss)
         for region, line in self.dice_lines.items():
             line.set_data(snap["val_epochs"], snap["val_dice"][region])
         self.dice_hint.set_visible(not snap["val_epochs"])
+        self._show_ticks(self.ax_dice, bool(snap["val_epochs"]))
         self.ax_loss.relim()
         self.ax_loss.autoscale_view()
         epochs = snap["val_epochs"]
@@ -120,6 +207,7 @@ class TrainingPlot(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.image)
         self.n_draws = 0
+        self.colors = PlotColors()
         # The rendering thread never calls Qt (Qt objects may be gone when it finishes, e.g. at
         # exit): it leaves its pixels in _done and the GUI thread polls while a render is due.
         self._wake = threading.Condition()
@@ -190,6 +278,24 @@ class TrainingPlot(QWidget):
                     self.val_dice[r].append(float(v))
         self.redraw()
 
+    # ------------------------------------------------------------------------------------ colours
+    def set_colors(self, colors: PlotColors) -> None:
+        """Draw in ``colors`` from now on."""
+        self.colors = colors
+        self.redraw()
+
+    def follow_theme(self, viewer: Any) -> None:
+        """Take the colours of ``viewer``'s theme, now and whenever the user changes it."""
+
+        def on_theme(*_: Any) -> None:
+            if not self._closing:
+                self.set_colors(theme_colors(viewer.theme))
+
+        viewer.events.theme.connect(on_theme)
+        # A closed dock stops listening (the viewer outlives it).
+        self.destroyed.connect(lambda *_: viewer.events.theme.disconnect(on_theme))
+        on_theme()
+
     # ------------------------------------------------------------------------------------ drawing
     def redraw(self) -> None:
         """Ask for an image of the current points (rendered in the background, shown when ready)."""
@@ -201,6 +307,7 @@ class TrainingPlot(QWidget):
             "val_epochs": list(self.val_epochs),
             "val_dice": {r: list(v) for r, v in self.val_dice.items()},
             "size": (self.image.width(), self.image.height()),
+            "colors": self.colors,
         }
         with self._wake:
             self._pending = snap

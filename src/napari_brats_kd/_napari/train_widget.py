@@ -155,6 +155,7 @@ class TrainWidget(ScrollingDock):
         self.status = Label(value="", tooltip=tips["status"])
         self.plot = TrainingPlot()
         self.plot.setToolTip(tips["plot"])
+        self.plot.follow_theme(self.viewer)
         self.feedback = train_feedback.RunFeedback(self.plot)
         self.results = Label(value="", tooltip=tips["results"])
         self.results.native.setStyleSheet("font-family: monospace;")
