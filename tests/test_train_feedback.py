@@ -69,3 +69,26 @@ def test_difference_labels():
     new = np.array([0, 1, 2, 0, 4])
     ref = np.array([0, 0, 2, 1, 1])
     assert difference_labels(new, ref).tolist() == [0, 1, 0, 2, 3]
+
+
+def test_a_stopped_run_offers_its_last_checkpoint_once_an_epoch_is_done(tmp_path):
+    from types import SimpleNamespace
+
+    from napari_brats_kd._napari.train_feedback import checkpoint_to_offer, finished_status
+
+    last, best = tmp_path / "last.safetensors", tmp_path / "best.safetensors"
+    last.write_bytes(b"weights")
+
+    def result(stopped: bool, epochs_done: int, best_checkpoint=best):
+        return SimpleNamespace(
+            stopped=stopped, epochs_done=epochs_done, last_checkpoint=last,
+            best_checkpoint=best_checkpoint, best_epoch=1, run_dir=tmp_path,
+        )  # fmt: skip
+
+    assert checkpoint_to_offer(result(False, 3)) == best
+    assert checkpoint_to_offer(result(False, 3, best_checkpoint=None)) == last
+    assert checkpoint_to_offer(result(True, 2)) == last  # what it learnt so far, not the best
+    assert checkpoint_to_offer(result(True, 0)) is None  # stopped before an epoch ended
+    line = finished_status(result(True, 2), "run-1")
+    assert "Resume continues" in line and "Segment current case" in line
+    assert "Segment current case" not in finished_status(result(True, 0))

@@ -202,7 +202,9 @@ def test_stop_keeps_a_checkpoint_and_resume_continues(make_napari_viewer, qtbot,
     stopped = widget.last_result
     assert stopped.stopped and 1 <= stopped.epochs_done < 3
     assert load_checkpoint(stopped.last_checkpoint).config.arch == "student"
-    assert widget.trained_model is None  # an unfinished run is not offered as a model
+    # The stopped run's last checkpoint can be tried at once, and Resume continues the run.
+    assert widget.trained_model == stopped.run_dir.name
+    assert widget.segment_button.enabled and "Segment current case" in widget.status.value
     assert widget.resume_button.enabled and "Resume" in widget.status.value
     steps_before = list(widget.plot.steps)
 

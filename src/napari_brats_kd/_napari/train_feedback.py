@@ -134,9 +134,13 @@ def finished_status(result: Any, model: str | None = None) -> str:
     str
     """
     if result.stopped:
+        tried = (
+            f' "Segment current case" tries it (model {model!r} in the Segment widgets).'
+            if model else ""
+        )  # fmt: skip
         return (
             f"Stopped after {result.epochs_done} finished epoch(s); checkpoint "
-            f"{result.last_checkpoint} kept. Resume continues the run."
+            f"{result.last_checkpoint} kept. Resume continues the run.{tried}"
         )
     checkpoint = result.best_checkpoint or result.last_checkpoint
     best = f" (best epoch {result.best_epoch})" if result.best_epoch else ""
@@ -144,6 +148,28 @@ def finished_status(result: Any, model: str | None = None) -> str:
         f"Done: {result.epochs_done} epoch(s). Model {model!r}{best} is in the Segment widgets' "
         f"model list; checkpoint {checkpoint}."
     )
+
+
+def checkpoint_to_offer(result: Any) -> Path | None:
+    """The checkpoint a returned run offers as a model; ``None`` for a run stopped too early.
+
+    A finished run offers its best (else last) checkpoint; a stopped one its last, so that the
+    user can try what it has learnt so far (Resume later replaces it by the finished model).
+    """
+    if not result.stopped:
+        return result.best_checkpoint or result.last_checkpoint
+    last = Path(result.last_checkpoint)
+    return last if result.epochs_done and last.is_file() else None
+
+
+def finished_note(result: Any, model: str) -> str:
+    """The notification after a run registered ``model``: finished, or stopped and tryable."""
+    if result.stopped:
+        return (
+            f"Training stopped; Resume continues {result.run_dir.name}. Its last checkpoint is "
+            f'model {model!r}: try it with "Segment current case".'
+        )
+    return f"Training finished: model {model!r} is ready to segment."
 
 
 def format_validation(history: list[dict], best_epoch: int = 0, last: int = 6) -> str:

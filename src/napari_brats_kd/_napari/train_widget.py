@@ -521,11 +521,11 @@ class TrainWidget(ScrollingDock):
             return
         self.plot.redraw()
         self.results.value = train_feedback.format_validation(result.history, result.best_epoch)
-        if result.stopped:
+        checkpoint = train_feedback.checkpoint_to_offer(result)
+        if checkpoint is None:
             self.status.value = train_feedback.finished_status(result)
             show_info(f"Training stopped; Resume continues {result.run_dir.name}.")
             return
-        checkpoint = result.best_checkpoint or result.last_checkpoint
         try:
             entry = register_model(checkpoint, name=result.run_dir.name)
         except BratsKDError as exc:
@@ -535,7 +535,7 @@ class TrainWidget(ScrollingDock):
         self.reference_model = self._run_reference
         self._refresh_model_lists()
         self.status.value = train_feedback.finished_status(result, entry.name)
-        show_info(f"Training finished: model {entry.name!r} is ready to segment.")
+        show_info(train_feedback.finished_note(result, entry.name))
 
     # ------------------------------------------------------------------------------ comparison
     def segment_current_case(self, *_: Any) -> Task | None:
