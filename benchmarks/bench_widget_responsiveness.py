@@ -153,7 +153,7 @@ def run_subprocess(widget, probe: Probe, work: Path, n: int) -> dict:
     """The same config in ``python -m napari_brats_kd.cli distill``; the GUI polls log.csv."""
     from qtpy.QtCore import QProcess, QTimer
 
-    from napari_brats_kd._napari.train_widget import _read_log
+    from napari_brats_kd._napari.train_feedback import read_log as _read_log
     from napari_brats_kd.labels import REPORT_REGIONS
     from napari_brats_kd.training import save_config
 

@@ -178,3 +178,23 @@ def test_settings_saved_under_old_control_names_come_back_under_todays() -> None
     for field in tf.FIELDS:
         if field.config_key and "." not in field.config_key:
             assert field.name == field.config_key, field.name
+
+
+def test_on_a_cpu_the_defaults_are_the_shipped_cpu_sizes_and_follow_the_device() -> None:
+    from napari_brats_kd.training import cpu_overrides
+
+    distill = tf.MODES_BY_KEY["distill"]
+    gpu, cpu = tf.defaults_of(distill, "cuda"), tf.defaults_of(distill, "cpu")
+    shipped = load_config("distill")
+    assert gpu["epochs"] == shipped.epochs and gpu["patch_size"] == shipped.patch_size[0]
+    sizes = cpu_overrides("distill")
+    assert cpu["epochs"] == sizes["epochs"] < gpu["epochs"]
+    assert cpu["patch_size"] == sizes["patch_size"][0] < gpu["patch_size"]
+    assert cpu["augment"] == sizes["augment.preset"]
+    assert tf.defaults_of(distill) == gpu  # no device: the shipped config as it is
+
+    # Switching the device swaps what is still a default and keeps what the user set.
+    values = dict(gpu, lr=0.123)
+    resized = tf.resized_for_device(values, distill, "cuda", "cpu")
+    assert resized["epochs"] == cpu["epochs"] and resized["lr"] == 0.123
+    assert tf.resized_for_device(resized, distill, "cpu", "cuda")["epochs"] == gpu["epochs"]

@@ -120,6 +120,7 @@ def test_distillation_plots_registers_and_keeps_napari_responsive(
 ):
 
     from napari_brats_kd._napari import train_widget as tw
+    from napari_brats_kd._napari.compare import difference_labels
     from napari_brats_kd.models import load_checkpoint
 
     record: dict = {}
@@ -184,7 +185,7 @@ def test_distillation_plots_registers_and_keeps_napari_responsive(
     assert new_layer.data.shape == ref_layer.data.shape == diff_layer.data.shape
     assert diff_layer.data.shape == flair.data.shape
     np.testing.assert_array_equal(
-        diff_layer.data, tw.difference_labels(new_layer.data, ref_layer.data)
+        diff_layer.data, difference_labels(new_layer.data, ref_layer.data)
     )
     assert "agreement" in widget.status.value
 
@@ -260,7 +261,7 @@ def test_bad_input_becomes_notifications(make_napari_viewer, qtbot, data, tmp_pa
 
 
 def test_modes_show_their_controls_and_settings_persist(make_napari_viewer, data, tmp_path):
-    from napari_brats_kd.training import load_config
+    from napari_brats_kd.training import cpu_overrides, load_config
 
     viewer = make_napari_viewer()
     widget = open_widget(viewer)
@@ -268,8 +269,8 @@ def test_modes_show_their_controls_and_settings_persist(make_napari_viewer, data
     def shown(w) -> bool:
         return not w.native.isHidden()
 
-    # Defaults come from the shipped configs.
-    distill_defaults = load_config("distill")
+    # Defaults come from the shipped configs, with the CPU sizes (no GPU here).
+    distill_defaults = load_config("distill", cpu_overrides("distill"))
     assert widget.mode.key == "distill"
     assert widget.epochs.value == distill_defaults.epochs
     assert widget.temperature.value == distill_defaults.temperature
@@ -290,7 +291,7 @@ def test_modes_show_their_controls_and_settings_persist(make_napari_viewer, data
     assert cfg.patch_size == [16, 16, 16] and cfg.num_workers == 0
 
     widget.mode_picker.value = "Fine-tune"
-    finetune_defaults = load_config("finetune")
+    finetune_defaults = load_config("finetune", cpu_overrides("finetune"))
     assert widget.epochs.value == finetune_defaults.epochs
     assert widget.freeze.value and widget.model_picker.label == "Pretrained model"
     assert shown(widget.freeze) and shown(widget.pretrained_lr_factor)
@@ -444,7 +445,7 @@ def test_train_on_the_labelled_cases_open_in_the_viewer(make_napari_viewer, qtbo
 
 
 def tw_read_log(run_dir: Path) -> list[dict]:
-    from napari_brats_kd._napari.train_widget import _read_log
+    from napari_brats_kd._napari.train_feedback import read_log as _read_log
 
     return _read_log(run_dir)
 
@@ -509,11 +510,18 @@ def test_a_run_has_the_same_defaults_from_the_widget_the_cli_and_python(
     make_napari_viewer, data, tmp_path, mode, shipped
 ):
     """The shipped YAML is the one source of defaults: the widget (controls untouched), the
-    command line (no flags) and the Python dataclass all give the same run."""
+    command line (no flags) and the Python dataclass all give the same run. On a CPU (this
+    machine) the widget starts from the shipped CPU sizes, which the other two take as settings."""
     import argparse
 
     from napari_brats_kd.cli import _training_overrides
-    from napari_brats_kd.training import DistillConfig, TrainConfig, load_config
+    from napari_brats_kd.training import (
+        AugmentConfig,
+        DistillConfig,
+        TrainConfig,
+        cpu_overrides,
+        load_config,
+    )
 
     viewer = make_napari_viewer()
     widget = open_widget(viewer)
@@ -531,9 +539,15 @@ def test_a_run_has_the_same_defaults_from_the_widget_the_cli_and_python(
         seed=None, split=None, overrides=[],
     )  # fmt: skip
     extra = {"teacher": str(data["teacher"])} if shipped == "distill" else {}
-    from_cli = load_config(shipped, {**_training_overrides(args, {}), **extra}).to_dict()
+    cpu = cpu_overrides(shipped)
+    assert widget.device_picker.value in ("auto", "cpu") and cpu["epochs"] < 20
+    from_cli = load_config(shipped, {**_training_overrides(args, {}), **extra, **cpu}).to_dict()
     cls = DistillConfig if shipped == "distill" else TrainConfig
-    from_python = cls(**where).to_dict()
+    # The dataclass takes the CPU sizes as arguments (an augmentation preset as its config).
+    sizes = {k: v for k, v in cpu.items() if "." not in k}
+    if "augment.preset" in cpu:
+        sizes["augment"] = AugmentConfig(preset=cpu["augment.preset"])
+    from_python = cls(**where, **sizes).to_dict()
 
     # The widget names its output and model after the run folder; the rest are defaults.
     ignore = {"out"}
@@ -571,3 +585,28 @@ def test_plot_follows_napari_theme(make_napari_viewer, qtbot):
     # Closing the dock stops following the theme: switching back raises nothing.
     viewer.window.remove_dock_widget("all")
     viewer.theme = "dark"
+
+
+def test_on_a_cpu_the_dock_is_cpu_sized_and_says_how_long_a_run_takes(
+    make_napari_viewer, qtbot, data, tmp_path
+):
+    from napari_brats_kd.training import cpu_overrides
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer)
+    widget.mode_picker.value = "Distil student"
+    # This machine has no GPU: the defaults are the CPU sizes, not 100 epochs of 128^3 patches.
+    assert widget.epochs.value == cpu_overrides("distill")["epochs"]
+    assert widget.patch_size.value == 96
+    assert "dataset folder" in widget.expected.value or widget.expected.value == ""
+
+    configure(widget, data, tmp_path, epochs=3, extra="steps_per_epoch=4")
+    qtbot.waitUntil(lambda: "Expected: about" in widget.expected.value, timeout=60000)
+    assert "(12 steps x" in widget.expected.value  # 3 epochs of 4 steps, one step timed
+    assert "measured on cpu" in widget.expected.value
+
+    # More epochs re-count at once, without timing the network again.
+    task = widget.estimate.task
+    widget.epochs.value = 6
+    qtbot.waitUntil(lambda: "(24 steps x" in widget.expected.value, timeout=10000)
+    assert widget.estimate.task is task

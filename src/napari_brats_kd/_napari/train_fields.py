@@ -337,6 +337,10 @@ TIPS = {
     ),
     "progress": "Optimisation steps done of all.",
     "status": "Epoch, ETA and what the widget last did.",
+    "expected": (
+        "How long the run set up above would take: its steps times one step of the network, "
+        "timed on the chosen device. Reading patches and validation come on top."
+    ),
     "plot": (
         "Top: training loss per step (grey) and per epoch (blue). Bottom: validation Dice per "
         "region (WT whole tumour, TC tumour core, ET enhancing tumour)."

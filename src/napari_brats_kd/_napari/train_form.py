@@ -38,22 +38,32 @@ if TYPE_CHECKING:
 
 
 # ---------------------------------------------------------------------------------- config
-def mode_defaults(mode: Mode) -> TrainConfig:
-    """The shipped defaults of ``mode``.
+def trains_on_cpu(device: str | None) -> bool:
+    """Whether the Device control's ``device`` means a CPU (``"auto"`` without a GPU)."""
+    from ..device import may_have_accelerator
+
+    return device == "cpu" or (device == "auto" and not may_have_accelerator())
+
+
+def mode_defaults(mode: Mode, device: str | None = None) -> TrainConfig:
+    """The shipped defaults of ``mode`` for a run on ``device``.
 
     Parameters
     ----------
     mode
         The mode.
+    device
+        The Device control's value: on a CPU the smaller epochs and patches of
+        ``configs/cpu_sizes.yaml`` apply; ``None``: the shipped config as it is.
 
     Returns
     -------
     TrainConfig
-        ``configs/<name>.yaml`` over the dataclass defaults.
+        ``configs/<name>.yaml`` over the dataclass defaults (and the CPU sizes on a CPU).
     """
-    from ..training import load_config
+    from ..training import cpu_overrides, load_config
 
-    return load_config(mode.config)
+    return load_config(mode.config, cpu_overrides(mode.config) if trains_on_cpu(device) else {})
 
 
 def config_values(cfg: TrainConfig, kd: Any) -> dict[str, Any]:
@@ -74,13 +84,15 @@ def config_values(cfg: TrainConfig, kd: Any) -> dict[str, Any]:
     return {f.name: f.from_config(cfg, kd) for f in MODE_FIELDS}
 
 
-def defaults_of(mode: Mode) -> dict[str, Any]:
-    """The per-mode control values of ``mode``'s shipped config.
+def defaults_of(mode: Mode, device: str | None = None) -> dict[str, Any]:
+    """The per-mode control values of ``mode``'s shipped config, for a run on ``device``.
 
     Parameters
     ----------
     mode
         The mode.
+    device
+        The Device control's value (see :func:`mode_defaults`).
 
     Returns
     -------
@@ -90,9 +102,34 @@ def defaults_of(mode: Mode) -> dict[str, Any]:
     """
     from ..training import DistillConfig
 
-    cfg = mode_defaults(mode)
-    kd = cfg if isinstance(cfg, DistillConfig) else mode_defaults(MODES_BY_KEY["distill"])
+    cfg = mode_defaults(mode, device)
+    kd = cfg if isinstance(cfg, DistillConfig) else mode_defaults(MODES_BY_KEY["distill"], device)
     return config_values(cfg, kd)
+
+
+def resized_for_device(
+    values: Mapping[str, Any], mode: Mode, old_device: str, new_device: str
+) -> dict[str, Any]:
+    """``values`` with the defaults of ``old_device`` replaced by those of ``new_device``.
+
+    What the user changed stays; what still is the old device's default (100 epochs of GPU-sized
+    patches, say) becomes the new device's.
+
+    Parameters
+    ----------
+    values
+        The per-mode control values (:func:`read_values`).
+    mode
+        The mode shown.
+    old_device, new_device
+        The Device control's values before and after.
+
+    Returns
+    -------
+    dict
+    """
+    old, new = defaults_of(mode, old_device), defaults_of(mode, new_device)
+    return {k: new[k] if k in new and v == old.get(k) else v for k, v in values.items()}
 
 
 def _by_kind(field: Field, value: Any) -> Any:

@@ -9,15 +9,10 @@ Dice per region in a live plot, the epoch and an ETA under a progress bar, the v
 the end. The trained model is registered (:func:`napari_brats_kd.models.register_model`) so the
 Segment widgets list it, and "Segment current case" compares it with its teacher on the open case.
 
-Modes:
-
-- **Distil student**: a compact student learns from a teacher and the labels (cross-modal when it
-  gets fewer modalities than the teacher).
-- **Train teacher**: a supervised network from scratch.
-- **Fine-tune**: transfer learning from a pretrained checkpoint (encoder frozen, pretrained layers
-  at a lower learning rate).
-- **Adapt to unlabelled scans**: distillation that adds another site's unlabelled cases, which
-  learn from the teacher only.
+The modes (Distil student, Train teacher, Fine-tune, Adapt to unlabelled scans) and every
+control are one table, in :mod:`.train_fields`; on a CPU the defaults are the smaller sizes of
+``configs/cpu_sizes.yaml``, and the "Expected" line times one step before Start
+(:mod:`.train_estimate`).
 
 Stop finishes the current step and saves a checkpoint; Resume continues that run. Nothing here
 trains: every number the engine uses comes from its config (the widget's defaults are read from
@@ -39,25 +34,9 @@ from ._plot import TrainingPlot
 from ._qt import ScrollingDock, wrap_to_dock_width
 from ._settings import load_settings, save_settings
 from ._workers import FrozenHeap, Task, notify_error, start_task
-
-# The imports marked F401 keep the names that lived here before the split importable from here.
-from .compare import DIFFERENCE_COLORS, difference_labels  # noqa: F401
 from .model_picker import ModelPicker
-from .train_feedback import format_seconds as _format_seconds  # noqa: F401
-from .train_feedback import format_validation  # noqa: F401
-from .train_feedback import read_log as _read_log  # noqa: F401
-from .train_form import (  # noqa: F401
-    DEFAULT_OUTPUT_DIR,
-    MIN_LABELLED_CASES,
-    MODES,
-    MODES_BY_KEY,
-    MODES_BY_TITLE,
-    Mode,
-    mode_defaults,
-)
-from .train_form import folder as _folder  # noqa: F401
-from .train_form import path_text as _path_text  # noqa: F401
-from .train_sources import VIEWER_CASES, VIEWER_LABELLED  # noqa: F401
+from .train_estimate import DurationEstimate, count_cases
+from .train_form import MODES, MODES_BY_KEY, MODES_BY_TITLE, Mode
 
 if TYPE_CHECKING:
     import napari
@@ -111,6 +90,7 @@ class TrainWidget(ScrollingDock):
         self._relay.event.connect(self._on_event)
 
         self._build_controls()
+        self._device = self.device_picker.value
         self._build_layout()
         self._connect_signals()
         self._restore_settings()
@@ -153,6 +133,8 @@ class TrainWidget(ScrollingDock):
             label="Progress", value=0, min=0, max=1, tooltip=tips["progress"]
         )
         self.status = Label(value="", tooltip=tips["status"])
+        self.expected = Label(value="", tooltip=tips["expected"])
+        self.estimate = DurationEstimate(self.expected, self._estimate_inputs)
         self.plot = TrainingPlot()
         self.plot.setToolTip(tips["plot"])
         self.plot.follow_theme(self.viewer)
@@ -160,7 +142,7 @@ class TrainWidget(ScrollingDock):
         self.results = Label(value="", tooltip=tips["results"])
         self.results.native.setStyleSheet("font-family: monospace;")
         # Long messages (model descriptions, paths, errors) wrap instead of widening the dock.
-        wrap_to_dock_width(self.model_info, self.status)
+        wrap_to_dock_width(self.model_info, self.status, self.expected)
         self.segment_button = PushButton(text="Segment current case", tooltip=tips["segment"])
         self.comparison = compare.CaseComparison(
             self.viewer,
@@ -182,7 +164,8 @@ class TrainWidget(ScrollingDock):
             if field.name == train_form.MODEL_ROWS_AFTER:
                 rows += self.models.widgets
         buttons = [self.start_button, self.stop_button, self.resume_button]
-        rows += [Container(widgets=buttons, layout="horizontal", labels=False), self.progress_bar]
+        rows += [self.expected, Container(widgets=buttons, layout="horizontal", labels=False)]
+        rows.append(self.progress_bar)
         self.form.extend(rows)
         # The form, plots and results are taller than a laptop screen: they scroll.
         self.set_body(
@@ -201,6 +184,9 @@ class TrainWidget(ScrollingDock):
         self.stop_button.changed.connect(self.stop)
         self.resume_button.changed.connect(self.resume)
         self.segment_button.changed.connect(self.segment_current_case)
+        self.device_picker.changed.connect(self._on_device_changed)
+        for control in [self.mode_picker, self.model_picker, *self.controls.values()]:
+            control.changed.connect(self.estimate.schedule)
 
     # ------------------------------------------------------------------------------ modes
     @property
@@ -216,7 +202,7 @@ class TrainWidget(ScrollingDock):
         new = self.mode
         if new is not self._mode:
             self._per_mode[self._mode.key] = self._mode_values()
-        values = train_form.defaults_of(new)
+        values = train_form.defaults_of(new, self.device_picker.value)
         values.update(self._per_mode.get(new.key, {}))
         self._mode = new
         train_form.apply_values(self.controls, values)
@@ -227,6 +213,21 @@ class TrainWidget(ScrollingDock):
         if new.key != "teacher":
             self.models.pick_if_empty("teacher")
         self._on_model_changed()
+
+    def _on_device_changed(self, *_: Any) -> None:
+        # What is still the old device's default (GPU-sized epochs, say) becomes the new one's.
+        new, mode = self.device_picker.value, self.mode
+        values = train_form.resized_for_device(self._mode_values(), mode, self._device, new)
+        train_form.apply_values(self.controls, values)
+        self._device = new
+
+    def _estimate_inputs(self) -> tuple[TrainConfig, int] | str:
+        if self._busy():
+            return self.expected.value
+        n_cases = None if self.use_viewer_cases.value else count_cases(self.data_dir.value)
+        if n_cases is None:
+            return "Expected duration: shown once the dataset folder holds labelled cases."
+        return self.build_config(), n_cases
 
     def _on_source_changed(self, *_: Any) -> None:
         # A folder the run will not read is greyed out, so that it is clear what is trained on.
@@ -378,10 +379,8 @@ class TrainWidget(ScrollingDock):
         if self._busy():
             show_info("A training run is already running.")
             return None
-        if run_dir is None:
-            run_dir = self.last_run_dir
-        if run_dir is None:
-            run_dir = train_sources.ask_run_dir(self.native, self.output_dir.value)
+        run_dir = run_dir or self.last_run_dir
+        run_dir = run_dir or train_sources.ask_run_dir(self.native, self.output_dir.value)
         if run_dir is None:
             return None
         run_dir = Path(run_dir)
@@ -451,6 +450,7 @@ class TrainWidget(ScrollingDock):
     def _on_destroyed(self, *_: Any) -> None:
         # Closing the dock must not orphan a run: it stops cleanly and keeps its checkpoint.
         self._closed = True
+        self.estimate.stop()
         for task in (self.task, self.segment_task):
             if task is not None and task.is_running:
                 task.cancel()

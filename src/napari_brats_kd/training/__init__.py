@@ -20,6 +20,7 @@ from .config import (
     ModelSpec,
     TrainConfig,
     apply_overrides,
+    cpu_overrides,
     load_config,
     save_config,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "apply_overrides",
     "binary_kl_divergence",
     "build_augmentation",
+    "cpu_overrides",
     "distill",
     "fine_tune",
     "load_config",

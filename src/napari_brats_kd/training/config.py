@@ -387,6 +387,37 @@ def default_config_path(name: str) -> Path:
     return Path(str(ref))
 
 
+def cpu_overrides(name: str) -> dict[str, Any]:
+    """The settings the shipped config ``name`` takes for a run on a CPU, as dotted keys.
+
+    The shipped configs are sized for a GPU; ``configs/cpu_sizes.yaml`` holds the smaller
+    epochs and patches of a CPU run (the Train dock starts from them on a CPU).
+
+    Parameters
+    ----------
+    name
+        ``teacher``, ``distill`` or ``finetune``.
+
+    Returns
+    -------
+    dict
+        ``{"epochs": 16, "patch_size": [96, 96, 96], "augment.preset": "light"}``; empty for a
+        config without CPU sizes.
+    """
+
+    def dotted(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if isinstance(value, Mapping):
+                out.update(dotted(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    sizes = yaml.safe_load(default_config_path("cpu_sizes").read_text()) or {}
+    return dotted(sizes.get(name) or {})
+
+
 def load_config(
     source: str | Path | Mapping[str, Any] | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
@@ -453,6 +484,7 @@ __all__ = [
     "ModelSpec",
     "TrainConfig",
     "apply_overrides",
+    "cpu_overrides",
     "default_config_path",
     "load_config",
     "parse_override",
