@@ -79,6 +79,11 @@ ROWS = (
     Row("scratch", "student from scratch on real cases", per_fold="scratch_fold{k}.safetensors"),
     Row("finetune", "student fine-tuned from phantoms", per_fold="finetune_fold{k}.safetensors"),
     Row(
+        "finetune_long",
+        "student fine-tuned from phantoms, twice the steps",
+        per_fold="finetune_long_fold{k}.safetensors",
+    ),
+    Row(
         "t1cflair_nokd",
         "T1c + FLAIR student, labels only",
         per_fold="t1cflair_nokd_fold{k}.safetensors",
@@ -195,15 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = tuple(r for r in ROWS if args.only is None or r.key in args.only.split(","))
     folds = json.loads(FOLDS.read_text())["folds"]
     csv_path = args.out.with_name(args.out.stem + "_per_case.csv")
-    earlier = _earlier_scores(csv_path) if args.reuse else {}
+    earlier = _earlier_scores(csv_path)
+    reusable = earlier if args.reuse else {}
     per_case: list[dict] = []
     for k, cases in enumerate(folds):
         models = {r.key: r.model_for(k, args.runs) for r in rows}
         for case_id in cases:
             todo = [r for r in rows if models[r.key] is not None]
             for row in todo:
-                per_case += earlier.get((row.key, case_id, _stamp(models[row.key])), [])
-            todo = [r for r in todo if (r.key, case_id, _stamp(models[r.key])) not in earlier]
+                per_case += reusable.get((row.key, case_id, _stamp(models[row.key])), [])
+            todo = [r for r in todo if (r.key, case_id, _stamp(models[r.key])) not in reusable]
             if not todo:
                 continue
             case = load_case(args.real / case_id)
@@ -220,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
                         f"{scored['dice_ET']:.3f} FP {scored['fp_ml']:.1f} cm3",
                         flush=True,
                     )
+    # Rows not asked for this time keep their earlier scores (the CSV) and their table rows.
+    selected = {r.key for r in rows}
+    kept = [r for key, scored in earlier.items() if key[0] not in selected for r in scored]
+    from_csv = sorted({r["model"] for r in kept} - selected)
+    rows = tuple(r for r in ROWS if r.key in selected or r.key in from_csv)
     summaries = {}
     for row in rows:
         for labels in ("raw", "post"):
-            mine = [r for r in per_case if r["model"] == row.key and r["labels"] == labels]
+            mine = [r for r in per_case + kept if r["model"] == row.key and r["labels"] == labels]
             if mine:
                 summaries[(row.key, labels)] = summarise(mine)
     missing = [
@@ -254,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         "s / case: median model call in a warm process (not the whole command).",
         "",
     ]
+    if from_csv:
+        header += [
+            f"Rows from the earlier scores in {csv_path.name} (not scored again by this "
+            f"command): {', '.join(from_csv)}.",
+            "",
+        ]
     if missing:
         header += [
             f"Incomplete rows (checkpoints missing for some folds): {', '.join(missing)}",
@@ -261,9 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(header + lines) + "\n")
-    # Rows not asked for this time keep their earlier scores in the file.
-    selected = {r.key for r in rows}
-    kept = [r for key, scored in earlier.items() if key[0] not in selected for r in scored]
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(per_case[0]))
         writer.writeheader()

@@ -4,7 +4,10 @@
 #   finetune_fold{K}  the shipped phantom student fine-tuned on fold K's 10 training cases
 #                     (every layer trained; pretrained layers at PRETRAINED_LR_FACTOR x the rate)
 #   scratch_fold{K}   the same network from random weights, same cases, steps budget and recipe
-#   student_real      the fine-tuning recipe on all 15 cases: the model that ships
+#   student_real      the fine-tuning recipe on all 15 cases
+#   finetune_long_fold{K}, student_real_long
+#                     the same fine-tuning with LONG_EPOCHS (default 32: 800 steps, twice the
+#                     budget): the folds, and all 15 cases (the model that ships as `student`)
 # Folds: benchmarks/real_folds.json (3 x 10 train / 5 test; each case tested once). No validation
 # split (10 cases are too few to spare one): each run keeps its last weights, so no test case ever
 # picks a checkpoint. Score them with `python benchmarks/bench_real.py`.
@@ -22,7 +25,7 @@
 # On a GPU, e.g.:  DEVICE=cuda NUM_WORKERS=8 EPOCHS=80 bash scripts/train_real_models.sh
 # Settings (environment): REAL_DIR, OUT_DIR (default runs/real), EPOCHS, T1CFLAIR_EPOCHS, LR,
 # PRETRAINED_LR_FACTOR, AUGMENT, DEVICE, NUM_WORKERS, SEED, T1CFLAIR_RECIPE (kd or nokd), STAGES
-# (default all: finetune scratch final t1cflair t1cflair_final).
+# (default all: finetune scratch final finetune_long final_long t1cflair t1cflair_final), LONG_EPOCHS.
 # A run whose checkpoint exists is skipped, so an interrupted call continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,6 +88,12 @@ for k in 0 1 2; do
   wanted scratch && run train "scratch_fold$k" "$out/split_fold$k.json" "${scratch[@]}"
 done
 wanted final && run train student_real "$out/split_all.json" "${finetune[@]}"
+# Twice the budget (the later --epochs wins over the one in "${finetune[@]}").
+long=("${finetune[@]}" --epochs "${LONG_EPOCHS:-32}")
+for k in 0 1 2; do
+  wanted finetune_long && run train "finetune_long_fold$k" "$out/split_fold$k.json" "${long[@]}"
+done
+wanted final_long && run train student_real_long "$out/split_all.json" "${long[@]}"
 for k in 0 1 2; do
   wanted t1cflair || continue
   # shellcheck disable=SC2046  # the recipes are lists of words
