@@ -1,10 +1,17 @@
-"""The time budget and the learning-rate schedule it paces, without a run (no data, no network)."""
+"""The time budget and the learning-rate schedule it paces, without a run (no data, no network),
+and the schedule a run's log.csv shows (tiny phantoms)."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+from _training_runs import _cfg, _log
+from napari_brats_kd.training import engine, train_teacher
 from napari_brats_kd.training.config import TrainConfig
 from napari_brats_kd.training.distributed import DistContext
 from napari_brats_kd.training.loop import ValStatus
@@ -80,3 +87,70 @@ def test_validation_status_survives_the_broadcast_as_a_number() -> None:
     for status in ValStatus:
         sent = dd.broadcast_float(float(status), DistContext())
         assert ValStatus(int(sent)) is status
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Three labelled phantom cases at 4 mm (small volumes)."""
+    from napari_brats_kd.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms") / "siteA"
+    write_phantom_dataset(root, n=3, seed=10, spacing=4)
+    return root
+
+
+# --------------------------------------------------------------------------- LR schedule
+def _expected_lr(step: int, total: int, warmup: int, lr: float, floor: float, kind: str) -> float:
+    """The documented schedule at 0-based ``step``, written out independently of the code."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / (total - warmup)
+    decay = 0.5 * (1 + math.cos(math.pi * t)) if kind == "cosine" else (1 - t) ** 0.9
+    return lr * (floor + (1 - floor) * decay)
+
+
+@pytest.mark.slow
+def test_lr_warms_up_linearly_then_decays_by_cosine_or_poly(
+    data_dir, tmp_path, monkeypatch
+) -> None:
+    """The learning rate the optimizer uses rises linearly over the warm-up epochs to ``lr``,
+    then decays (cosine or poly 0.9) to ``lr * min_lr_factor``, as log.csv's last row shows.
+
+    Cosine and poly differ in shape: poly drops faster just after the peak and more slowly at the
+    end. The rates are read from the optimizer at every step (what really updates the weights).
+    """
+    seen: list[float] = []
+    real_step = engine.train_step
+
+    def recording_step(model, optimizer, *args, **kwargs):
+        seen.append(optimizer.param_groups[-1]["lr"])
+        return real_step(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", recording_step)
+    lr, floor, warmup, total = 1e-3, 0.01, 3, 12  # 4 epochs x 3 steps, 1 warm-up epoch
+    used: dict[str, list[float]] = {}
+    for kind in ("cosine", "poly"):
+        seen.clear()
+        run = tmp_path / kind
+        cfg = _cfg(
+            data_dir, run, "epochs=4", "steps_per_epoch=3", "warmup_epochs=1", f"lr={lr}",
+            f"min_lr_factor={floor}", f"schedule={kind}", "val_fraction=0", "samples_per_case=1",
+            "augment=none",
+        )  # fmt: skip
+        train_teacher(cfg)
+        used[kind] = list(seen)
+        expected = [_expected_lr(s, total, warmup, lr, floor, kind) for s in range(total)]
+        assert used[kind] == pytest.approx(expected, rel=1e-9)
+        # Warm-up: equal increments from lr/3 up to lr, the peak.
+        assert np.diff(used[kind][:warmup]) == pytest.approx([lr / warmup] * (warmup - 1))
+        assert max(used[kind]) == pytest.approx(lr)
+        # Then it only goes down, and after the last step it sits at lr * min_lr_factor.
+        assert np.all(np.diff(used[kind][warmup:]) <= 0)
+        rows = _log(run)
+        assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+        assert float(rows[-1]["lr"]) == pytest.approx(lr * floor)
+        assert float(rows[0]["lr"]) == pytest.approx(lr)  # after the warm-up epoch: the peak
+    cos, poly = used["cosine"], used["poly"]
+    assert cos[:warmup] == pytest.approx(poly[:warmup])
+    assert poly[warmup + 1] < cos[warmup + 1] - 0.05 * lr  # poly falls faster at first
+    assert poly[-1] > cos[-1] + 0.05 * lr  # and more slowly at the end
