@@ -241,6 +241,7 @@ def student():
     return tiny_student(("t1c", "flair"))
 
 
+@pytest.mark.slow
 def test_cli_export_writes_both_files(student, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from napari_brats_kd.cli import main

@@ -121,6 +121,7 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augmented", [True, False])
 def test_training_draws_never_change_the_memory_cache(data_dir, augmented: bool) -> None:
     """The memory cache hands its cases to patch sampling without a copy (a deep copy of a

@@ -14,6 +14,7 @@ from napari_brats_kd.training import distill
 torch.set_num_threads(2)
 
 
+@pytest.mark.slow
 def test_a_memory_cache_that_does_not_fit_is_refused_before_any_work(
     data_dir, teacher_ckpt, tmp_path, monkeypatch
 ) -> None:
