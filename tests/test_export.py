@@ -54,22 +54,6 @@ def test_check_input_is_stride_aligned_and_normalised(student):
     assert abs(float(x[0, 0][brain].mean())) < 1e-3
 
 
-def test_cli_export_writes_both_files(student, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
-    from napari_brats_kd.cli import main
-    from napari_brats_kd.models import save_checkpoint
-
-    ckpt = save_checkpoint(tmp_path / "s", student.model, student.config)
-    onnx_path, ts_path = tmp_path / "s.onnx", tmp_path / "s_ts.pt"
-    argv = ["export", str(ckpt), "--onnx", str(onnx_path), "--torchscript", str(ts_path)]
-    assert main(argv) == 0
-    assert onnx_path.is_file() and ts_path.is_file()
-    out = capsys.readouterr().out
-    assert "label agreement" in out and "onnx" in out and "torchscript" in out
-    assert main(["export", str(ckpt)]) == 2  # nothing asked for: a user error, not a traceback
-    assert "Nothing to do" in capsys.readouterr().err
-
-
 def test_export_of_missing_checkpoint_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError):
         export_torchscript(str(tmp_path / "missing.safetensors"), tmp_path / "x.pt")

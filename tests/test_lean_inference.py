@@ -88,6 +88,7 @@ def test_onnx_labels_equal_pytorch_labels(case) -> None:
     assert differ <= max(5, lean.labels.size // 100_000), differ
 
 
+@pytest.mark.slow
 def test_onnx_tta_equals_pytorch_tta(case) -> None:
     lean = segment(case, "student", device="cpu", tta=True, return_probabilities=True)
     ref = segment(
@@ -158,6 +159,7 @@ def test_an_unwritable_cache_still_segments_and_says_so(case, tmp_path, monkeypa
     assert any("could not keep" in note and onnx_graphs.CACHE_ENV in note for note in result.notes)
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_running_pass_within_a_fraction_of_a_second() -> None:
     model = onnx_graphs.onnx_model(choose_model("teacher"))
     x = np.random.default_rng(0).standard_normal((1, 4, 128, 128, 128), np.float32)

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QT_MODULES = ("PyQt5", "PyQt6", "PySide2", "PySide6", "qtpy", "napari", "magicgui", "vispy")
 
 
+@pytest.mark.slow
 def test_backend_imports_no_qt_or_napari() -> None:
     """Every backend module imports without Qt, napari or magicgui (runs on clusters and in CI)."""
     code = f"""

@@ -1,6 +1,9 @@
-"""Augmentation presets: they build, keep shapes, keep labels binary and aligned with images."""
+"""Augmentation presets: they build, keep shapes, keep labels binary and aligned with images, and
+never reach the memory cache."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +109,75 @@ def test_cached_teacher_targets_move_with_the_image_and_skip_intensity_changes()
     cfg = AugmentConfig.from_preset("none", intensity_prob=1.0, noise_prob=1.0, gamma_prob=1.0)
     out = Compose(build_augmentation(cfg, target_keys=("teacher",)))(dict(sample))
     assert np.array_equal(np.asarray(out["teacher"]), np.asarray(sample["teacher"]))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Three labelled phantom cases at 4 mm (small volumes)."""
+    from napari_brats_kd.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantoms") / "siteA"
+    write_phantom_dataset(root, n=3, seed=10, spacing=4)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("augmented", [True, False])
+def test_training_draws_never_change_the_memory_cache(data_dir, augmented: bool) -> None:
+    """The memory cache hands its cases to patch sampling without a copy (a deep copy of a
+    whole case at every draw cost a tenth of a CPU step), so nothing that happens to a patch may
+    reach the cached case: not any augmentation, nor a consumer writing into the patch."""
+    import copy
+
+    from monai.transforms import Transform
+
+    from napari_brats_kd.labels import BUNDLE_MODALITY_ORDER
+    from napari_brats_kd.training.augment import AugmentConfig, build_augmentation
+    from napari_brats_kd.training.data import (
+        IMAGE,
+        LABEL,
+        TEACHER,
+        LoadCased,
+        build_dataset,
+        discover_cases,
+        patch_transforms,
+    )
+    from napari_brats_kd.training.teacher_targets import BACKGROUND_LOGIT
+
+    class FakeTeacherTargets(Transform):  # stands in for LoadTeacherTargetsd (float16 logits)
+        def __call__(self, item):
+            image = np.asarray(item[IMAGE])
+            return {**item, TEACHER: np.repeat(image[:1] * 4 - 2, 3, axis=0).astype(np.float16)}
+
+    every = {
+        k: 1.0
+        for k in ("flip_prob", "affine_prob", "elastic_prob", "intensity_prob", "gamma_prob",
+                  "bias_prob", "noise_prob", "blur_prob", "lowres_prob")
+    }  # fmt: skip
+    settings = (
+        AugmentConfig.from_preset("strong", **every)
+        if augmented
+        else AugmentConfig.from_preset("none")
+    )
+    augment = build_augmentation(settings, target_keys=(TEACHER,), target_fill=BACKGROUND_LOGIT)
+    rand = patch_transforms([16, 16, 16], 2, 0.5, augment, teacher_targets=True)
+    loader = LoadCased(BUNDLE_MODALITY_ORDER, min_size=[16, 16, 16])
+    dataset = build_dataset(discover_cases(data_dir), [loader, FakeTeacherTargets()], rand)
+    cache_ds = dataset.dataset
+    assert cache_ds.copy_cache is False  # the path under test: no copy per draw
+    before = copy.deepcopy(cache_ds._cache)
+    first = dataset[0]
+    for _ in range(3):
+        for i in range(len(dataset)):
+            for patch in dataset[i]:
+                for key in (IMAGE, LABEL, TEACHER):
+                    patch[key] += 1  # a consumer working in place
+    # Random draws (different crops, augmentations), not one patch again and again.
+    assert not np.array_equal(np.asarray(first[0][IMAGE]), np.asarray(dataset[0][0][IMAGE]))
+    for cached, kept in zip(cache_ds._cache, before, strict=True):
+        assert cached.keys() == kept.keys()
+        for key, value in kept.items():
+            if isinstance(value, np.ndarray | torch.Tensor):
+                assert np.array_equal(np.asarray(cached[key]), np.asarray(value)), key
+            else:
+                assert cached[key] == value, key

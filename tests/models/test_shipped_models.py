@@ -79,6 +79,7 @@ def held_out_phantom():
 # scans keep most of what they knew of phantoms, the phantom-only ones more; on this case, when
 # shipped: student WT / TC / ET 0.93 / 0.71 / 0.88, student-t1cflair (never trained on a
 # phantom) 0.73 / 0.53 / 0.75.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "floor"),
     [

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_brats_kd import cli
 from napari_brats_kd import orientation as orient
 from napari_brats_kd.errors import Cancelled
 from napari_brats_kd.labels import MODALITIES, LabelConvention
@@ -142,13 +141,6 @@ def test_labels_are_nested_like_a_glioma(seed: int) -> None:
         assert tc[tuple(np.round(les["centre_voxel"]).astype(int))]
 
 
-def test_conventions_of_make_phantom() -> None:
-    v21 = np.unique(make_phantom(4, spacing=4).seg.data)
-    v23 = np.unique(make_phantom(4, spacing=4, convention="brats2023").seg.data)
-    assert set(v21) == {0, 1, 2, 4}
-    assert set(v23) == {0, 1, 2, 3}
-
-
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_lesion_side_forces_hemisphere(side: str) -> None:
     for seed in (0, 1, 2):
@@ -253,61 +245,6 @@ def test_invalid_dataset_arguments(tmp_path: Path, kwargs: dict, match: str) -> 
     with pytest.raises(ValueError, match=match):
         write_phantom_dataset(tmp_path, **{"spacing": 4, **kwargs})
     assert not any(tmp_path.iterdir())
-
-
-# -------------------------------------------------------------------------------------------- files
-def test_cli_writes_brats2021_cases(tmp_path: Path) -> None:
-    status = cli.main(["phantom", str(tmp_path), "--n", "2", "--seed", "7", "--spacing", "4"])
-    assert status == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["BraTS2021_P00007", "BraTS2021_P00008"]
-    folder = tmp_path / "BraTS2021_P00007"
-    names = sorted(p.name for p in folder.iterdir())
-    assert names == [f"BraTS2021_P00007_{s}.nii.gz" for s in ("flair", "seg", "t1", "t1ce", "t2")]
-    case = make_phantom(7, spacing=4)
-    for suffix, key in (("t1", "t1"), ("t1ce", "t1c"), ("t2", "t2"), ("flair", "flair")):
-        img = nib.load(folder / f"BraTS2021_P00007_{suffix}.nii.gz")
-        assert img.get_data_dtype() == np.int16
-        assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
-        np.testing.assert_allclose(img.affine, case.images[key].affine)
-        np.testing.assert_array_equal(np.asanyarray(img.dataobj), case.images[key].file_data())
-    seg = nib.load(folder / "BraTS2021_P00007_seg.nii.gz")
-    assert seg.get_data_dtype() == np.uint8
-    assert set(np.unique(np.asanyarray(seg.dataobj))) == {0, 1, 2, 4}
-
-
-def test_cli_rejects_bad_site(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli.main(["phantom", str(tmp_path), "--site", "Z", "--spacing", "4"]) == 2
-    assert "Unknown phantom site" in capsys.readouterr().err
-
-
-def test_cli_output_that_is_a_file_is_an_error_not_a_traceback(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    afile = tmp_path / "afile"
-    afile.write_text("not a folder")
-    assert cli.main(["phantom", str(afile), "--n", "1", "--spacing", "4"]) == 2
-    err = capsys.readouterr().err
-    assert "brats-kd phantom: error:" in err and "afile" in err and "Traceback" not in err
-
-
-def test_2023_naming_uses_labels_123(tmp_path: Path) -> None:
-    calls = []
-    folders = write_phantom_dataset(
-        tmp_path,
-        n=1,
-        seed=12,
-        naming="2023",
-        site="C",
-        spacing=4,
-        progress=lambda done, total, msg: calls.append((done, total, msg)),
-    )
-    assert [f.name for f in folders] == ["BraTS-GLI-P00012-000"]
-    stem = folders[0] / "BraTS-GLI-P00012-000"
-    for suffix in ("t1n", "t1c", "t2w", "t2f"):
-        assert nib.load(f"{stem}-{suffix}.nii.gz").get_data_dtype() == np.int16
-    seg = np.asanyarray(nib.load(f"{stem}-seg.nii.gz").dataobj)
-    assert set(np.unique(seg)) == {0, 1, 2, 3}
-    assert calls == [(0, 1, "starting"), (1, 1, "BraTS-GLI-P00012-000")]
 
 
 def test_should_stop_cancels_between_cases(tmp_path: Path) -> None:
