@@ -125,8 +125,8 @@ def configure(widget, data: Path, teacher: Path, runs: Path, args: argparse.Name
     assert widget.load_model(teacher) == "tiny-teacher"
     widget.student_preset.value = "student-tiny"
     widget.epochs.value = args.epochs
-    widget.patch.value = args.patch
-    widget.batch.value = 1
+    widget.patch_size.value = args.patch
+    widget.batch_size.value = 1
     widget.augment.value = "none"
     widget.output_dir.value = runs
     widget.extra.value = (

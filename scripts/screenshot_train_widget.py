@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     widget.student_preset.value = args.student
     widget.epochs.value = args.epochs
-    widget.patch.value = 64
-    widget.batch.value = 2
+    widget.patch_size.value = 64
+    widget.batch_size.value = 2
     widget.augment.value = "light"
     widget.output_dir.value = work / "runs"
     widget.extra.value = "steps_per_epoch=6; val_every=2; num_workers=0"

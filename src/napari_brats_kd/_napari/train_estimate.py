@@ -69,7 +69,10 @@ class DurationEstimate:
 
     def stop(self) -> None:
         """No more estimates (the dock closes)."""
-        self._timer.stop()
+        try:
+            self._timer.stop()
+        except RuntimeError:  # Qt deleted it first (the application is closing)
+            pass
         if self.task is not None and self.task.is_running:
             self.task.cancel()
 
