@@ -36,13 +36,13 @@ from qtpy.QtCore import QObject, Signal
 from ..labels import MODALITIES
 from . import compare, model_picker, train_feedback, train_form, train_sources
 from ._plot import TrainingPlot
-from ._qt import ScrollingDock, wrap_to_dock_width
+from ._qt import wrap_to_dock_width
 from ._settings import load_settings, save_settings
 from ._workers import FrozenHeap, Task, notify_error, start_task
 
 # The imports marked F401 keep the names that lived here before the split importable from here.
 from .compare import DIFFERENCE_COLORS, difference_labels  # noqa: F401
-from .model_picker import ModelPicker
+from .model_picker import ModelPicker, ModelPickerDock
 from .train_feedback import format_seconds as _format_seconds  # noqa: F401
 from .train_feedback import format_validation  # noqa: F401
 from .train_feedback import read_log as _read_log  # noqa: F401
@@ -74,7 +74,7 @@ class _EventRelay(QObject):
     event = Signal(object)
 
 
-class TrainWidget(ScrollingDock):
+class TrainWidget(ModelPickerDock):
     """Train, distil, fine-tune or adapt a segmentation model from napari.
 
     Parameters
@@ -243,23 +243,6 @@ class TrainWidget(ScrollingDock):
                 "trained in the 'Train teacher' mode)."
             ),
         )
-
-    def load_model(self, path: str | Path, quiet: bool = False) -> str | None:
-        """Register a checkpoint or bundle folder and pick it as teacher / pretrained model.
-
-        Parameters
-        ----------
-        path
-            The checkpoint file or bundle folder.
-        quiet
-            Say nothing when it cannot be loaded (restoring a saved pick).
-
-        Returns
-        -------
-        str or None
-            Its name, or ``None`` if it cannot be loaded (a notification says why).
-        """
-        return self.models.load_model(path, quiet=quiet)
 
     def _refresh_model_lists(self) -> None:
         """Refresh this widget's and every docked widget's model lists (the Segment widgets)."""
