@@ -4,7 +4,8 @@ Both docks list the same models (:func:`napari_brats_kd.models.available_models`
 in this session, loaded from a file), load a checkpoint file or a MONAI bundle folder the same way
 and describe the picked model in one wrapped line; what differs (the label, an entry for a role
 that is not installed, what happens after a load) is a parameter. The helpers the docks share
-(:func:`ask_model_path`, :func:`model_summary`, :func:`available_devices`) live here too.
+(:func:`ask_model_path`, :func:`model_summary`, :func:`available_devices`) live here too,
+and the docks' common base, :class:`ModelPickerDock`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 
 from ..labels import MODALITY_NAMES
+from ._qt import ScrollingDock
 from ._workers import notify_error
 
 #: File-dialog filter of checkpoints the models package can load.
@@ -359,3 +361,21 @@ class ModelPicker:
         if self._on_loaded is not None:
             self._on_loaded(entry.name, path)
         return entry.name
+
+
+class ModelPickerDock(ScrollingDock):
+    """A scrolling dock that holds a :class:`ModelPicker` as ``self.models`` (Segment, Train).
+
+    It gives the dock the picker's :meth:`load_model`, so that scripts and tests load a model into
+    the dock as its buttons do.
+    """
+
+    models: ModelPicker
+
+    def load_model(self, path: str | Path, quiet: bool = False) -> str | None:
+        """Register a checkpoint file or MONAI bundle folder and pick it in the dock's list.
+
+        The dock's face of :meth:`ModelPicker.load_model`: the same parameters and return value
+        (the model's name, or ``None`` if it could not be loaded).
+        """
+        return self.models.load_model(path, quiet=quiet)

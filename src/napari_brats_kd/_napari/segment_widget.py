@@ -11,7 +11,6 @@ Everything the widget does can be scripted without it: see :func:`napari_brats_k
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (
@@ -27,7 +26,7 @@ from napari.utils.notifications import show_info, show_warning
 
 from ..labels import MODALITIES, MODALITY_NAMES
 from ..postprocess import FAR_MM, MIN_CONFIDENCE
-from ._qt import ScrollingDock, wrap_to_dock_width
+from ._qt import wrap_to_dock_width
 from ._workers import Task, notify_error, start_task
 from .case_from_layers import (
     add_result_layer,
@@ -39,6 +38,7 @@ from .case_from_layers import (
 from .model_picker import (  # noqa: F401 (re-exported: their home was this module)
     CHECKPOINT_FILTER,
     ModelPicker,
+    ModelPickerDock,
     ask_model_path,
     available_devices,
     model_summary,
@@ -54,7 +54,7 @@ REPLACE = "Replace previous result"
 ADD = "Add a new layer"
 
 
-class SegmentWidget(ScrollingDock):
+class SegmentWidget(ModelPickerDock):
     """Segment the tumour of the case open in ``viewer`` with a student or teacher model.
 
     Parameters
@@ -307,21 +307,6 @@ class SegmentWidget(ScrollingDock):
 
         self._warm_task = start_task(work, on_returned=ready, on_error=failed)
         return self._warm_task
-
-    def load_model(self, path: str | Path) -> str | None:
-        """Register a checkpoint file or MONAI bundle folder and select it.
-
-        Parameters
-        ----------
-        path
-            The checkpoint file or bundle folder.
-
-        Returns
-        -------
-        str or None
-            The model's name, or ``None`` if it could not be loaded (a notification says why).
-        """
-        return self.models.load_model(path)
 
     # ------------------------------------------------------------------------------------ layers
     def _image_layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:

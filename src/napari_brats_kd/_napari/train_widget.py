@@ -31,10 +31,10 @@ from qtpy.QtCore import QObject, Signal
 from ..labels import MODALITIES
 from . import compare, model_picker, train_feedback, train_form, train_sources
 from ._plot import TrainingPlot
-from ._qt import ScrollingDock, wrap_to_dock_width
+from ._qt import wrap_to_dock_width
 from ._settings import load_settings, save_settings
 from ._workers import FrozenHeap, Task, notify_error, start_task
-from .model_picker import ModelPicker
+from .model_picker import ModelPicker, ModelPickerDock
 from .train_estimate import DurationEstimate, count_cases
 from .train_form import MODES, MODES_BY_KEY, MODES_BY_TITLE, Mode
 
@@ -53,7 +53,7 @@ class _EventRelay(QObject):
     event = Signal(object)
 
 
-class TrainWidget(ScrollingDock):
+class TrainWidget(ModelPickerDock):
     """Train, distil, fine-tune or adapt a segmentation model from napari.
 
     Parameters
@@ -244,23 +244,6 @@ class TrainWidget(ScrollingDock):
                 "trained in the 'Train teacher' mode)."
             ),
         )
-
-    def load_model(self, path: str | Path, quiet: bool = False) -> str | None:
-        """Register a checkpoint or bundle folder and pick it as teacher / pretrained model.
-
-        Parameters
-        ----------
-        path
-            The checkpoint file or bundle folder.
-        quiet
-            Say nothing when it cannot be loaded (restoring a saved pick).
-
-        Returns
-        -------
-        str or None
-            Its name, or ``None`` if it cannot be loaded (a notification says why).
-        """
-        return self.models.load_model(path, quiet=quiet)
 
     def _refresh_model_lists(self) -> None:
         """Refresh this widget's and every docked widget's model lists (the Segment widgets)."""
